@@ -1,0 +1,37 @@
+# `make run` and `make test` are the two commands a fresh machine needs; everything else is theirs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+SAMPLE := data/sample/.written
+
+run: $(STAMP) $(SAMPLE)
+	$(PY) jobs/local_run.py $(ARGS)
+
+# The sample prompt table (Parquet and Delta), rebuilt only when its generator changes.
+$(SAMPLE): pipeline/sample.py $(STAMP)
+	$(PY) -m pipeline sample --out data/sample
+	touch $(SAMPLE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline jobs tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy pipeline
+
+test: lint typecheck
+	$(PY) -m pytest
+
+clean:
+	rm -rf data spark-warehouse metastore_db derby.log .pytest_cache

@@ -1,0 +1,3 @@
+"""Batch chat inference over Spark tables against Databricks Model Serving endpoints."""
+
+__version__ = "0.1.0"

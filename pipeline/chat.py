@@ -1,0 +1,62 @@
+"""The values that flow through the pipeline: a chat request, a completion, a row's result.
+
+Pure data; nothing here knows of Spark, HTTP or a wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Rough characters per token for English text; only used to reserve a token budget before the
+# real `usage` arrives, and corrected afterwards.
+CHARS_PER_TOKEN_ESTIMATE = 4
+# Output tokens to reserve when neither the row nor the config sets max_tokens.
+DEFAULT_OUTPUT_TOKEN_ESTIMATE = 256
+
+Role = Literal["system", "user", "assistant"]
+ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    request_id: str
+    messages: tuple[Message, ...]
+    max_tokens: int | None
+    temperature: float | None
+
+    def estimated_tokens(self) -> int:
+        """Prompt tokens guessed from its length, plus the output tokens it may use."""
+        chars = sum(len(m.content) for m in self.messages)
+        output = self.max_tokens if self.max_tokens is not None else DEFAULT_OUTPUT_TOKEN_ESTIMATE
+        return chars // CHARS_PER_TOKEN_ESTIMATE + 1 + output
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    model: str | None
+    response_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """What the output table says about one input row."""
+
+    request_id: str
+    status: Literal["ok", "error"]
+    completion: Completion | None = None
+    error: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    latency_ms: float | None = None

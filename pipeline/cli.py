@@ -1,0 +1,68 @@
+"""Command line: `python -m pipeline run --config conf/local.yaml [--set section.key=value ...]`.
+
+The configuration is loaded and validated before Spark starts, so a typo costs a second, not a
+cluster start-up. `jobs/batch_chat.py` (spark-submit, Databricks tasks) calls the same `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+EXIT_CONFIG_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the chosen command; the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "run":
+            return _run(args.config, args.overrides)
+        return _sample(args.out, args.rows)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+def _run(config_path: str, overrides: Sequence[str]) -> int:
+    config = load_config(config_path, overrides)
+    from pipeline.job import run_job  # imports pyspark: only once the config is known good
+
+    summary = run_job(config)
+    print(summary.render(), flush=True)
+    return 0
+
+
+def _sample(out: str, rows: int) -> int:
+    from pipeline.sample import write_sample
+
+    for path in write_sample(out, rows):
+        print(f"wrote {path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the batch chat job")
+    run.add_argument("--config", required=True, help="YAML job config, e.g. conf/local.yaml")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set limits.concurrency=64",
+    )
+    sample = commands.add_parser("sample", help="write the sample prompt table (Parquet and Delta)")
+    sample.add_argument("--out", default="data/sample", help="folder for the tables")
+    sample.add_argument("--rows", type=int, default=300, help="how many prompts")
+    return parser

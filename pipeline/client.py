@@ -1,0 +1,165 @@
+"""The async chat client: one aiohttp session, the rate limits and the retry policy.
+
+Knows nothing of Spark. `send` never raises for a request that failed: every outcome becomes a
+`RowResult`, so no row is ever lost to an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from pipeline.chat import ChatRequest, Completion, RowResult
+from pipeline.config import EndpointConfig, LimitsConfig
+from pipeline.errors import (
+    ConnectionFailed,
+    EndpointError,
+    MalformedResponse,
+    RequestTimedOut,
+    describe,
+    error_from_response,
+)
+from pipeline.ratelimit import Clock, RateLimits, Sleep
+from pipeline.retry import RetryPolicy
+from pipeline.secrets import Secret
+from pipeline.wire import WireFormat, wire_for
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a task needs to build its client; picklable, so Spark ships it to executors."""
+
+    endpoint: EndpointConfig
+    limits: LimitsConfig
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    token: Secret | None = None
+    # This task's share of the job's per-minute budgets.
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+
+class ChatClient:
+    """Sends chat requests to one endpoint. Create and use it inside one running event loop."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        session: aiohttp.ClientSession,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._wire: WireFormat = wire_for(settings.endpoint.api)
+        self._url = self._wire.url(settings.endpoint)
+        self._policy = RetryPolicy.from_limits(settings.limits)
+        self._limits = RateLimits(
+            settings.requests_per_minute,
+            settings.tokens_per_minute,
+            job_tokens_per_minute=settings.limits.tokens_per_minute,
+            clock=clock,
+            sleep=sleep,
+        )
+        self._clock = clock
+        self._sleep = sleep
+
+    @classmethod
+    def open_session(cls, settings: ClientSettings) -> aiohttp.ClientSession:
+        """A session sized for the task's concurrency, with the configured timeouts."""
+        limits = settings.limits
+        connector = aiohttp.TCPConnector(
+            limit=limits.concurrency,
+            ssl=settings.endpoint.verify_tls,  # True: verify certificates
+            ttl_dns_cache=300,
+        )
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if settings.token is not None:
+            headers["Authorization"] = f"Bearer {settings.token.reveal()}"
+        timeout = aiohttp.ClientTimeout(
+            total=limits.timeout_s, sock_connect=limits.connect_timeout_s
+        )
+        return aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
+
+    async def send(self, request: ChatRequest) -> RowResult:
+        """Send `request` under the limits and retry policy; the outcome as a row result."""
+        started = self._clock()
+        attempts = 0
+        body = json.dumps(
+            self._wire.body(request, self._settings.endpoint, self._settings.extra),
+            ensure_ascii=False,
+        ).encode("utf-8")
+        try:
+            async for attempt in self._policy.retrying(self._sleep):
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    completion, status = await self._attempt(request, body)
+        except Exception as err:  # every failure becomes an error row, never a lost row
+            return RowResult(
+                request_id=request.request_id,
+                status="error",
+                error=self._redact(describe(err)),
+                http_status=err.status if isinstance(err, EndpointError) else None,
+                attempts=attempts,
+                latency_ms=self._elapsed_ms(started),
+            )
+        return RowResult(
+            request_id=request.request_id,
+            status="ok",
+            completion=completion,
+            http_status=status,
+            attempts=attempts,
+            latency_ms=self._elapsed_ms(started),
+        )
+
+    async def _attempt(self, request: ChatRequest, body: bytes) -> tuple[Completion, int]:
+        estimate = request.estimated_tokens()
+        await self._limits.acquire(estimate)
+        try:
+            status, headers, text = await self._post(body)
+        except EndpointError:
+            self._limits.settle(estimate, None)
+            raise
+        if not 200 <= status < 300:
+            self._limits.settle(estimate, None)
+            raise error_from_response(status, headers, text)
+        try:
+            completion = self._wire.parse(json.loads(text))
+        except ValueError as err:  # json.JSONDecodeError, or a non-UTF-8 body
+            self._limits.settle(estimate, None)
+            raise MalformedResponse(
+                f"HTTP {status}: body is not valid JSON", status=status
+            ) from err
+        except MalformedResponse as err:
+            err.status = status
+            self._limits.settle(estimate, None)
+            raise
+        self._limits.settle(estimate, completion.total_tokens or estimate)
+        return completion, status
+
+    async def _post(self, body: bytes) -> tuple[int, Mapping[str, str], str]:
+        try:
+            async with self._session.post(self._url, data=body) as response:
+                text = await response.text(errors="replace")
+                return response.status, response.headers, text
+        except (TimeoutError, asyncio.TimeoutError) as err:
+            raise RequestTimedOut(
+                f"no complete answer within limits.timeout_s={self._settings.limits.timeout_s:g}"
+            ) from err
+        except aiohttp.ClientPayloadError as err:
+            raise MalformedResponse(f"truncated response body: {type(err).__name__}") from err
+        except aiohttp.ClientError as err:
+            raise ConnectionFailed(f"{type(err).__name__}: {err}") from err
+
+    def _redact(self, text: str) -> str:
+        token = self._settings.token
+        return text if token is None else token.redact(text)
+
+    def _elapsed_ms(self, started: float) -> float:
+        return round((self._clock() - started) * 1000.0, 3)

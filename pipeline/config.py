@@ -1,0 +1,335 @@
+"""Job configuration: YAML → frozen, validated dataclasses, in one loader.
+
+Every error names the offending key (`limits.concurrency`) and what would be accepted. Defaults
+live next to their field. The token itself is never part of the configuration: only the name of
+the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import string
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+ApiName = Literal["invocations", "chat_completions", "responses"]
+TableFormat = Literal["parquet", "delta"]
+WriteMode = Literal["overwrite", "append", "error"]
+
+# Body fields the pipeline itself sets; `request.extra` may not override them.
+RESERVED_BODY_FIELDS = frozenset(
+    {"messages", "input", "model", "max_tokens", "max_output_tokens", "temperature", "stream"}
+)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    path: str | None = None
+    table: str | None = None
+    format: TableFormat = "parquet"
+    id_column: str | None = None
+    prompt_column: str | None = None
+    messages_column: str | None = None
+    template: str | None = None
+    system_prompt: str | None = None
+    max_tokens_column: str | None = None
+    temperature_column: str | None = None
+    # Rows whose prompt text is longer than this are answered with an error, never sent.
+    max_prompt_chars: int = 100_000
+    # Repartition the input to this many Spark tasks (None: keep the source's partitioning).
+    partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        _exactly_one("source", self, ("path", "table"))
+        _exactly_one("source", self, ("prompt_column", "messages_column", "template"))
+        _at_least("source.max_prompt_chars", self.max_prompt_chars, 1)
+        if self.partitions is not None:
+            _at_least("source.partitions", self.partitions, 1)
+        if self.template is not None:
+            template_fields(self.template)  # raises ConfigError on a bad placeholder
+
+    def input_columns(self) -> list[str]:
+        """Columns the requests are built from (the id column included)."""
+        named = [
+            self.id_column,
+            self.prompt_column,
+            self.messages_column,
+            self.max_tokens_column,
+            self.temperature_column,
+        ]
+        columns = [c for c in named if c]
+        if self.template is not None:
+            columns += [c for c in template_fields(self.template) if c not in columns]
+        return columns
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    name: str
+    api: ApiName = "invocations"
+    # Workspace URL; defaults to the DATABRICKS_HOST environment variable (read by the loader).
+    host: str | None = None
+    # Any OpenAI-compatible server; defaults to {host}/serving-endpoints.
+    base_url: str | None = None
+    # Environment variable holding the bearer token; null sends no Authorization header.
+    token_env: str | None = "DATABRICKS_TOKEN"
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("endpoint.name", "must not be empty")
+        if self.base_url is None and self.host is None:
+            raise ConfigError(
+                "endpoint.host", "missing: set endpoint.host, endpoint.base_url or DATABRICKS_HOST"
+            )
+        for key in ("host", "base_url"):
+            value = getattr(self, key)
+            if value is not None and not value.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"endpoint.{key}", f"must start with http:// or https://, got {value!r}"
+                )
+
+    @property
+    def serving_base_url(self) -> str:
+        """`base_url`, or `{host}/serving-endpoints`, without a trailing slash."""
+        if self.base_url is not None:
+            return self.base_url.rstrip("/")
+        assert self.host is not None  # guaranteed by __post_init__
+        return self.host.rstrip("/") + "/serving-endpoints"
+
+
+@dataclass(frozen=True)
+class RequestConfig:
+    max_tokens: int | None = 256
+    temperature: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None:
+            _at_least("request.max_tokens", self.max_tokens, 1)
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError(
+                "request.temperature", f"must be within [0, 2], got {self.temperature}"
+            )
+        clash = sorted(RESERVED_BODY_FIELDS & set(self.extra))
+        if clash:
+            raise ConfigError(
+                f"request.extra.{clash[0]}", "is set by the pipeline; use request.* or source.*"
+            )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # In-flight requests per Spark task.
+    concurrency: int = 32
+    # Whole-job budgets, split across the tasks that run at once. None: unlimited.
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_attempts: int = 6
+    # Total time one HTTP attempt may take, and the part of it spent connecting.
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    # Time one row may spend across all its attempts and waits.
+    row_deadline_s: float = 900.0
+    # Exponential backoff with full jitter between attempts, unless the server says Retry-After.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    # A Retry-After longer than this ends the row as an error instead of waiting.
+    retry_after_cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _at_least("limits.concurrency", self.concurrency, 1)
+        _at_least("limits.max_attempts", self.max_attempts, 1)
+        for key in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"limits.{key}", f"must be > 0 or null, got {value}")
+        for key in (
+            "timeout_s",
+            "connect_timeout_s",
+            "row_deadline_s",
+            "backoff_initial_s",
+            "backoff_max_s",
+            "retry_after_cap_s",
+        ):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"limits.{key}", f"must be > 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    path: str | None = None
+    table: str | None = None
+    format: TableFormat = "delta"
+    mode: WriteMode = "error"
+
+    def __post_init__(self) -> None:
+        _exactly_one("sink", self, ("path", "table"))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    source: SourceConfig
+    endpoint: EndpointConfig
+    sink: SinkConfig
+    request: RequestConfig = field(default_factory=RequestConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, safe to log or save: it never holds a token."""
+        return dataclasses.asdict(self)
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a template's `{column}` placeholders name, in order of first use."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ConfigError("source.template", f"is not a valid template: {err}") from err
+    names: list[str] = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or any(ch in name for ch in ".[]") or spec or conversion:
+            raise ConfigError(
+                "source.template",
+                f"placeholder {{{name}}} must be a plain column name like {{topic}}",
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> JobConfig:
+    """Read a YAML job config, apply `section.key=value` overrides, validate.
+
+    Raises:
+        ConfigError: naming the key that is unknown, missing or of the wrong type.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError("--config", f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError("--config", f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, env=os.environ if env is None else env)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `section.key=value` in `raw`; the value is read as a YAML scalar (`null`, `3`, `x`)."""
+    dotted, sep, text = item.partition("=")
+    parts = dotted.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError("--set", f"expected section.key=value, got {item!r}")
+    target = raw
+    for part in parts[:-1]:
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[:-1]), "is not a section")
+        target = child
+    target[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def config_from_dict(raw: Mapping[str, Any], env: Mapping[str, str]) -> JobConfig:
+    """Validate a plain mapping into a JobConfig (see `load_config`)."""
+    endpoint = raw.get("endpoint")
+    if isinstance(endpoint, dict) and endpoint.get("host") is None and env.get("DATABRICKS_HOST"):
+        raw = {**raw, "endpoint": {**endpoint, "host": env["DATABRICKS_HOST"]}}
+    return typing.cast(JobConfig, _build(JobConfig, raw, ""))
+
+
+def _build(cls: type[Any], raw: object, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, f"must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                _join(prefix, str(key)), f"unknown key{hint} (known: {', '.join(known)})"
+            )
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        key = _join(prefix, name)
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], key)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "is required")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: object, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), {} if value is None else value, key)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        return value
+    if origin is not None and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    return _scalar(hint, value, key)
+
+
+def _scalar(hint: Any, value: object, key: str) -> Any:
+    # bool is an int in Python; a YAML `true` where a number is expected is still a mistake.
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise ConfigError(key, f"must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, str(hint)
+    )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _exactly_one(section: str, obj: object, keys: tuple[str, ...]) -> None:
+    present = [k for k in keys if getattr(obj, k) is not None]
+    if len(present) != 1:
+        options = " | ".join(f"{section}.{k}" for k in keys)
+        got = ", ".join(present) or "none"
+        raise ConfigError(
+            f"{section}.{(present or keys)[-1]}", f"set exactly one of {options} (set: {got})"
+        )
+
+
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(key, f"must be >= {minimum}, got {value}")

@@ -1,0 +1,122 @@
+"""A sliding window of in-flight chat requests, on a private event loop, for one Spark task.
+
+The loop runs on its own thread for the life of the task, so requests keep flowing while the
+task's Python thread reads the next Arrow batch or hands a finished one back to Spark. A fixed
+pool of `concurrency` workers pulls from one queue that every submitted batch feeds: when the
+slowest requests of one batch are still running, the next batch's requests already fill the free
+slots. The aiohttp session and the rate limits are created inside that loop, once per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiohttp
+
+from pipeline.chat import ChatRequest, RowResult
+from pipeline.client import ChatClient, ClientSettings
+from pipeline.errors import describe
+
+# How long closing may wait for the session's connections to shut down.
+CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Results of one submitted batch; `future` resolves when the last request has finished."""
+
+    results: list[RowResult | None]
+    remaining: int
+    future: concurrent.futures.Future[list[RowResult]] = field(
+        default_factory=concurrent.futures.Future
+    )
+
+    def complete(self, index: int, result: RowResult) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result([r for r in self.results if r is not None])
+
+
+class Engine:
+    """Use as a context manager; `submit` batches from the task's thread."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self._settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="chat-engine", daemon=True
+        )
+        self._queue: asyncio.Queue[tuple[_Batch, int, ChatRequest]] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._client: ChatClient | None = None
+
+    def __enter__(self) -> Engine:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(CLOSE_TIMEOUT_S)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CLOSE_TIMEOUT_S)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def submit(
+        self, items: list[ChatRequest | RowResult]
+    ) -> concurrent.futures.Future[list[RowResult]]:
+        """Queue the requests of one batch; results come back in the same order as `items`.
+
+        Items that are already results (rows rejected before sending) pass through untouched.
+        """
+        results: list[RowResult | None] = [i if isinstance(i, RowResult) else None for i in items]
+        pending = [(n, i) for n, i in enumerate(items) if isinstance(i, ChatRequest)]
+        batch = _Batch(results, remaining=len(pending))
+        if not pending:
+            batch.future.set_result([r for r in results if r is not None])
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, batch, pending)
+        return batch.future
+
+    def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
+        assert self._queue is not None
+        for index, request in pending:
+            self._queue.put_nowait((batch, index, request))
+
+    async def _open(self) -> None:
+        self._queue = asyncio.Queue()
+        self._session = ChatClient.open_session(self._settings)
+        self._client = ChatClient(self._settings, self._session)
+        self._workers = [
+            asyncio.create_task(self._work()) for _ in range(self._settings.limits.concurrency)
+        ]
+
+    async def _work(self) -> None:
+        assert self._queue is not None and self._client is not None
+        while True:
+            batch, index, request = await self._queue.get()
+            try:
+                result = await self._client.send(request)
+            except Exception as err:  # send() answers every failure; this guards the guard
+                result = RowResult(request.request_id, "error", error=describe(err))
+            batch.complete(index, result)
+
+    async def _close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

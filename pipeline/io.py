@@ -1,0 +1,129 @@
+"""Table I/O and the Spark session: the only module that reads or writes tables.
+
+Sources and sinks are a Parquet path, a Delta path or a catalog table (`catalog.schema.table`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from pyspark.sql import DataFrame, SparkSession
+
+from pipeline.config import SinkConfig, SourceConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+# A speculative copy of a task would send every one of its requests again, and pay for them.
+SPECULATION_OFF = {"spark.speculation": "false"}
+JOB_CONF = {**SPECULATION_OFF, **DELTA_CONF}
+
+T = TypeVar("T")
+
+
+def spark_session(
+    app_name: str = "batch-chat", conf: Mapping[str, str] | None = None
+) -> SparkSession:
+    """The active session (Databricks, a notebook), else a new one with Delta configured.
+
+    Under `spark-submit` the JVM is already running, so Delta's jars must come from
+    `--packages`; launched from plain Python, `configure_spark_with_delta_pip` fetches them.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        _warn_if_speculative(active)
+        return active
+    # Executors must run the same interpreter (and so see the same packages) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
+    with_delta = not under_submit or _delta_on_classpath()
+    settings = {**(JOB_CONF if with_delta else SPECULATION_OFF), **(conf or {})}
+    if not under_submit:
+        settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    if not under_submit:
+        from delta import configure_spark_with_delta_pip
+
+        builder = configure_spark_with_delta_pip(builder)
+    session = builder.getOrCreate()
+    _warn_if_speculative(session)
+    return session
+
+
+def _delta_on_classpath() -> bool:
+    # Under spark-submit, Delta is there only when --packages (or --jars) brought it; without
+    # it, a Parquet-only job must still start, so the Delta extension is left out.
+    from py4j.protocol import Py4JJavaError
+    from pyspark import SparkContext
+
+    SparkContext._ensure_initialized()
+    jvm = SparkContext._jvm
+    assert jvm is not None
+    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    try:
+        jvm.java.lang.Class.forName(DELTA_CONF["spark.sql.extensions"], False, loader)
+    except Py4JJavaError:
+        return False
+    return True
+
+
+def _warn_if_speculative(spark: SparkSession) -> None:
+    try:
+        speculative = spark.conf.get("spark.speculation", "false") == "true"
+    except Exception:  # some runtimes hide cluster confs; nothing to warn about then
+        return
+    if speculative:
+        log.warning("spark.speculation is on: duplicate task attempts will pay for requests twice")
+
+
+def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
+    """The input rows: `source.table` from the catalog, or `source.path` in `source.format`."""
+    if source.table is not None:
+        table = source.table
+        return _delta_hint("source", source.format, lambda: spark.table(table))
+    return _delta_hint(
+        "source", source.format, lambda: spark.read.format(source.format).load(source.path)
+    )
+
+
+def write_sink(frame: DataFrame, sink: SinkConfig) -> None:
+    """Write `frame` to `sink.table` or `sink.path` in `sink.format` with `sink.mode`."""
+    mode = "errorifexists" if sink.mode == "error" else sink.mode
+    writer = frame.write.format(sink.format).mode(mode)
+    if sink.table is not None:
+        table = sink.table
+        _delta_hint("sink", sink.format, lambda: writer.saveAsTable(table))
+    else:
+        path = sink.path
+        _delta_hint("sink", sink.format, lambda: writer.save(path))
+
+
+def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
+    """The output table as written."""
+    if sink.table is not None:
+        return spark.table(sink.table)
+    return spark.read.format(sink.format).load(sink.path)
+
+
+def _delta_hint(section: str, fmt: str, action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except Exception as err:
+        if fmt == "delta" and "DATA_SOURCE_NOT_FOUND" in str(err):
+            raise ConfigError(
+                f"{section}.format",
+                "delta is not on Spark's classpath; with spark-submit add "
+                f"--packages {DELTA_PACKAGE}",
+            ) from err
+        raise

@@ -1,0 +1,141 @@
+"""The Spark adapter: the `mapInPandas` function and the output schema. Deliberately thin.
+
+Each Spark task runs one `Engine` (one event loop, one HTTP session) across all its Arrow
+batches, reading a little ahead so the request window never drains at a batch boundary.
+Every input row comes out exactly once, with its result columns appended.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from pyspark.sql.types import (
+    DataType,
+    DoubleType,
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from pipeline.chat import ChatRequest, RowResult
+from pipeline.client import ClientSettings
+from pipeline.config import RequestConfig, SourceConfig
+from pipeline.engine import Engine
+from pipeline.errors import ConfigError
+from pipeline.prompts import RequestBuilder
+
+RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
+    ("request_id", StringType()),
+    ("completion", StringType()),
+    ("finish_reason", StringType()),
+    ("prompt_tokens", IntegerType()),
+    ("completion_tokens", IntegerType()),
+    ("total_tokens", IntegerType()),
+    ("model", StringType()),
+    ("response_id", StringType()),
+    ("status", StringType()),
+    ("error", StringType()),
+    ("http_status", IntegerType()),
+    ("attempts", IntegerType()),
+    ("latency_ms", DoubleType()),
+)
+RESULT_COLUMNS = tuple(name for name, _ in RESULT_FIELDS)
+
+# Read ahead while fewer than this many windows' worth of rows are waiting for answers.
+READ_AHEAD_WINDOWS = 2
+
+BatchMapper = Callable[[Iterable[pd.DataFrame]], Iterable[pd.DataFrame]]
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What every task needs; pickled into the Spark closure (the token stays a `Secret`)."""
+
+    source: SourceConfig
+    request: RequestConfig
+    client: ClientSettings
+    request_id_salt: str
+
+
+def output_schema(input_schema: StructType) -> StructType:
+    """The input columns followed by the result columns.
+
+    Raises:
+        ConfigError: an input column already bears a result column's name.
+    """
+    clash = [name for name in RESULT_COLUMNS if name in input_schema.fieldNames()]
+    if clash:
+        raise ConfigError(
+            "source",
+            f"input column {clash[0]!r} has the name of an output column; rename it "
+            f"(output columns: {', '.join(RESULT_COLUMNS)})",
+        )
+    extra = [StructField(name, dtype, nullable=True) for name, dtype in RESULT_FIELDS]
+    return StructType([*input_schema.fields, *extra])
+
+
+def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
+    """The function to give `DataFrame.mapInPandas`."""
+
+    def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        builder = RequestBuilder(plan.source, plan.request, plan.request_id_salt)
+        window = plan.client.limits.concurrency * READ_AHEAD_WINDOWS
+        pending: deque[tuple[pd.DataFrame, Future[list[RowResult]]]] = deque()
+        waiting_rows = 0
+        with Engine(plan.client) as engine:
+            for frame in frames:
+                items = _build(builder, frame)
+                pending.append((frame, engine.submit(items)))
+                waiting_rows += len(frame)
+                while pending and (
+                    pending[0][1].done() or (waiting_rows >= window and len(pending) > 1)
+                ):
+                    head, future = pending.popleft()
+                    waiting_rows -= len(head)
+                    yield with_results(head, future.result())
+            while pending:
+                head, future = pending.popleft()
+                yield with_results(head, future.result())
+
+    return map_batches
+
+
+def _build(builder: RequestBuilder, frame: pd.DataFrame) -> list[ChatRequest | RowResult]:
+    columns = {name: frame[name].tolist() for name in builder.columns}
+    return builder.build_all(columns, len(frame))
+
+
+def with_results(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
+    """`frame` with the result columns appended, row for row."""
+    if len(results) != len(frame):  # a lost row must never pass silently
+        raise RuntimeError(f"{len(results)} results for {len(frame)} rows")
+    done = [r.completion for r in results]
+    columns: dict[str, Any] = {
+        "request_id": [r.request_id for r in results],
+        "completion": [c.text if c else None for c in done],
+        "finish_reason": [c.finish_reason if c else None for c in done],
+        "prompt_tokens": _ints([c.prompt_tokens if c else None for c in done]),
+        "completion_tokens": _ints([c.completion_tokens if c else None for c in done]),
+        "total_tokens": _ints([c.total_tokens if c else None for c in done]),
+        "model": [c.model if c else None for c in done],
+        "response_id": [c.response_id if c else None for c in done],
+        "status": [r.status for r in results],
+        "error": [r.error for r in results],
+        "http_status": _ints([r.http_status for r in results]),
+        "attempts": _ints([r.attempts for r in results]),
+        "latency_ms": pd.array([r.latency_ms for r in results], dtype="Float64"),
+    }
+    out = frame.reset_index(drop=True)
+    for name in RESULT_COLUMNS:
+        out[name] = columns[name]
+    return out
+
+
+def _ints(values: list[int | None]) -> pd.api.extensions.ExtensionArray:
+    return pd.array(values, dtype="Int32")

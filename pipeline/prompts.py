@@ -1,0 +1,196 @@
+"""Turn input rows into chat requests: prompt column, messages column or template.
+
+A row that cannot become a valid request is answered here with an `invalid_input:` error row and
+never reaches the endpoint. Pure: rows are plain mappings of column name to Python value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pipeline.chat import ROLES, ChatRequest, Message, RowResult
+from pipeline.config import RequestConfig, SourceConfig, template_fields
+from pipeline.errors import InvalidInput
+
+REQUEST_ID_HEX_CHARS = 32
+
+
+class RequestBuilder:
+    """Builds one `ChatRequest` per row, from the source and request sections of the config.
+
+    `salt` is mixed into content-derived request ids, so that the same prompt sent to another
+    endpoint or with other body fields gets another id.
+    """
+
+    def __init__(self, source: SourceConfig, request: RequestConfig, salt: str = "") -> None:
+        self._source = source
+        self._request = request
+        self._salt = salt
+        self._template_fields = template_fields(source.template) if source.template else []
+
+    @property
+    def columns(self) -> list[str]:
+        """The input columns a row must provide."""
+        return self._source.input_columns()
+
+    def build_all(
+        self, columns: Mapping[str, Sequence[Any]], n_rows: int
+    ) -> list[ChatRequest | RowResult]:
+        """One request (or invalid-input result) for each of `n_rows` column-oriented rows."""
+        names = self.columns
+        if not names:  # a template without placeholders: every row asks the same
+            return [self.build({}) for _ in range(n_rows)]
+        rows = zip(*(columns[name] for name in names), strict=True)
+        return [self.build(dict(zip(names, values, strict=True))) for values in rows]
+
+    def build(self, row: Mapping[str, Any]) -> ChatRequest | RowResult:
+        """The request for `row`, or an error result naming what is wrong with it."""
+        try:
+            messages = self._messages(row)
+            max_tokens = self._max_tokens(row)
+            temperature = self._temperature(row)
+            _check_size(messages, self._source.max_prompt_chars)
+        except InvalidInput as err:
+            return RowResult(
+                request_id=self._fallback_id(row),
+                status="error",
+                error=f"{err.code}: {err}",
+                attempts=0,
+            )
+        request_id = self._explicit_id(row) or self._content_id(messages, max_tokens, temperature)
+        return ChatRequest(request_id, messages, max_tokens, temperature)
+
+    def _messages(self, row: Mapping[str, Any]) -> tuple[Message, ...]:
+        source = self._source
+        if source.prompt_column is not None:
+            prompt = _text(row[source.prompt_column], f"prompt column {source.prompt_column!r}")
+            messages: tuple[Message, ...] = (Message("user", prompt),)
+        elif source.messages_column is not None:
+            messages = parse_messages(row[source.messages_column], source.messages_column)
+        else:
+            messages = (Message("user", self._render(row)),)
+        if source.system_prompt and not any(m.role == "system" for m in messages):
+            messages = (Message("system", source.system_prompt), *messages)
+        return messages
+
+    def _render(self, row: Mapping[str, Any]) -> str:
+        values = {}
+        for name in self._template_fields:
+            value = row[name]
+            if _is_null(value):
+                raise InvalidInput(f"template placeholder {{{name}}} is null in this row")
+            values[name] = str(value)
+        assert self._source.template is not None
+        return _text(self._source.template.format_map(values), "rendered template")
+
+    def _max_tokens(self, row: Mapping[str, Any]) -> int | None:
+        column = self._source.max_tokens_column
+        value = None if column is None else row[column]
+        if _is_null(value):
+            return self._request.max_tokens
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise InvalidInput(
+                f"max_tokens column {column!r} must be a whole number, got {value!r}"
+            )
+        if value < 1:
+            raise InvalidInput(f"max_tokens column {column!r} must be >= 1, got {int(value)}")
+        return int(value)
+
+    def _temperature(self, row: Mapping[str, Any]) -> float | None:
+        column = self._source.temperature_column
+        value = None if column is None else row[column]
+        if _is_null(value):
+            return self._request.temperature
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+            raise InvalidInput(
+                f"temperature column {column!r} must be within [0, 2], got {value!r}"
+            )
+        return float(value)
+
+    def _explicit_id(self, row: Mapping[str, Any]) -> str | None:
+        column = self._source.id_column
+        if column is None or _is_null(row[column]):
+            return None
+        return str(row[column])
+
+    def _content_id(
+        self, messages: tuple[Message, ...], max_tokens: int | None, temperature: float | None
+    ) -> str:
+        canonical = json.dumps(
+            [[[m.role, m.content] for m in messages], max_tokens, temperature, self._salt],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return _digest(canonical)
+
+    def _fallback_id(self, row: Mapping[str, Any]) -> str:
+        # A stable id even for a row that could not be parsed, so reruns can find it again.
+        return self._explicit_id(row) or _digest(repr(sorted(row.items())) + self._salt)
+
+
+def parse_messages(value: Any, column: str) -> tuple[Message, ...]:
+    """A conversation from an array of {role, content} structs or its JSON text.
+
+    Raises:
+        InvalidInput: naming the column and the first thing wrong with the value.
+    """
+    where = f"messages column {column!r}"
+    if _is_null(value):
+        raise InvalidInput(f"{where} is null")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise InvalidInput(f"{where} is not valid JSON ({err.msg})") from None
+    if isinstance(value, Mapping) or not isinstance(value, Iterable) or isinstance(value, str):
+        raise InvalidInput(
+            f"{where} must be a list of {{role, content}}, got {type(value).__name__}"
+        )
+    messages = tuple(_message(item, where, index) for index, item in enumerate(value))
+    if not messages:
+        raise InvalidInput(f"{where} is an empty list")
+    return messages
+
+
+def _message(item: Any, where: str, index: int) -> Message:
+    if not isinstance(item, Mapping) and hasattr(item, "asDict"):
+        item = item.asDict()  # a pyspark Row
+    if not isinstance(item, Mapping) or "role" not in item or "content" not in item:
+        raise InvalidInput(f"{where}[{index}] must be a {{role, content}} object")
+    role = item["role"]
+    if role not in ROLES:
+        raise InvalidInput(
+            f"{where}[{index}] has unknown role {role!r} (use {'/'.join(sorted(ROLES))})"
+        )
+    return Message(role, _text(item["content"], f"{where}[{index}].content"))
+
+
+def _text(value: Any, where: str) -> str:
+    if _is_null(value):
+        raise InvalidInput(f"{where} is null")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput(f"{where} is empty")
+    return value
+
+
+def _check_size(messages: tuple[Message, ...], limit: int) -> None:
+    size = sum(len(m.content) for m in messages)
+    if size > limit:
+        raise InvalidInput(f"prompt has {size} characters, over source.max_prompt_chars={limit}")
+
+
+def _is_null(value: Any) -> bool:
+    # Arrow→pandas turns SQL NULL into None, NaN (numeric columns) or pd.NA (nullable dtypes).
+    if value is None or type(value).__name__ == "NAType":
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:REQUEST_ID_HEX_CHARS]

@@ -1,0 +1,122 @@
+"""Token-bucket rate limiting for requests per minute and tokens per minute.
+
+A bucket refills at `rate` units per second up to `capacity`. `acquire(n)` waits until the level
+covers `min(n, capacity)` and then takes all `n`, so a request larger than the burst can still go
+once the bucket is full, leaving the level negative (a debt the next callers wait out). `adjust`
+corrects a reservation once the real cost is known. Time and sleeping are injected so tests drive
+the clock instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from pipeline.errors import TokenBudgetExceeded
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+# How many seconds of budget may be spent at once after an idle spell. Small, so a job never
+# bursts far above its per-minute rate in any window a server measures.
+BURST_SECONDS = 1.0
+
+
+class TokenBucket:
+    """A token bucket; waiters are served one at a time, in arrival order (FIFO lock)."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        capacity: float,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0 or capacity <= 0:
+            raise ValueError("rate and capacity must be positive")
+        self.rate_per_s = rate_per_s
+        self.capacity = capacity
+        self._clock = clock
+        self._sleep = sleep
+        self._level = capacity
+        self._stamp = clock()
+        self._lock = asyncio.Lock()
+
+    @property
+    def level(self) -> float:
+        """Units available now (negative while in debt)."""
+        self._refill()
+        return self._level
+
+    async def acquire(self, amount: float) -> None:
+        """Wait until `amount` may be spent, then spend it."""
+        need = min(amount, self.capacity)
+        async with self._lock:
+            self._refill()
+            while self._level < need:
+                await self._sleep((need - self._level) / self.rate_per_s)
+                self._refill()
+            self._level -= amount
+
+    def adjust(self, delta: float) -> None:
+        """Spend `delta` more (or give back `-delta`) after the real cost is known."""
+        self._refill()
+        self._level = min(self.capacity, self._level - delta)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate_per_s)
+        self._stamp = now
+
+
+class RateLimits:
+    """The requests-per-minute and tokens-per-minute budgets of one Spark task.
+
+    `job_tokens_per_minute` is the whole job's budget: a single request estimated above it can
+    never be admitted anywhere and is refused instead of waiting forever.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        job_tokens_per_minute: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._requests = _bucket(requests_per_minute, 1.0, clock, sleep)
+        self._tokens = _bucket(tokens_per_minute, 1.0, clock, sleep)
+        self._max_tokens = job_tokens_per_minute or tokens_per_minute
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait for one request slot and `estimated_tokens` of token budget.
+
+        Raises:
+            TokenBudgetExceeded: the estimate alone is over the whole per-minute token budget.
+        """
+        if self._max_tokens is not None and estimated_tokens > self._max_tokens:
+            raise TokenBudgetExceeded(
+                f"request needs ~{estimated_tokens} tokens, over limits.tokens_per_minute="
+                f"{self._max_tokens:g}"
+            )
+        if self._requests is not None:
+            await self._requests.acquire(1)
+        if self._tokens is not None:
+            await self._tokens.acquire(estimated_tokens)
+
+    def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+        """Correct the token reservation with the real usage (or release it: None)."""
+        if self._tokens is not None:
+            self._tokens.adjust((actual_tokens or 0) - estimated_tokens)
+
+
+def _bucket(
+    per_minute: float | None, minimum: float, clock: Clock, sleep: Sleep
+) -> TokenBucket | None:
+    if per_minute is None:
+        return None
+    rate = per_minute / 60.0
+    return TokenBucket(rate, max(minimum, rate * BURST_SECONDS), clock=clock, sleep=sleep)

@@ -1,0 +1,64 @@
+"""The retry policy, built once from the config: tenacity with bounded attempts and a deadline.
+
+Exponential backoff with full jitter between attempts; a server's `Retry-After` replaces the
+backoff when it is within the cap (a longer one ends the row: see `errors.should_retry`). Only
+errors whose class is retryable are retried. The sleeper is injected so tests record the delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from pipeline.config import LimitsConfig
+from pipeline.errors import EndpointError, should_retry
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    deadline_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    retry_after_cap_s: float
+
+    @classmethod
+    def from_limits(cls, limits: LimitsConfig) -> RetryPolicy:
+        return cls(
+            max_attempts=limits.max_attempts,
+            deadline_s=limits.row_deadline_s,
+            backoff_initial_s=limits.backoff_initial_s,
+            backoff_max_s=limits.backoff_max_s,
+            retry_after_cap_s=limits.retry_after_cap_s,
+        )
+
+    def wait_seconds(self, retry_state: RetryCallState) -> float:
+        """Seconds before the next attempt: the server's Retry-After, else jittered backoff."""
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, EndpointError) and error.retry_after is not None:
+            return min(error.retry_after, self.retry_after_cap_s)
+        backoff = wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
+        return float(backoff(retry_state))
+
+    def retrying(self, sleep: Sleep = asyncio.sleep) -> AsyncRetrying:
+        """A fresh tenacity controller for one row; re-raises the last error when it gives up."""
+        cap = self.retry_after_cap_s
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline_s),
+            wait=self.wait_seconds,
+            retry=retry_if_exception(lambda error: should_retry(error, cap)),
+            sleep=sleep,
+            reraise=True,
+        )

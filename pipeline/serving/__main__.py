@@ -1,0 +1,145 @@
+"""`python -m pipeline.serving`: parse flags into ServingSettings and serve until SIGTERM/SIGINT.
+
+With `--ready-file PATH` the listening URL is written to PATH once the socket accepts
+connections (and removed on exit), so shell scripts can wait for the file instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.serving.app import make_app
+from pipeline.serving.models import MODELS
+from pipeline.serving.settings import ServingSettings, SettingsError
+
+_log = logging.getLogger("pipeline.serving")
+
+# How long in-flight requests get to finish after SIGTERM before connections are dropped.
+SHUTDOWN_GRACE_S = 5.0
+_DEFAULTS = ServingSettings()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; every default is the ServingSettings field default."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serving", description=__doc__)
+    add = parser.add_argument
+    add("--host", default=_DEFAULTS.host, help="interface to bind (default %(default)s)")
+    add("--port", type=int, default=_DEFAULTS.port, metavar="PORT",
+        help="port to bind; 0 picks a free one (default %(default)s)")
+    add("--model", default=_DEFAULTS.model, choices=sorted(MODELS), help="model to serve")
+    add("--endpoint-name", action="append", dest="endpoint_names", metavar="NAME",
+        help="endpoint name to serve; repeatable (default: the model name)")
+    add("--token-env", metavar="VAR", help="require the token held in env var VAR")
+    add("--max-tokens-limit", type=int, default=_DEFAULTS.max_tokens_limit, metavar="N",
+        help="largest max_tokens accepted, and the budget when absent (default %(default)s)")
+    add("--reasoning-item", action="store_true",
+        help="Responses output starts with a reasoning item")
+    add("--fail-first", type=int, default=_DEFAULTS.fail_first, metavar="N",
+        help="fail the first N attempts of every distinct request (default %(default)s)")
+    add("--fail-status", type=int, default=_DEFAULTS.fail_status, metavar="STATUS",
+        help="HTTP status of injected failures (default %(default)s)")
+    add("--retry-after-s", type=float, default=_DEFAULTS.retry_after_s, metavar="SECONDS",
+        help="send Retry-After with injected failures (seconds)")
+    add("--access-log", action="store_true", help="log every request to stderr")
+    add("--ready-file", type=Path, metavar="PATH", help="write the URL here once listening")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServingSettings:
+    """Settings from parsed flags. Raises SettingsError naming the refused setting."""
+    values: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "model": args.model,
+        "endpoint_names": args.endpoint_names or [],
+        "token_env": args.token_env,
+        "max_tokens_limit": args.max_tokens_limit,
+        "reasoning_item": args.reasoning_item,
+        "fail_first": args.fail_first,
+        "fail_status": args.fail_status,
+        "retry_after_s": args.retry_after_s,
+        "access_log": args.access_log,
+    }
+    return ServingSettings.from_dict(values)
+
+
+async def serve(
+    settings: ServingSettings, app: web.Application, on_listening: Callable[[str], None]
+) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully.
+
+    `on_listening` gets the URL once the socket accepts connections.
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        url = _listening_url(runner)
+        _log.info("serving %s at %s", ", ".join(settings.served_names), url)
+        on_listening(url)
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+
+
+def _listening_url(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]  # IPv6 socknames have 4 fields; host and port lead
+    if host in ("0.0.0.0", "::"):  # bound to every interface: loopback reaches it
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _write_ready_file(path: Path | None, url: str) -> None:
+    if path is None:
+        return
+    # A watcher must never read a half-written URL: write aside, then rename into place.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(url + "\n")
+    os.replace(partial, path)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server; exit status 2 on refused settings."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+        app = make_app(settings)
+    except SettingsError as err:
+        parser.error(str(err))
+    try:
+        asyncio.run(serve(settings, app, functools.partial(_write_ready_file, args.ready_file)))
+    finally:
+        # A stale ready file would tell the next script a dead server is up.
+        if args.ready_file is not None:
+            args.ready_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

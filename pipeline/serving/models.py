@@ -1,0 +1,74 @@
+"""Chat models the local endpoint can serve, behind one small protocol.
+
+A model turns validated messages into a `Completion`; it knows nothing of HTTP, wire formats or
+faults. `EchoModel` is deterministic and instant so tests can predict every token count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pipeline.serving.settings import ServingSettings, SettingsError
+
+# A validated chat message: exactly {"role": "system"|"user"|"assistant", "content": str}.
+Message = dict[str, str]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a model produced; token counts are in the model's own tokens."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatModel(Protocol):
+    """Anything that completes a conversation within a token budget."""
+
+    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+        """Answer the conversation with at most `max_tokens` tokens."""
+        ...
+
+
+class EchoModel:
+    """Echoes the last user message; a token is a whitespace-separated word.
+
+    prompt_tokens counts the words of every message (system included); the answer is the last
+    user message's words cut to `max_tokens`, and finish_reason says whether it was cut.
+    """
+
+    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+        """Echo the last user message, truncated to `max_tokens` words."""
+        prompt_tokens = sum(len(message["content"].split()) for message in messages)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        words = last_user.split()
+        kept = words[:max_tokens]
+        return Completion(
+            text=" ".join(kept),
+            finish_reason="length" if len(words) > max_tokens else "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(kept),
+        )
+
+
+# Model name -> factory. A factory takes the settings so a heavier model can read its own knobs.
+MODELS: dict[str, Callable[[ServingSettings], ChatModel]] = {
+    "echo": lambda _settings: EchoModel(),
+}
+
+
+def make_model(settings: ServingSettings) -> ChatModel:
+    """Build the model named by `settings.model`.
+
+    Raises SettingsError (key "model") when no model has that name.
+    """
+    factory = MODELS.get(settings.model)
+    if factory is None:
+        known = ", ".join(MODELS)
+        raise SettingsError("model", f"unknown model {settings.model!r}; known: {known}")
+    return factory(settings)

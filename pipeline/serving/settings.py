@@ -1,0 +1,147 @@
+"""Every knob of the local serving endpoint, with its default, as one frozen dataclass.
+
+Settings arrive three ways: CLI flags at start, a JSON object posted to `/control`, and
+`dataclasses.replace` in code. JSON goes through `from_dict`/`with_changes`, which check each
+value's type against the field annotation; every way ends in `__post_init__`, which checks
+ranges. Either check raises `SettingsError` naming the key, so a bad value never half-applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Marks fields that only mean something when the process starts (the socket is bound, the model
+# loaded, the token read): `/control` refuses them instead of pretending to apply them.
+_STARTUP_ONLY = {"startup_only": True}
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or its value is refused; `key` names the setting."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Behaviour of the local endpoint. Defaults make a healthy `echo` endpoint on 127.0.0.1."""
+
+    # --- fixed at start ---
+    model: str = field(default="echo", metadata=_STARTUP_ONLY)
+    host: str = field(default="127.0.0.1", metadata=_STARTUP_ONLY)
+    port: int = field(default=8080, metadata=_STARTUP_ONLY)
+    # Name of the env var holding the required token; None accepts any or no credentials.
+    # The token itself is never a setting, so it cannot leak through `/control` output.
+    token_env: str | None = field(default=None, metadata=_STARTUP_ONLY)
+    access_log: bool = field(default=False, metadata=_STARTUP_ONLY)
+    # --- changeable at runtime through /control ---
+    # Served endpoint names; empty means "just the model name" (see `served_names`).
+    endpoint_names: tuple[str, ...] = ()
+    max_tokens_limit: int = 4096
+    reasoning_item: bool = False
+    # Fault plan: the first `fail_first` attempts of each distinct request answer `fail_status`.
+    fail_first: int = 0
+    fail_status: int = 503
+    retry_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model", "must be a non-empty string")
+        _require(0 <= self.port <= 65535, "port", "must be in 0..65535 (0 picks a free port)")
+        _require(self.token_env != "", "token_env", "must be an env var name or null")
+        for name in self.endpoint_names:
+            _require(bool(name) and "/" not in name, "endpoint_names",
+                     "each name must be a non-empty string without '/'")
+        _require(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")
+        _require(self.fail_first >= 0, "fail_first", "must be >= 0")
+        _require(400 <= self.fail_status <= 599, "fail_status", "must be an HTTP error in 400..599")
+        _require(self.retry_after_s is None or self.retry_after_s >= 0, "retry_after_s",
+                 "must be null or a number of seconds >= 0")
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        """Endpoint names this server answers for."""
+        return self.endpoint_names or (self.model,)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServingSettings:
+        """Build settings from a JSON object; absent keys keep their defaults.
+
+        Raises SettingsError naming the first unknown key or refused value.
+        """
+        return dataclasses.replace(cls(), **_coerce_all(data, allow_startup_only=True))
+
+    def with_changes(self, changes: Mapping[str, Any]) -> ServingSettings:
+        """Apply a `/control` JSON object: runtime fields only.
+
+        Raises SettingsError naming an unknown key, a startup-only key, or a refused value.
+        """
+        return dataclasses.replace(self, **_coerce_all(changes, allow_startup_only=False))
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as a JSON-ready dict (tuples become lists)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise SettingsError(key, problem)
+
+
+def _jsonable(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _coerce_all(data: Mapping[str, Any], *, allow_startup_only: bool) -> dict[str, Any]:
+    fields = {f.name: f for f in dataclasses.fields(ServingSettings)}
+    hints = typing.get_type_hints(ServingSettings)
+    coerced: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise SettingsError(key, f"unknown setting; known: {', '.join(sorted(fields))}")
+        if fields[key].metadata.get("startup_only") and not allow_startup_only:
+            raise SettingsError(key, "can only be set when the server starts")
+        coerced[key] = _coerce(key, hints[key], value)
+    return coerced
+
+
+def _coerce(key: str, hint: Any, value: object) -> Any:
+    """Check a JSON value against a field annotation; ints widen to float, lists to tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union) and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = (arg for arg in args if arg is not type(None))
+        return _coerce(key, inner, value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, list | tuple):
+            return tuple(_coerce(f"{key}[{i}]", args[0], item) for i, item in enumerate(value))
+        raise SettingsError(key, f"expected a list, got {_json_type(value)}")
+    # bool is an int subclass in Python but a different JSON type: never let true mean 1.
+    if isinstance(value, bool):
+        if hint is bool:
+            return value
+    elif isinstance(value, int) and hint in (int, float):
+        return value if hint is int else float(value)
+    elif isinstance(value, float) and hint is float and math.isfinite(value):
+        return value
+    elif isinstance(value, str) and hint is str:
+        return value
+    raise SettingsError(key, f"expected {_describe(hint)}, got {_json_type(value)}")
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    return names.get(hint, str(hint))
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+             dict: "object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,37 @@
+"""The three wire formats of Databricks Model Serving, one module each.
+
+Each module builds the request body for a `ChatRequest` and parses a 2xx JSON answer into a
+`Completion`. Pure: no HTTP, no Spark. `wire_for(api)` picks the module by the config's
+`endpoint.api`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pipeline.chat import ChatRequest, Completion
+from pipeline.config import ApiName, EndpointConfig
+from pipeline.wire import chat_completions, invocations, responses
+
+
+class WireFormat(Protocol):
+    def url(self, endpoint: EndpointConfig) -> str: ...
+
+    def body(
+        self, request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def parse(self, payload: Any) -> Completion: ...
+
+
+_FORMATS: dict[str, WireFormat] = {
+    "invocations": invocations,
+    "chat_completions": chat_completions,
+    "responses": responses,
+}
+
+
+def wire_for(api: ApiName) -> WireFormat:
+    """The wire format module for `endpoint.api`."""
+    return _FORMATS[api]

@@ -1,0 +1,81 @@
+"""OpenAI Responses: `POST {base_url}/responses` with `input` and `max_output_tokens`.
+
+The text is the `output_text` parts of every `message` item in `output[]`, wherever they stand
+(reasoning models put a `reasoning` item first). `incomplete_details.reason` or `status` give the
+finish reason; `usage` counts `input_tokens` and `output_tokens`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.chat import ChatRequest, Completion
+from pipeline.config import EndpointConfig
+from pipeline.errors import MalformedResponse
+from pipeline.wire.invocations import add, chat_messages, optional_int, optional_str
+
+# Responses `incomplete_details.reason` → the Chat Completions finish reason it corresponds to.
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def url(endpoint: EndpointConfig) -> str:
+    return f"{endpoint.serving_base_url}/responses"
+
+
+def body(
+    request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {**extra, "model": endpoint.name, "input": chat_messages(request)}
+    if request.max_tokens is not None:
+        payload["max_output_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        payload["temperature"] = request.temperature
+    return payload
+
+
+def parse(payload: Any) -> Completion:
+    """A Responses API body → Completion.
+
+    Raises:
+        MalformedResponse: no `output` list, or no `message` item in it.
+    """
+    if not isinstance(payload, dict):
+        raise MalformedResponse("response body is not a JSON object")
+    output = payload.get("output")
+    if not isinstance(output, list):
+        raise MalformedResponse("response has no output list")
+    messages = [i for i in output if isinstance(i, dict) and i.get("type") == "message"]
+    if not messages:
+        raise MalformedResponse("response output has no message item")
+    text = "".join(
+        str(part.get("text", ""))
+        for item in messages
+        for part in (item.get("content") or [])
+        if isinstance(part, dict) and part.get("type") == "output_text"
+    )
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
+    prompt = optional_int(usage.get("input_tokens"))
+    completion = optional_int(usage.get("output_tokens"))
+    return Completion(
+        text=text,
+        finish_reason=finish_reason(payload),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=optional_int(usage.get("total_tokens")) or add(prompt, completion),
+        model=optional_str(payload.get("model")),
+        response_id=optional_str(payload.get("id")),
+    )
+
+
+def finish_reason(payload: Mapping[str, Any]) -> str | None:
+    details = payload.get("incomplete_details")
+    if isinstance(details, dict) and details.get("reason"):
+        reason = str(details["reason"])
+        return _INCOMPLETE_REASONS.get(reason, reason)
+    status = payload.get("status")
+    if status == "completed":
+        return "stop"
+    return optional_str(status)

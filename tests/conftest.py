@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Spark session and one local serving endpoint per test run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pyspark.sql import SparkSession
+
+from pipeline.io import spark_session
+from pipeline.serving.process import LocalEndpoint
+
+# The token the shared endpoint requires; tests check it never leaks into output or logs.
+TOKEN_ENV = "PIPELINE_TEST_TOKEN"
+TOKEN = "dapi-pipeline-test-5ecret"
+ENDPOINT_NAME = "echo"
+
+# Small-machine settings: two cores, no UI, few shuffle partitions, small Arrow batches so a
+# few hundred rows already span several batches.
+TEST_SPARK_CONF = {
+    "spark.master": "local[2]",
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "50",
+    "spark.driver.memory": "2g",
+}
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    session = spark_session("pipeline-tests", TEST_SPARK_CONF)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def _echo_process() -> Iterator[LocalEndpoint]:
+    args = ("--model", "echo", "--endpoint-name", ENDPOINT_NAME, "--token-env", TOKEN_ENV)
+    with LocalEndpoint(*args, env={TOKEN_ENV: TOKEN}) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def echo(_echo_process: LocalEndpoint) -> LocalEndpoint:
+    """The shared echo endpoint (token required), with start-up settings and zeroed counters."""
+    _echo_process.reset()
+    return _echo_process

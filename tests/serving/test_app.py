@@ -1,0 +1,359 @@
+"""Wire behaviour of the real server process, through a plain HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pipeline.serving.process import LocalEndpoint
+
+from .conftest import ENDPOINT, OTHER_ENDPOINT, TOKEN, TOKEN_ENV
+from .wire_client import Reply, get, post
+
+
+def user(content: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}]}
+
+
+def invoke(endpoint: LocalEndpoint, body: object, name: str = ENDPOINT, **kw: Any) -> Reply:
+    return post(f"{endpoint.base_url}/{name}/invocations", body, **kw)
+
+
+def assert_error(reply: Reply, status: int, code: str) -> str:
+    """Check a Databricks error reply; return its message."""
+    assert reply.status == status, reply.body
+    assert reply.headers.get_content_type() == "application/json"
+    assert set(reply.body) == {"error_code", "message"}
+    assert reply.body["error_code"] == code
+    message: str = reply.body["message"]
+    return message
+
+
+def test_health(endpoint: LocalEndpoint) -> None:
+    reply = get(f"{endpoint.url}/health")
+
+    assert (reply.status, reply.body) == (200, {"status": "ok"})
+
+
+def test_invocations_answer_a_chat_completion(endpoint: LocalEndpoint) -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "answer in one word"},
+            {"role": "user", "content": "what is this"},
+        ],
+        "max_tokens": 100,
+        "temperature": 0.1,
+        "top_p": 0.9,  # unknown fields are ignored
+    }
+
+    reply = invoke(endpoint, body)
+
+    assert reply.status == 200
+    assert reply.headers.get_content_type() == "application/json"
+    completion_id, created = reply.body.pop("id"), reply.body.pop("created")
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]+", completion_id)
+    assert isinstance(created, int) and abs(created - time.time()) < 60
+    assert reply.body == {
+        "object": "chat.completion",
+        "model": ENDPOINT,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "what is this"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+
+
+def test_chat_completions_route_names_the_endpoint_in_model(endpoint: LocalEndpoint) -> None:
+    reply = post(
+        f"{endpoint.base_url}/chat/completions",
+        {"model": OTHER_ENDPOINT, **user("one two three"), "max_tokens": 2},
+    )
+
+    assert reply.status == 200
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]+", reply.body["id"])
+    assert (reply.body["object"], reply.body["model"]) == ("chat.completion", OTHER_ENDPOINT)
+    assert reply.body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "one two"},
+         "finish_reason": "length"}
+    ]
+    assert reply.body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_responses_route_answers_a_response_object(endpoint: LocalEndpoint) -> None:
+    body = {"model": ENDPOINT, "input": "say this back", "instructions": "be exact",
+            "max_output_tokens": 10, "temperature": 0}
+
+    reply = post(f"{endpoint.base_url}/responses", body)
+
+    assert reply.status == 200
+    assert re.fullmatch(r"resp_[0-9a-f]+", reply.body.pop("id"))
+    assert abs(reply.body.pop("created_at") - time.time()) < 60
+    (message,) = reply.body.pop("output")
+    assert re.fullmatch(r"msg_[0-9a-f]+", message.pop("id"))
+    assert message == {
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "say this back", "annotations": []}],
+    }
+    assert reply.body == {
+        "object": "response",
+        "model": ENDPOINT,
+        "status": "completed",
+        "incomplete_details": None,
+        "usage": {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8},
+    }
+
+
+def test_truncated_response_is_incomplete(endpoint: LocalEndpoint) -> None:
+    body = {"model": ENDPOINT, "input": [{"role": "user", "content": "a b c d"}],
+            "max_output_tokens": 3}
+
+    reply = post(f"{endpoint.base_url}/responses", body)
+
+    assert (reply.body["status"], reply.body["incomplete_details"]) == (
+        "incomplete", {"reason": "max_output_tokens"})
+    assert reply.body["output"][0]["status"] == "incomplete"
+    assert reply.body["output"][0]["content"][0]["text"] == "a b c"
+    assert reply.body["usage"]["output_tokens"] == 3
+
+
+def test_reasoning_item_comes_first_when_enabled(endpoint: LocalEndpoint) -> None:
+    endpoint.control(reasoning_item=True)
+
+    reply = post(f"{endpoint.base_url}/responses", {"model": ENDPOINT, "input": "hi"})
+
+    reasoning, message = reply.body["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == []
+    assert re.fullmatch(r"rs_[0-9a-f]+", reasoning["id"])
+    assert message["content"][0]["text"] == "hi"
+
+
+def test_absent_max_tokens_means_the_server_limit(endpoint: LocalEndpoint) -> None:
+    endpoint.control(max_tokens_limit=3)
+
+    reply = invoke(endpoint, user("one two three four five"))
+
+    assert reply.body["choices"][0]["message"]["content"] == "one two three"
+    assert reply.body["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/nope/invocations", user("hi")),
+        ("/chat/completions", {"model": "nope", **user("hi")}),
+        ("/responses", {"model": "nope", "input": "hi"}),
+    ],
+)
+def test_unknown_endpoint_name_is_404(endpoint: LocalEndpoint, route: str, body: object) -> None:
+    message = assert_error(post(endpoint.base_url + route, body), 404, "RESOURCE_DOES_NOT_EXIST")
+
+    assert "nope" in message
+
+
+def test_endpoint_names_can_change_at_runtime(endpoint: LocalEndpoint) -> None:
+    endpoint.control(endpoint_names=["renamed"])
+
+    assert invoke(endpoint, user("hi"), name="renamed").status == 200
+    assert_error(invoke(endpoint, user("hi")), 404, "RESOURCE_DOES_NOT_EXIST")
+
+
+def test_unknown_path_gets_a_databricks_error(endpoint: LocalEndpoint) -> None:
+    assert_error(post(f"{endpoint.url}/api/2.0/nothing", {}), 404, "ENDPOINT_NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        (f"/{ENDPOINT}/invocations", [1, 2], "request body"),
+        (f"/{ENDPOINT}/invocations", {"prompt": "hi"}, "messages"),
+        (f"/{ENDPOINT}/invocations", {"messages": [{"role": "bot", "content": "x"}]},
+         "messages[0].role"),
+        (f"/{ENDPOINT}/invocations", {**user("hi"), "max_tokens": 0}, "max_tokens"),
+        (f"/{ENDPOINT}/invocations", {**user("hi"), "max_tokens": 4097}, "max_tokens"),
+        (f"/{ENDPOINT}/invocations", {**user("hi"), "temperature": 2.5}, "temperature"),
+        ("/chat/completions", user("hi"), "model"),
+        ("/chat/completions", {"model": ENDPOINT, "messages": [{"role": "user"}]},
+         "messages[0].content"),
+        ("/responses", {"model": ENDPOINT}, "input"),
+        ("/responses", {"model": ENDPOINT, "input": "x", "max_output_tokens": "9"},
+         "max_output_tokens"),
+    ],
+)
+def test_invalid_bodies_are_400_naming_the_field(
+    endpoint: LocalEndpoint, route: str, body: object, field: str
+) -> None:
+    reply = post(endpoint.base_url + route, body)
+
+    assert assert_error(reply, 400, "INVALID_PARAMETER_VALUE").startswith(f"{field} ")
+
+
+def test_malformed_json_is_400(endpoint: LocalEndpoint) -> None:
+    reply = post(f"{endpoint.base_url}/{ENDPOINT}/invocations", raw=b"{oops")
+
+    assert "JSON" in assert_error(reply, 400, "INVALID_PARAMETER_VALUE")
+
+
+def test_fail_first_fails_each_distinct_prompt_exactly_n_times(endpoint: LocalEndpoint) -> None:
+    endpoint.control(fail_first=2)
+
+    statuses = {
+        prompt: [invoke(endpoint, user(prompt)).status for _ in range(3)]
+        for prompt in ("alpha", "beta", "gamma")
+    }
+
+    assert statuses == {prompt: [503, 503, 200] for prompt in statuses}
+    stats = endpoint.stats()
+    assert (stats["faults_injected"], stats["distinct_requests"]) == (6, 3)
+    assert stats["by_status"] == {"200": 3, "503": 6}
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (3, 3)
+
+
+def test_fail_first_holds_under_concurrency(endpoint: LocalEndpoint) -> None:
+    endpoint.control(fail_first=2)
+    prompts = [f"prompt number {i}" for i in range(8)]
+
+    async def send_all() -> list[tuple[str, int]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def send(prompt: str) -> tuple[str, int]:
+                url = f"{endpoint.base_url}/chat/completions"
+                async with session.post(url, json={"model": ENDPOINT, **user(prompt)}) as reply:
+                    await reply.read()
+                    return prompt, reply.status
+
+            return await asyncio.gather(*(send(p) for p in prompts for _ in range(3)))
+
+    results = asyncio.run(send_all())
+
+    for prompt in prompts:
+        assert sorted(status for p, status in results if p == prompt) == [200, 503, 503]
+    stats = endpoint.stats()
+    assert (stats["requests_total"], stats["faults_injected"]) == (24, 16)
+    assert stats["by_route"] == {"invocations": 0, "chat_completions": 24, "responses": 0}
+    assert stats["in_flight"] == 0 and stats["peak_in_flight"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(429, "REQUEST_LIMIT_EXCEEDED"), (500, "INTERNAL_ERROR")]
+)
+def test_injected_fault_status_code_and_retry_after(
+    endpoint: LocalEndpoint, status: int, code: str
+) -> None:
+    endpoint.control(fail_first=1, fail_status=status, retry_after_s=0.01)
+
+    reply = invoke(endpoint, user("hi"))
+
+    assert_error(reply, status, code)
+    assert reply.headers["Retry-After"] == "0.01"
+
+
+def test_no_retry_after_unless_configured(endpoint: LocalEndpoint) -> None:
+    endpoint.control(fail_first=1)
+
+    reply = invoke(endpoint, user("hi"))
+
+    assert_error(reply, 503, "TEMPORARILY_UNAVAILABLE")
+    assert "Retry-After" not in reply.headers
+
+
+def test_rejected_requests_are_not_faults(endpoint: LocalEndpoint) -> None:
+    endpoint.control(fail_first=1)
+
+    assert invoke(endpoint, {**user("hi"), "max_tokens": 0}).status == 400
+    assert invoke(endpoint, user("hi"), name="nope").status == 404
+    assert invoke(endpoint, user("hi")).status == 503
+
+    stats = endpoint.stats()
+    assert (stats["faults_injected"], stats["distinct_requests"]) == (1, 1)
+
+
+def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
+    invoke(endpoint, user("a b"))
+    post(f"{endpoint.base_url}/responses", {"model": ENDPOINT, "input": "c"})
+    get(f"{endpoint.url}/health")
+    endpoint.control(fail_first=0)
+
+    stats = endpoint.stats()
+
+    assert stats == {
+        "requests_total": 2,
+        "by_status": {"200": 2},
+        "by_route": {"invocations": 1, "chat_completions": 0, "responses": 1},
+        "prompt_tokens": 3,
+        "completion_tokens": 3,
+        "faults_injected": 0,
+        "in_flight": 0,
+        "peak_in_flight": 1,
+        "distinct_requests": 2,
+    }
+
+
+def test_control_returns_all_settings(endpoint: LocalEndpoint) -> None:
+    settings = endpoint.control(fail_first=2, fail_status=429, retry_after_s=0.01)
+
+    assert (settings["fail_first"], settings["fail_status"], settings["retry_after_s"]) == (
+        2, 429, 0.01)
+    assert settings["endpoint_names"] == [ENDPOINT, OTHER_ENDPOINT]
+    assert settings["max_tokens_limit"] == 4096
+
+
+@pytest.mark.parametrize(
+    ("body", "key"), [({"fail_frist": 2}, "fail_frist"), ({"fail_first": "2"}, "fail_first"),
+                      ({"port": 1}, "port")]
+)
+def test_control_refuses_unknown_keys_and_wrong_types(
+    endpoint: LocalEndpoint, body: dict[str, Any], key: str
+) -> None:
+    reply = post(f"{endpoint.url}/control", body)
+
+    assert assert_error(reply, 400, "INVALID_PARAMETER_VALUE").startswith(f"{key}: ")
+    assert invoke(endpoint, user("hi")).status == 200  # nothing was applied
+
+
+def test_reset_restores_settings_and_zeroes_counters(endpoint: LocalEndpoint) -> None:
+    started_with = endpoint.reset()
+    endpoint.control(fail_first=1, reasoning_item=True)
+    invoke(endpoint, user("hi"))
+
+    assert endpoint.reset() == started_with
+    assert endpoint.stats()["requests_total"] == 0
+    assert endpoint.stats()["distinct_requests"] == 0
+    assert invoke(endpoint, user("hi")).status == 200  # fault memory is gone with fail_first
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {credentials}"}
+
+
+def test_token_required_when_configured(secured_endpoint: LocalEndpoint) -> None:
+    ep = secured_endpoint
+    assert_error(invoke(ep, user("hi")), 401, "UNAUTHENTICATED")
+    wrong = invoke(ep, user("hi"), headers={"Authorization": "Bearer dapi-wrong"})
+    assert "dapi-wrong" not in assert_error(wrong, 403, "PERMISSION_DENIED")
+    assert invoke(ep, user("hi"), headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert invoke(ep, user("hi"), headers=basic("token", TOKEN)).status == 200
+    assert_error(invoke(ep, user("hi"), headers=basic("token", "nope")), 403, "PERMISSION_DENIED")
+
+
+def test_auth_comes_before_endpoint_and_body_checks(secured_endpoint: LocalEndpoint) -> None:
+    assert_error(invoke(secured_endpoint, [], name="nope"), 401, "UNAUTHENTICATED")
+
+
+def test_token_never_appears_in_control_output(secured_endpoint: LocalEndpoint) -> None:
+    settings = secured_endpoint.control(fail_first=0)
+
+    assert TOKEN not in str(settings)
+    assert settings["token_env"] == TOKEN_ENV

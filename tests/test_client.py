@@ -1,0 +1,108 @@
+"""The async client against the real local endpoint: wire formats, retries, error rows."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from pipeline.chat import ChatRequest, Message, RowResult
+from pipeline.client import ChatClient, ClientSettings
+from pipeline.config import ApiName, EndpointConfig, LimitsConfig
+from pipeline.secrets import Secret
+from pipeline.serving.process import LocalEndpoint, free_port
+from tests.conftest import ENDPOINT_NAME, TOKEN
+
+FAST_RETRIES = LimitsConfig(
+    concurrency=4, max_attempts=4, backoff_initial_s=0.001, backoff_max_s=0.01, timeout_s=10
+)
+REQUEST = ChatRequest(
+    "r1", (Message("system", "Be terse."), Message("user", "one two three four")), 3, 0.0
+)
+
+
+def settings(
+    echo: LocalEndpoint, api: ApiName = "invocations", **changes: object
+) -> ClientSettings:
+    endpoint = EndpointConfig(name=ENDPOINT_NAME, host=echo.url, api=api)
+    base = ClientSettings(endpoint=endpoint, limits=FAST_RETRIES, token=Secret(TOKEN))
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def send(client_settings: ClientSettings, request: ChatRequest = REQUEST) -> RowResult:
+    async def scenario() -> RowResult:
+        async with ChatClient.open_session(client_settings) as session:
+            return await ChatClient(client_settings, session).send(request)
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("api", ["invocations", "chat_completions", "responses"])
+def test_each_wire_format_round_trips(echo: LocalEndpoint, api: ApiName) -> None:
+    result = send(settings(echo, api))
+    assert result.status == "ok", result.error
+    assert result.completion is not None
+    # Echo: the last user message cut to max_tokens=3 words; prompt = all words (2 + 4).
+    assert result.completion.text == "one two three"
+    assert result.completion.finish_reason == "length"
+    assert (result.completion.prompt_tokens, result.completion.completion_tokens) == (6, 3)
+    assert result.completion.total_tokens == 9
+    assert result.completion.model == ENDPOINT_NAME
+    assert result.completion.response_id
+    assert (result.http_status, result.attempts) == (200, 1)
+    assert result.latency_ms is not None and result.latency_ms > 0
+    assert echo.stats()["by_route"][api] == 1
+
+
+def test_retries_until_success_count_attempts(echo: LocalEndpoint) -> None:
+    echo.control(fail_first=2, fail_status=503)
+    result = send(settings(echo))
+    assert (result.status, result.attempts, result.http_status) == ("ok", 3, 200)
+    assert echo.stats()["requests_total"] == 3
+
+
+def test_retry_after_from_429_is_honoured(echo: LocalEndpoint) -> None:
+    echo.control(fail_first=1, fail_status=429, retry_after_s=0.01)
+    result = send(settings(echo))
+    assert (result.status, result.attempts) == ("ok", 2)
+
+
+def test_exhausted_retries_become_an_error_row(echo: LocalEndpoint) -> None:
+    echo.control(fail_first=10, fail_status=503)
+    result = send(settings(echo))
+    assert result.status == "error"
+    assert (result.attempts, result.http_status) == (4, 503)
+    assert result.error is not None and result.error.startswith("server_error: HTTP 503")
+    assert result.completion is None
+    assert echo.stats()["requests_total"] == 4
+
+
+def test_bad_token_is_not_retried_and_not_echoed(echo: LocalEndpoint) -> None:
+    result = send(settings(echo, token=Secret("dapi-wrong-token")))
+    assert (result.status, result.http_status, result.attempts) == ("error", 403, 1)
+    assert result.error is not None and result.error.startswith("authentication_error")
+    assert "dapi-wrong-token" not in result.error and TOKEN not in result.error
+
+
+def test_unknown_endpoint_is_not_retried(echo: LocalEndpoint) -> None:
+    client_settings = settings(echo)
+    other = replace(client_settings.endpoint, name="no-such-endpoint")
+    result = send(replace(client_settings, endpoint=other))
+    assert (result.status, result.http_status, result.attempts) == ("error", 404, 1)
+    assert result.error is not None and "RESOURCE_DOES_NOT_EXIST" in result.error
+
+
+def test_refused_connection_is_retried_then_an_error_row() -> None:
+    endpoint = EndpointConfig(name="x", host=f"http://127.0.0.1:{free_port()}", token_env=None)
+    result = send(ClientSettings(endpoint=endpoint, limits=FAST_RETRIES))
+    assert (result.status, result.attempts, result.http_status) == ("error", 4, None)
+    assert result.error is not None and result.error.startswith("connection_error")
+
+
+def test_max_tokens_over_endpoint_limit_is_a_fatal_400(echo: LocalEndpoint) -> None:
+    echo.control(max_tokens_limit=2)
+    result = send(settings(echo))
+    # max_tokens=3 is above the endpoint's limit of 2: a 400 naming the field, not retried.
+    assert (result.status, result.http_status, result.attempts) == ("error", 400, 1)
+    assert result.error is not None and "max_tokens" in result.error

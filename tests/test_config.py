@@ -1,0 +1,134 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import JobConfig, apply_override, config_from_dict, load_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def minimal(**sections: dict) -> dict:
+    raw = {
+        "source": {"path": "in", "prompt_column": "prompt"},
+        "endpoint": {"name": "echo", "host": "http://127.0.0.1:1"},
+        "sink": {"path": "out"},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return raw
+
+
+def error_for(raw: dict, env: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw, env=env or {})
+    return caught.value
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(ROOT / "conf" / name, env={"DATABRICKS_HOST": "https://example.com"})
+    assert isinstance(config, JobConfig)
+    assert config.endpoint.serving_base_url.endswith("/serving-endpoints")
+
+
+def test_defaults_live_next_to_fields() -> None:
+    config = config_from_dict(minimal(), env={})
+    assert config.limits.concurrency == 32
+    assert config.sink.mode == "error"
+    assert config.endpoint.api == "invocations"
+    assert config.endpoint.token_env == "DATABRICKS_TOKEN"
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    err = error_for(minimal(source={"promt_column": "x"}))
+    assert err.key == "source.promt_column"
+    assert "did you mean 'prompt_column'" in str(err)
+
+
+def test_wrong_type_names_key_and_expected_type() -> None:
+    err = error_for(minimal(limits={"concurrency": "many"}))
+    assert err.key == "limits.concurrency"
+    assert "integer" in str(err)
+
+
+def test_bool_is_not_a_number() -> None:
+    assert error_for(minimal(request={"max_tokens": True})).key == "request.max_tokens"
+
+
+def test_missing_required_key() -> None:
+    raw = minimal()
+    del raw["endpoint"]["name"]
+    assert error_for(raw).key == "endpoint.name"
+
+
+def test_missing_section() -> None:
+    raw = minimal()
+    del raw["sink"]
+    assert error_for(raw).key == "sink"
+
+
+def test_literal_lists_accepted_values() -> None:
+    err = error_for(minimal(endpoint={"api": "completions"}))
+    assert err.key == "endpoint.api"
+    assert "invocations, chat_completions, responses" in str(err)
+
+
+def test_exactly_one_input_kind() -> None:
+    err = error_for(minimal(source={"template": "Hi {name}"}))
+    assert "prompt_column" in str(err) and "template" in str(err)
+
+
+def test_host_defaults_from_environment() -> None:
+    raw = minimal()
+    del raw["endpoint"]["host"]
+    config = config_from_dict(raw, env={"DATABRICKS_HOST": "https://adb.example.net/"})
+    assert config.endpoint.serving_base_url == "https://adb.example.net/serving-endpoints"
+    assert error_for(raw).key == "endpoint.host"
+
+
+def test_base_url_wins_over_host() -> None:
+    config = config_from_dict(minimal(endpoint={"base_url": "http://gw/v1/"}), env={})
+    assert config.endpoint.serving_base_url == "http://gw/v1"
+
+
+def test_template_placeholders_must_be_plain_columns() -> None:
+    raw = minimal(source={"prompt_column": None, "template": "Hi {user.name}"})
+    assert error_for(raw).key == "source.template"
+
+
+def test_extra_may_not_override_pipeline_fields() -> None:
+    assert error_for(minimal(request={"extra": {"messages": []}})).key == "request.extra.messages"
+
+
+def test_ranges_are_checked() -> None:
+    assert error_for(minimal(limits={"max_attempts": 0})).key == "limits.max_attempts"
+    assert error_for(minimal(request={"temperature": 3})).key == "request.temperature"
+
+
+def test_override_parses_yaml_scalars() -> None:
+    raw = minimal()
+    apply_override(raw, "limits.concurrency=64")
+    apply_override(raw, "endpoint.token_env=null")
+    apply_override(raw, "request.extra.top_p=0.9")
+    config = config_from_dict(raw, env={})
+    assert config.limits.concurrency == 64
+    assert config.endpoint.token_env is None
+    assert config.request.extra == {"top_p": 0.9}
+
+
+def test_override_needs_section_and_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        apply_override({}, "concurrency=3")
+    assert caught.value.key == "--set"
+
+
+def test_load_config_reports_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "missing.yaml")
+    assert caught.value.key == "--config"
+
+
+def test_saved_config_has_no_token() -> None:
+    config = config_from_dict(minimal(), env={})
+    assert "token_env" in str(config.to_dict())

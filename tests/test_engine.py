@@ -1,0 +1,51 @@
+"""The per-task engine: a private loop thread, one queue across batches, nothing lost."""
+
+from __future__ import annotations
+
+from pipeline.chat import ChatRequest, Message, RowResult
+from pipeline.client import ClientSettings
+from pipeline.config import EndpointConfig, LimitsConfig
+from pipeline.engine import Engine
+from pipeline.secrets import Secret
+from pipeline.serving.process import LocalEndpoint
+from tests.conftest import ENDPOINT_NAME, TOKEN
+
+
+def client_settings(echo: LocalEndpoint, concurrency: int) -> ClientSettings:
+    return ClientSettings(
+        endpoint=EndpointConfig(name=ENDPOINT_NAME, host=echo.url),
+        limits=LimitsConfig(concurrency=concurrency, backoff_initial_s=0.001, backoff_max_s=0.01),
+        token=Secret(TOKEN),
+    )
+
+
+def request(i: int) -> ChatRequest:
+    return ChatRequest(f"r{i}", (Message("user", f"prompt number {i}"),), 16, None)
+
+
+def test_batches_come_back_in_order_with_rejected_rows_in_place(echo: LocalEndpoint) -> None:
+    rejected = RowResult("bad", "error", error="invalid_input: prompt column 'q' is null")
+    batches: list[list[ChatRequest | RowResult]] = [
+        [request(i) for i in range(b * 10, b * 10 + 10)] for b in range(5)
+    ]
+    batches[2][3] = rejected
+    with Engine(client_settings(echo, concurrency=4)) as engine:
+        futures = [engine.submit(batch) for batch in batches]
+        results = [future.result(timeout=30) for future in futures]
+    for batch, answered in zip(batches, results, strict=True):
+        assert [r.request_id for r in answered] == [i.request_id for i in batch]
+    assert results[2][3] is rejected
+    ok = [r for batch in results for r in batch if r is not rejected]
+    assert all(r.status == "ok" for r in ok)
+    assert ok[0].completion is not None and ok[0].completion.text == "prompt number 0"
+    stats = echo.stats()
+    assert stats["requests_total"] == 49  # the rejected row never reached the endpoint
+    assert stats["peak_in_flight"] <= 4
+
+
+def test_batch_of_only_rejected_rows_needs_no_request(echo: LocalEndpoint) -> None:
+    rejected = RowResult("bad", "error", error="invalid_input: x")
+    with Engine(client_settings(echo, concurrency=2)) as engine:
+        assert engine.submit([rejected]).result(timeout=5) == [rejected]
+        assert engine.submit([]).result(timeout=5) == []
+    assert echo.stats()["requests_total"] == 0

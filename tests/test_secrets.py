@@ -1,0 +1,41 @@
+import pickle
+
+import pytest
+
+from pipeline.config import EndpointConfig
+from pipeline.errors import ConfigError
+from pipeline.secrets import Secret, resolve_token
+
+ENDPOINT = EndpointConfig(name="echo", host="http://127.0.0.1:1")
+
+
+def test_secret_never_prints_itself() -> None:
+    secret = Secret("dapi-very-secret")
+    assert "dapi-very-secret" not in repr(secret)
+    assert "dapi-very-secret" not in str(secret)
+    assert "dapi-very-secret" not in f"{secret}"
+    assert secret.reveal() == "dapi-very-secret"
+
+
+def test_secret_survives_pickling_for_spark_closures() -> None:
+    assert pickle.loads(pickle.dumps(Secret("abc"))).reveal() == "abc"
+
+
+def test_redact_removes_every_occurrence() -> None:
+    assert Secret("tok").redact("a tok b tok") == "a *** b ***"
+
+
+def test_token_comes_from_the_named_variable() -> None:
+    assert resolve_token(ENDPOINT, {"DATABRICKS_TOKEN": "t1"}) == Secret("t1")
+
+
+def test_missing_token_names_the_key_not_a_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_token(ENDPOINT, {})
+    assert caught.value.key == "endpoint.token_env"
+    assert "DATABRICKS_TOKEN" in str(caught.value)
+
+
+def test_no_token_env_means_no_auth() -> None:
+    endpoint = EndpointConfig(name="echo", host="http://127.0.0.1:1", token_env=None)
+    assert resolve_token(endpoint, {"DATABRICKS_TOKEN": "t1"}) is None
