@@ -96,6 +96,7 @@ class ChatClient:
             ensure_ascii=False,
         ).encode("utf-8")
         try:
+            self._limits.check(request.estimated_tokens())  # before any attempt: never sent
             async for attempt in self._policy.retrying(self._sleep):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number

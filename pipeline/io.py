@@ -109,6 +109,33 @@ def write_sink(frame: DataFrame, sink: SinkConfig) -> None:
         _delta_hint("sink", sink.format, lambda: writer.save(path))
 
 
+def check_sink_writable(spark: SparkSession, sink: SinkConfig) -> None:
+    """Refuse up front a sink that `mode: error` would refuse only after every request was paid.
+
+    Raises:
+        ConfigError: naming `sink.mode`, when the table or path already exists.
+    """
+    if sink.mode != "error":
+        return
+    where = sink.table or sink.path
+    if _sink_exists(spark, sink):
+        raise ConfigError(
+            "sink.mode", f"is 'error' and {where} already exists; use overwrite or append"
+        )
+
+
+def _sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
+    if sink.table is not None:
+        return bool(spark.catalog.tableExists(sink.table))
+    try:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        path = jvm.org.apache.hadoop.fs.Path(sink.path)
+        return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
+    except Exception:  # no JVM access (Spark Connect): Spark's own check still applies
+        return False
+
+
 def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
     """The output table as written."""
     if sink.table is not None:

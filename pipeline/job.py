@@ -21,7 +21,7 @@ from pyspark.sql.types import StructType
 from pipeline.client import ClientSettings
 from pipeline.config import JobConfig, SourceConfig
 from pipeline.errors import ConfigError
-from pipeline.io import read_source, spark_session, write_sink
+from pipeline.io import check_sink_writable, read_source, spark_session, write_sink
 from pipeline.mapper import TaskPlan, make_batch_mapper, output_schema
 from pipeline.secrets import resolve_token
 
@@ -64,6 +64,7 @@ def run_job(
     spark = spark or spark_session()
     frame = read_source(spark, config.source)
     check_columns(frame.schema, config.source)
+    check_sink_writable(spark, config.sink)
     if config.source.partitions is not None:
         frame = frame.repartition(config.source.partitions)
     tasks = concurrent_tasks(spark, frame)

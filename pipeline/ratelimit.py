@@ -91,8 +91,8 @@ class RateLimits:
         self._tokens = _bucket(tokens_per_minute, 1.0, clock, sleep)
         self._max_tokens = job_tokens_per_minute or tokens_per_minute
 
-    async def acquire(self, estimated_tokens: int) -> None:
-        """Wait for one request slot and `estimated_tokens` of token budget.
+    def check(self, estimated_tokens: int) -> None:
+        """Refuse a request that no amount of waiting could admit.
 
         Raises:
             TokenBudgetExceeded: the estimate alone is over the whole per-minute token budget.
@@ -102,6 +102,10 @@ class RateLimits:
                 f"request needs ~{estimated_tokens} tokens, over limits.tokens_per_minute="
                 f"{self._max_tokens:g}"
             )
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait for one request slot and `estimated_tokens` of token budget (see `check`)."""
+        self.check(estimated_tokens)
         if self._requests is not None:
             await self._requests.acquire(1)
         if self._tokens is not None:

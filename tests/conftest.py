@@ -29,8 +29,10 @@ TEST_SPARK_CONF = {
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[SparkSession]:
-    session = spark_session("pipeline-tests", TEST_SPARK_CONF)
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    conf = {**TEST_SPARK_CONF, "spark.sql.warehouse.dir": str(warehouse)}
+    session = spark_session("pipeline-tests", conf)
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

@@ -106,3 +106,11 @@ def test_max_tokens_over_endpoint_limit_is_a_fatal_400(echo: LocalEndpoint) -> N
     # max_tokens=3 is above the endpoint's limit of 2: a 400 naming the field, not retried.
     assert (result.status, result.http_status, result.attempts) == ("error", 400, 1)
     assert result.error is not None and "max_tokens" in result.error
+
+
+def test_request_over_the_token_budget_is_never_sent(echo: LocalEndpoint) -> None:
+    limits = replace(FAST_RETRIES, tokens_per_minute=5.0)
+    result = send(settings(echo, limits=limits, tokens_per_minute=5.0))
+    assert (result.status, result.attempts, result.http_status) == ("error", 0, None)
+    assert result.error is not None and result.error.startswith("token_budget_exceeded:")
+    assert echo.stats()["requests_total"] == 0

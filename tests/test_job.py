@@ -211,3 +211,41 @@ def test_token_never_reaches_the_output(
     text = json.dumps([r.asDict() for r in out.collect()], default=str)
     assert TOKEN not in text
     assert TOKEN not in json.dumps(config.to_dict())
+
+
+def test_catalog_table_in_and_out(spark: SparkSession, echo: LocalEndpoint) -> None:
+    spark.sql("CREATE DATABASE IF NOT EXISTS batch_chat_test")
+    prompts(spark, 12).write.format("delta").mode("overwrite").saveAsTable(
+        "batch_chat_test.prompts"
+    )
+    config = job(
+        echo,
+        {"table": "batch_chat_test.prompts", "id_column": "id", "prompt_column": "prompt"},
+        {"table": "batch_chat_test.answers", "format": "delta", "mode": "overwrite"},
+    )
+    summary, out = run(spark, config)
+    assert summary.sink == "batch_chat_test.answers"
+    assert out.filter("status = 'ok'").count() == 12
+    assert spark.table("batch_chat_test.answers").count() == 12
+
+
+def test_existing_sink_in_error_mode_sends_nothing(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    source = save(prompts(spark, 6), tmp_path / "in")
+    sink = {"path": str(tmp_path / "out"), "format": "delta", "mode": "error"}
+    run(spark, job(echo, {"path": source, "prompt_column": "prompt"}, sink))
+    echo.reset()
+    with pytest.raises(ConfigError, match="already exists; use overwrite or append") as caught:
+        run(spark, job(echo, {"path": source, "prompt_column": "prompt"}, sink))
+    assert caught.value.key == "sink.mode"
+    assert echo.stats()["requests_total"] == 0
+
+
+def test_append_mode_adds_rows(spark: SparkSession, echo: LocalEndpoint, tmp_path: Path) -> None:
+    source = save(prompts(spark, 6), tmp_path / "in")
+    sink = {"path": str(tmp_path / "out"), "format": "parquet", "mode": "append"}
+    for _ in range(2):
+        summary, out = run(spark, job(echo, {"path": source, "prompt_column": "prompt"}, sink))
+        assert summary.rows == 6  # the summary counts this run, not the table
+    assert out.count() == 12

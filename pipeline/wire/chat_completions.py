@@ -10,7 +10,8 @@ from typing import Any
 
 from pipeline.chat import ChatRequest
 from pipeline.config import EndpointConfig
-from pipeline.wire.invocations import chat_messages, parse
+from pipeline.wire.fields import chat_messages, sampling_fields
+from pipeline.wire.invocations import parse
 
 __all__ = ["body", "parse", "url"]
 
@@ -22,9 +23,9 @@ def url(endpoint: EndpointConfig) -> str:
 def body(
     request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {**extra, "model": endpoint.name, "messages": chat_messages(request)}
-    if request.max_tokens is not None:
-        payload["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
-    return payload
+    return {
+        **extra,
+        "model": endpoint.name,
+        "messages": chat_messages(request),
+        **sampling_fields(request, "max_tokens"),
+    }

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.chat import ChatRequest, Completion
 from pipeline.config import EndpointConfig
 from pipeline.errors import MalformedResponse
+from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 
 def url(endpoint: EndpointConfig) -> str:
@@ -22,16 +23,7 @@ def url(endpoint: EndpointConfig) -> str:
 def body(
     request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {**extra, "messages": chat_messages(request)}
-    if request.max_tokens is not None:
-        payload["max_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
-    return payload
-
-
-def chat_messages(request: ChatRequest) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in request.messages]
+    return {**extra, "messages": chat_messages(request), **sampling_fields(request, "max_tokens")}
 
 
 def parse(payload: Any) -> Completion:
@@ -49,17 +41,13 @@ def parse(payload: Any) -> Completion:
     message = choice.get("message")
     if not isinstance(message, dict):
         raise MalformedResponse("response choice has no message")
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        usage = {}
-    prompt = optional_int(usage.get("prompt_tokens"))
-    completion = optional_int(usage.get("completion_tokens"))
+    prompt, completion, total = usage_counts(payload, "prompt_tokens", "completion_tokens")
     return Completion(
         text=content_text(message.get("content")),
         finish_reason=optional_str(choice.get("finish_reason")),
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=optional_int(usage.get("total_tokens")) or add(prompt, completion),
+        total_tokens=total,
         model=optional_str(payload.get("model")),
         response_id=optional_str(payload.get("id")),
     )
@@ -78,15 +66,3 @@ def content_text(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") in ("text", "output_text")
         )
     raise MalformedResponse(f"message content is {type(content).__name__}, not text")
-
-
-def optional_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def add(a: int | None, b: int | None) -> int | None:
-    return None if a is None or b is None else a + b

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.chat import ChatRequest, Completion
 from pipeline.config import EndpointConfig
 from pipeline.errors import MalformedResponse
-from pipeline.wire.invocations import add, chat_messages, optional_int, optional_str
+from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 # Responses `incomplete_details.reason` → the Chat Completions finish reason it corresponds to.
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
@@ -26,12 +26,12 @@ def url(endpoint: EndpointConfig) -> str:
 def body(
     request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {**extra, "model": endpoint.name, "input": chat_messages(request)}
-    if request.max_tokens is not None:
-        payload["max_output_tokens"] = request.max_tokens
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
-    return payload
+    return {
+        **extra,
+        "model": endpoint.name,
+        "input": chat_messages(request),
+        **sampling_fields(request, "max_output_tokens"),
+    }
 
 
 def parse(payload: Any) -> Completion:
@@ -54,17 +54,13 @@ def parse(payload: Any) -> Completion:
         for part in (item.get("content") or [])
         if isinstance(part, dict) and part.get("type") == "output_text"
     )
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        usage = {}
-    prompt = optional_int(usage.get("input_tokens"))
-    completion = optional_int(usage.get("output_tokens"))
+    prompt, completion, total = usage_counts(payload, "input_tokens", "output_tokens")
     return Completion(
         text=text,
         finish_reason=finish_reason(payload),
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=optional_int(usage.get("total_tokens")) or add(prompt, completion),
+        total_tokens=total,
         model=optional_str(payload.get("model")),
         response_id=optional_str(payload.get("id")),
     )
