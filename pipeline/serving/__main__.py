@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP status of injected failures (default %(default)s)")
     add("--retry-after-s", type=float, default=_DEFAULTS.retry_after_s, metavar="SECONDS",
         help="send Retry-After with injected failures (seconds)")
+    add("--latency-s", type=float, default=_DEFAULTS.latency_s, metavar="SECONDS",
+        help="time every completion takes (default %(default)s)")
+    add("--latency-per-token-s", type=float, default=_DEFAULTS.latency_per_token_s,
+        metavar="SECONDS", help="extra time per output token (default %(default)s)")
     add("--access-log", action="store_true", help="log every request to stderr")
     add("--ready-file", type=Path, metavar="PATH", help="write the URL here once listening")
     return parser
@@ -68,6 +72,8 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
         "reasoning_item": args.reasoning_item,
         "fail_first": args.fail_first,
         "fail_status": args.fail_status,
+        "latency_s": args.latency_s,
+        "latency_per_token_s": args.latency_per_token_s,
         "retry_after_s": args.retry_after_s,
         "access_log": args.access_log,
     }

@@ -7,6 +7,7 @@ they are local test hooks with no Databricks counterpart, and the server binds t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -188,6 +189,9 @@ async def _complete(request: web.Request, wire_format: WireFormat) -> web.Respon
         return _fault_response(fault)
     max_tokens = chat.max_tokens if chat.max_tokens is not None else settings.max_tokens_limit
     completion = state.model.complete(list(chat.messages), max_tokens)
+    delay = settings.latency_s + settings.latency_per_token_s * completion.completion_tokens
+    if delay > 0:
+        await asyncio.sleep(delay)
     state.stats.completed(completion.prompt_tokens, completion.completion_tokens)
     return web.json_response(_success_body(wire_format, completion, endpoint, settings))
 

@@ -50,6 +50,10 @@ class ServingSettings:
     fail_first: int = 0
     fail_status: int = 503
     retry_after_s: float | None = None
+    # Latency model: every completion takes `latency_s` plus `latency_per_token_s` per output
+    # token before it is answered (the server stays concurrent meanwhile).
+    latency_s: float = 0.0
+    latency_per_token_s: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model", "must be a non-empty string")
@@ -61,6 +65,9 @@ class ServingSettings:
         _require(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")
         _require(self.fail_first >= 0, "fail_first", "must be >= 0")
         _require(400 <= self.fail_status <= 599, "fail_status", "must be an HTTP error in 400..599")
+        _require(self.latency_s >= 0, "latency_s", "must be a number of seconds >= 0")
+        _require(self.latency_per_token_s >= 0, "latency_per_token_s",
+                 "must be a number of seconds >= 0")
         _require(self.retry_after_s is None or self.retry_after_s >= 0, "retry_after_s",
                  "must be null or a number of seconds >= 0")
 

@@ -357,3 +357,21 @@ def test_token_never_appears_in_control_output(secured_endpoint: LocalEndpoint) 
 
     assert TOKEN not in str(settings)
     assert settings["token_env"] == TOKEN_ENV
+
+
+def test_latency_holds_requests_while_the_server_stays_concurrent(endpoint: LocalEndpoint) -> None:
+    endpoint.control(latency_s=0.3)
+
+    async def fire(n: int) -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one(i: int) -> int:
+                url = f"{endpoint.base_url}/{ENDPOINT}/invocations"
+                async with session.post(url, json=user(f"request {i}")) as reply:
+                    return reply.status
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    assert asyncio.run(fire(5)) == [200] * 5
+    # All five were held at once: a server that slept synchronously would peak at 1.
+    assert endpoint.stats()["peak_in_flight"] == 5

@@ -1,0 +1,47 @@
+"""The mapInPandas function over real pandas batches and the real endpoint, without Spark."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.client import ClientSettings
+from pipeline.config import EndpointConfig, LimitsConfig, RequestConfig, SourceConfig
+from pipeline.mapper import TaskPlan, make_batch_mapper
+from pipeline.secrets import Secret
+from pipeline.serving.process import LocalEndpoint
+from tests.conftest import ENDPOINT_NAME, TOKEN
+
+
+def plan(echo: LocalEndpoint, concurrency: int) -> TaskPlan:
+    client = ClientSettings(
+        endpoint=EndpointConfig(name=ENDPOINT_NAME, host=echo.url),
+        limits=LimitsConfig(concurrency=concurrency),
+        token=Secret(TOKEN),
+    )
+    source = SourceConfig(path="unused", id_column="id", prompt_column="prompt")
+    return TaskPlan(source, RequestConfig(max_tokens=8), client, request_id_salt="")
+
+
+def frames(batches: int, rows: int) -> list[pd.DataFrame]:
+    return [
+        pd.DataFrame(
+            {"id": range(b * rows, (b + 1) * rows), "prompt": [f"p {b} {i}" for i in range(rows)]}
+        )
+        for b in range(batches)
+    ]
+
+
+def test_window_spans_batch_boundaries(echo: LocalEndpoint) -> None:
+    # Batches of 4 rows, 8 slots: a window that waited for each batch would peak at 4.
+    echo.control(latency_s=0.2)
+    out = list(make_batch_mapper(plan(echo, concurrency=8))(iter(frames(batches=6, rows=4))))
+    assert [len(f) for f in out] == [4] * 6
+    assert echo.stats()["peak_in_flight"] == 8
+
+
+def test_every_row_comes_out_once_in_batch_order(echo: LocalEndpoint) -> None:
+    out = pd.concat(make_batch_mapper(plan(echo, concurrency=3))(iter(frames(batches=7, rows=5))))
+    assert out["id"].tolist() == list(range(35))
+    assert out["request_id"].tolist() == [str(i) for i in range(35)]
+    assert (out["status"] == "ok").all()
+    assert out["completion"].tolist() == out["prompt"].tolist()
