@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobAborted
 
 EXIT_CONFIG_ERROR = 2
+EXIT_JOB_ABORTED = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,14 +31,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except JobAborted as err:
+        print(f"job stopped: {err}", file=sys.stderr)
+        return EXIT_JOB_ABORTED
 
 
 def _run(config_path: str, overrides: Sequence[str]) -> int:
     config = load_config(config_path, overrides)
-    from pipeline.job import run_job  # imports pyspark: only once the config is known good
+    # pyspark is imported only once the config is known good.
+    from pipeline.job import check_error_share, run_job
 
     summary = run_job(config)
     print(summary.render(), flush=True)
+    check_error_share(summary, config.limits.max_error_fraction)
     return 0
 
 

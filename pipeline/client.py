@@ -30,6 +30,12 @@ from pipeline.retry import RetryPolicy
 from pipeline.secrets import Secret
 from pipeline.wire import WireFormat, wire_for
 
+# What to check when every request gets the same answer.
+_FATAL_HINTS = {
+    "authentication_error": "check the token in the variable named by endpoint.token_env",
+    "endpoint_not_found": "check endpoint.name and endpoint.host",
+}
+
 
 @dataclass(frozen=True)
 class ClientSettings:
@@ -69,6 +75,9 @@ class ChatClient:
         )
         self._clock = clock
         self._sleep = sleep
+        self._fatal_answers = 0
+        # Set once answers that every row would get have come back `max_fatal_errors` times.
+        self.stop_reason: str | None = None
 
     @classmethod
     def open_session(cls, settings: ClientSettings) -> aiohttp.ClientSession:
@@ -89,6 +98,8 @@ class ChatClient:
 
     async def send(self, request: ChatRequest) -> RowResult:
         """Send `request` under the limits and retry policy; the outcome as a row result."""
+        if self.stop_reason is not None:
+            return RowResult(request.request_id, "error", error=f"aborted: {self.stop_reason}")
         started = self._clock()
         attempts = 0
         body = json.dumps(
@@ -102,6 +113,8 @@ class ChatClient:
                     attempts = attempt.retry_state.attempt_number
                     completion, status = await self._attempt(request, body)
         except Exception as err:  # every failure becomes an error row, never a lost row
+            if isinstance(err, EndpointError) and err.stops_job:
+                self._count_fatal(err)
             return RowResult(
                 request_id=request.request_id,
                 status="error",
@@ -118,6 +131,17 @@ class ChatClient:
             attempts=attempts,
             latency_ms=self._elapsed_ms(started),
         )
+
+    def _count_fatal(self, error: EndpointError) -> None:
+        self._fatal_answers += 1
+        if (
+            self.stop_reason is None
+            and self._fatal_answers >= self._settings.limits.max_fatal_errors
+        ):
+            self.stop_reason = self._redact(
+                f"{self._fatal_answers} requests to {self._url} were answered "
+                f"{error.code} ({error}); {_FATAL_HINTS.get(error.code, '')}"
+            ).rstrip("; ")
 
     async def _attempt(self, request: ChatRequest, body: bytes) -> tuple[Completion, int]:
         estimate = request.estimated_tokens()

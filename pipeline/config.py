@@ -136,6 +136,10 @@ class LimitsConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     max_attempts: int = 6
+    # Stop the job after this many answers that every row would get (401/403, 404) in a task.
+    max_fatal_errors: int = 3
+    # Exit non-zero when more than this share of rows end in error (null: never).
+    max_error_fraction: float | None = None
     # Total time one HTTP attempt may take, and the part of it spent connecting.
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
@@ -150,6 +154,10 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         _at_least("limits.concurrency", self.concurrency, 1)
         _at_least("limits.max_attempts", self.max_attempts, 1)
+        _at_least("limits.max_fatal_errors", self.max_fatal_errors, 1)
+        fraction = self.max_error_fraction
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ConfigError("limits.max_error_fraction", f"must be within [0, 1], got {fraction}")
         for key in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, key)
             if value is not None and value <= 0:

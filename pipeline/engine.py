@@ -75,6 +75,11 @@ class Engine:
             if not self._thread.is_alive():
                 self._loop.close()
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the client stopped sending (see `ChatClient.stop_reason`), or None."""
+        return None if self._client is None else self._client.stop_reason
+
     def submit(
         self, items: list[ChatRequest | RowResult]
     ) -> concurrent.futures.Future[list[RowResult]]:

@@ -29,6 +29,10 @@ class ConfigError(PipelineError):
         self.key = key
 
 
+class JobAborted(PipelineError):
+    """The job stopped on purpose: an answer that retrying cannot fix came back repeatedly."""
+
+
 class InvalidInput(PipelineError):
     """A row cannot become a request; the row is answered with an error and never sent."""
 
@@ -43,6 +47,8 @@ class EndpointError(PipelineError):
     """
 
     retryable: ClassVar[bool] = False
+    # Every other row would get the same answer (bad token, no such endpoint): stop the job.
+    stops_job: ClassVar[bool] = False
     code: ClassVar[str] = "endpoint_error"
 
     def __init__(
@@ -81,10 +87,12 @@ class BadRequest(EndpointError):
 
 
 class AuthenticationError(EndpointError):
+    stops_job = True
     code = "authentication_error"
 
 
 class EndpointNotFound(EndpointError):
+    stops_job = True
     code = "endpoint_not_found"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from pyspark.sql.types import StructType
 
 from pipeline.client import ClientSettings
 from pipeline.config import JobConfig, SourceConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobAborted
 from pipeline.io import check_sink_writable, read_source, spark_session, write_sink
 from pipeline.mapper import TaskPlan, make_batch_mapper, output_schema
 from pipeline.secrets import resolve_token
 
 log = logging.getLogger(__name__)
+
+_ABORTED = re.compile(r"JobAborted: (.+)")
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,37 @@ def run_job(
     observation = Observation("batch_chat")
     observed = answered.observe(observation, *_summary_metrics())
     started = time.monotonic()
-    write_sink(observed, config.sink)
+    try:
+        write_sink(observed, config.sink)
+    except Exception as err:
+        _raise_if_aborted(err)
+        raise
     seconds = time.monotonic() - started
     return _summary(observation.get, seconds, tasks, config.sink.table or config.sink.path or "")
+
+
+def check_error_share(summary: RunSummary, max_error_fraction: float | None) -> None:
+    """Fail a run (its output stays written) when too many of its rows ended in error.
+
+    Raises:
+        JobAborted: the share of error rows is above `limits.max_error_fraction`.
+    """
+    if max_error_fraction is None or summary.rows == 0:
+        return
+    share = summary.errors / summary.rows
+    if share > max_error_fraction:
+        raise JobAborted(
+            f"{summary.errors} of {summary.rows} rows ended in error ({share:.1%}), above "
+            f"limits.max_error_fraction={max_error_fraction:g}; the output was written"
+        )
+
+
+def _raise_if_aborted(error: Exception) -> None:
+    # A task that stopped on purpose reaches the driver as a Python traceback inside a Spark
+    # error; give the user the one sentence that matters, not the stack.
+    found = _ABORTED.search(str(error))
+    if found:
+        raise JobAborted(found.group(1).strip()) from None
 
 
 def check_columns(schema: StructType, source: SourceConfig) -> None:

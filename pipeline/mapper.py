@@ -27,7 +27,7 @@ from pipeline.chat import ChatRequest, RowResult
 from pipeline.client import ClientSettings
 from pipeline.config import RequestConfig, SourceConfig
 from pipeline.engine import Engine
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobAborted
 from pipeline.prompts import RequestBuilder
 
 RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
@@ -90,6 +90,7 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
         waiting_rows = 0
         with Engine(plan.client) as engine:
             for frame in frames:
+                _stop_if_aborted(engine)
                 items = _build(builder, frame)
                 pending.append((frame, engine.submit(items)))
                 waiting_rows += len(frame)
@@ -102,8 +103,16 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
             while pending:
                 head, future = pending.popleft()
                 yield with_results(head, future.result())
+            _stop_if_aborted(engine)
 
     return map_batches
+
+
+def _stop_if_aborted(engine: Engine) -> None:
+    # Failing the task fails the job: the rows answered so far are not worth writing when
+    # every remaining row would get the same refusal.
+    if engine.stop_reason is not None:
+        raise JobAborted(engine.stop_reason)
 
 
 def _build(builder: RequestBuilder, frame: pd.DataFrame) -> list[ChatRequest | RowResult]:

@@ -11,7 +11,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from pipeline.cli import EXIT_CONFIG_ERROR, main
+from pipeline.cli import EXIT_CONFIG_ERROR, EXIT_JOB_ABORTED, main
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
@@ -77,3 +77,30 @@ def test_python_module_and_spark_submit_do_the_same_thing(
     assert outputs["module"].count() == 25
     assert_df_equality(outputs["module"], outputs["submit"], ignore_row_order=True)
     assert echo.stats()["requests_total"] == 50
+
+
+def test_stopped_job_exits_3_with_one_clear_sentence(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spark.createDataFrame(
+        [(i, f"q {i}") for i in range(20)], "id long, prompt string"
+    ).write.parquet(str(tmp_path / "in"))
+    monkeypatch.setenv(TOKEN_ENV, "dapi-wrong")
+    overrides = [
+        f"source.path={tmp_path / 'in'}",
+        "source.format=parquet",
+        "source.max_tokens_column=null",
+        f"endpoint.host={echo.url}",
+        f"endpoint.name={ENDPOINT_NAME}",
+        f"endpoint.token_env={TOKEN_ENV}",
+        f"sink.path={tmp_path / 'out'}",
+    ]
+    args = ["run", "--config", str(ROOT / "conf" / "local.yaml")]
+    assert main([*args, *(a for o in overrides for a in ("--set", o))]) == EXIT_JOB_ABORTED
+    err = capsys.readouterr().err
+    assert "job stopped: 3 requests to" in err and "endpoint.token_env" in err
+    assert "dapi-wrong" not in err

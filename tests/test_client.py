@@ -114,3 +114,23 @@ def test_request_over_the_token_budget_is_never_sent(echo: LocalEndpoint) -> Non
     assert (result.status, result.attempts, result.http_status) == ("error", 0, None)
     assert result.error is not None and result.error.startswith("token_budget_exceeded:")
     assert echo.stats()["requests_total"] == 0
+
+
+def test_repeated_fatal_answers_stop_sending(echo: LocalEndpoint) -> None:
+    limits = replace(FAST_RETRIES, max_fatal_errors=2)
+    bad = settings(echo, limits=limits, token=Secret("dapi-wrong-token"))
+
+    async def scenario() -> list[RowResult]:
+        async with ChatClient.open_session(bad) as session:
+            client = ChatClient(bad, session)
+            results = [await client.send(replace(REQUEST, request_id=f"r{i}")) for i in range(5)]
+            assert client.stop_reason is not None
+            assert "2 requests to" in client.stop_reason
+            assert "endpoint.token_env" in client.stop_reason
+            assert "dapi-wrong-token" not in client.stop_reason
+            return results
+
+    results = asyncio.run(scenario())
+    assert [r.attempts for r in results] == [1, 1, 0, 0, 0]
+    assert all(r.error is not None and r.error.startswith("aborted: ") for r in results[2:])
+    assert echo.stats()["requests_total"] == 2

@@ -12,9 +12,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.config import JobConfig, config_from_dict
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, JobAborted
 from pipeline.io import read_sink
-from pipeline.job import RunSummary, run_job
+from pipeline.job import RunSummary, check_error_share, run_job
 from pipeline.mapper import RESULT_COLUMNS
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
@@ -249,3 +249,43 @@ def test_append_mode_adds_rows(spark: SparkSession, echo: LocalEndpoint, tmp_pat
         summary, out = run(spark, job(echo, {"path": source, "prompt_column": "prompt"}, sink))
         assert summary.rows == 6  # the summary counts this run, not the table
     assert out.count() == 12
+
+
+def test_bad_token_stops_the_job_after_a_few_requests(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    config = job(
+        echo,
+        {
+            "path": save(prompts(spark, 200, partitions=2), tmp_path / "in"),
+            "prompt_column": "prompt",
+        },
+        {"path": str(tmp_path / "out"), "format": "delta"},
+        limits={"max_fatal_errors": 3, "concurrency": 2},
+    )
+    with pytest.raises(JobAborted) as caught:
+        run_job(config, spark, env={TOKEN_ENV: "dapi-not-the-token"})
+    message = str(caught.value)
+    assert "authentication_error (HTTP 403 PERMISSION_DENIED" in message
+    assert "dapi-not-the-token" not in message and TOKEN not in message
+    # At most the threshold plus the requests already in flight, per task (2 tasks).
+    assert echo.stats()["requests_total"] <= 2 * (3 + 2)
+    assert not list((tmp_path / "out").glob("_delta_log/*.json"))  # no commit was made
+
+
+def test_error_share_above_the_limit_fails_after_writing(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    source = prompts(spark, 20).withColumn(
+        "prompt", F.when(F.col("id") < 5, F.lit(None)).otherwise(F.col("prompt"))
+    )
+    config = job(
+        echo,
+        {"path": save(source, tmp_path / "in"), "prompt_column": "prompt"},
+        {"path": str(tmp_path / "out"), "format": "parquet"},
+    )
+    summary, out = run(spark, config)
+    assert out.count() == 20  # what finished is kept
+    check_error_share(summary, 0.25)  # 5 of 20 is not above 25 %
+    with pytest.raises(JobAborted, match=r"5 of 20 rows ended in error \(25.0%\), above"):
+        check_error_share(summary, 0.2)
