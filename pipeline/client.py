@@ -171,14 +171,17 @@ class ChatClient:
     async def _post(self, body: bytes) -> tuple[int, Mapping[str, str], str]:
         try:
             async with self._session.post(self._url, data=body) as response:
-                text = await response.text(errors="replace")
+                try:
+                    text = await response.text(errors="replace")
+                except aiohttp.ClientPayloadError as err:
+                    raise MalformedResponse(
+                        f"HTTP {response.status}: truncated response body", status=response.status
+                    ) from err
                 return response.status, response.headers, text
         except (TimeoutError, asyncio.TimeoutError) as err:
             raise RequestTimedOut(
                 f"no complete answer within limits.timeout_s={self._settings.limits.timeout_s:g}"
             ) from err
-        except aiohttp.ClientPayloadError as err:
-            raise MalformedResponse(f"truncated response body: {type(err).__name__}") from err
         except aiohttp.ClientError as err:
             raise ConnectionFailed(f"{type(err).__name__}: {err}") from err
 

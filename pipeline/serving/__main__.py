@@ -1,18 +1,22 @@
 """`python -m pipeline.serving`: parse flags into ServingSettings and serve until SIGTERM/SIGINT.
 
-With `--ready-file PATH` the listening URL is written to PATH once the socket accepts
-connections (and removed on exit), so shell scripts can wait for the file instead of sleeping.
+Every setting has a flag named after it (`latency_jitter_s` is `--latency-jitter-s`), except
+`endpoint_names`, given one `--endpoint-name` at a time. With `--ready-file PATH` the listening
+URL is written to PATH once the socket accepts connections (and removed on exit), so shell
+scripts can wait for the file instead of sleeping.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from aiohttp import web
 
 from pipeline.serving.app import make_app
 from pipeline.serving.models import MODELS
-from pipeline.serving.settings import ServingSettings, SettingsError
+from pipeline.serving.settings import Overload, ServingSettings, SettingsError
 
 _log = logging.getLogger("pipeline.serving")
 
@@ -55,28 +59,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every completion takes (default %(default)s)")
     add("--latency-per-token-s", type=float, default=_DEFAULTS.latency_per_token_s,
         metavar="SECONDS", help="extra time per output token (default %(default)s)")
+    add("--latency-jitter-s", type=float, default=_DEFAULTS.latency_jitter_s, metavar="SECONDS",
+        help="plus a uniform random extra up to this (default %(default)s)")
+    add("--seed", type=int, default=_DEFAULTS.seed, metavar="N",
+        help="seed of every random choice: jitter and fault draws (default %(default)s)")
+    _add_limit_flags(add)
+    _add_fault_rate_flags(add)
     add("--access-log", action="store_true", help="log every request to stderr")
     add("--ready-file", type=Path, metavar="PATH", help="write the URL here once listening")
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> ServingSettings:
-    """Settings from parsed flags. Raises SettingsError naming the refused setting."""
-    values: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "model": args.model,
-        "endpoint_names": args.endpoint_names or [],
-        "token_env": args.token_env,
-        "max_tokens_limit": args.max_tokens_limit,
-        "reasoning_item": args.reasoning_item,
-        "fail_first": args.fail_first,
-        "fail_status": args.fail_status,
-        "latency_s": args.latency_s,
-        "latency_per_token_s": args.latency_per_token_s,
-        "retry_after_s": args.retry_after_s,
-        "access_log": args.access_log,
+def _add_limit_flags(add: Callable[..., Any]) -> None:
+    add("--requests-per-minute", type=int, default=_DEFAULTS.requests_per_minute, metavar="N",
+        help="requests admitted per endpoint name per window (default: unlimited)")
+    add("--tokens-per-minute", type=int, default=_DEFAULTS.tokens_per_minute, metavar="N",
+        help="prompt + completion tokens per endpoint name per window (default: unlimited)")
+    add("--window-s", type=float, default=_DEFAULTS.window_s, metavar="SECONDS",
+        help="length of the sliding rate-limit window (default %(default)s)")
+    add("--max-concurrency", type=int, default=_DEFAULTS.max_concurrency, metavar="N",
+        help="requests served at once (default: unbounded)")
+    add("--overload", choices=typing.get_args(Overload), default=_DEFAULTS.overload,
+        help="beyond --max-concurrency: wait for a slot, or 503 at once (default %(default)s)")
+
+
+def _add_fault_rate_flags(add: Callable[..., Any]) -> None:
+    rates = {
+        "error": "get an error status from --error-statuses",
+        "timeout": "are held --timeout-hold-s, then answered 504",
+        "reset": "have their connection aborted without a response",
+        "malformed": "get 200 with a body that is not JSON",
+        "truncated": "get 200, closed before Content-Length bytes",
+        "empty_choices": "get 200 with no choices",
     }
+    for kind, meaning in rates.items():
+        add(f"--{kind.replace('_', '-')}-rate", type=float, metavar="FRACTION",
+            default=getattr(_DEFAULTS, f"{kind}_rate"),
+            help=f"fraction of requests that {meaning} (default %(default)s)")
+    add("--error-statuses", type=int, nargs="+", default=list(_DEFAULTS.error_statuses),
+        metavar="STATUS", help="statuses of random errors (default %(default)s)")
+    add("--timeout-hold-s", type=float, default=_DEFAULTS.timeout_hold_s, metavar="SECONDS",
+        help="how long a timeout fault holds its request (default %(default)s)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServingSettings:
+    """Settings from parsed flags, one per field. Raises SettingsError naming the refused one."""
+    values: dict[str, Any] = {
+        field.name: getattr(args, field.name) for field in dataclasses.fields(ServingSettings)
+    }
+    values["endpoint_names"] = args.endpoint_names or []
     return ServingSettings.from_dict(values)
 
 
@@ -91,6 +122,9 @@ async def serve(
         app,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
         shutdown_timeout=SHUTDOWN_GRACE_S,
+        # A client that disconnects cancels its handler: timeout holds, latency sleeps and
+        # queued waits end with it instead of running on for nobody.
+        handler_cancellation=True,
     )
     await runner.setup()
     try:

@@ -14,11 +14,18 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # Marks fields that only mean something when the process starts (the socket is bound, the model
 # loaded, the token read): `/control` refuses them instead of pretending to apply them.
 _STARTUP_ONLY = {"startup_only": True}
+# Fault rates may add up to slightly more than 1 through float rounding (0.1 * 10).
+_RATE_SUM_TOLERANCE = 1e-9
+
+# What a request beyond `max_concurrency` gets: a wait for a slot, or 503 at once.
+Overload = Literal["queue", "reject"]
+# Faults drawn at random, in the order a single draw is matched against their rates.
+RateFaultKind = Literal["error", "timeout", "reset", "malformed", "truncated", "empty_choices"]
 
 
 class SettingsError(ValueError):
@@ -54,6 +61,27 @@ class ServingSettings:
     # token before it is answered (the server stays concurrent meanwhile).
     latency_s: float = 0.0
     latency_per_token_s: float = 0.0
+    # Plus a uniform random extra in [0, latency_jitter_s], drawn from an RNG seeded by `seed`.
+    latency_jitter_s: float = 0.0
+    # Seeds every random choice (jitter, fault draws), so a sequential run replays exactly.
+    seed: int = 0
+    # Rate limits per endpoint name over a sliding window of `window_s` seconds (a minute unless
+    # a test shortens it); None is unlimited. Tokens are prompt + completion tokens.
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    window_s: float = 60.0
+    # Requests served at once; beyond it `overload` decides. None is unbounded.
+    max_concurrency: int | None = None
+    overload: Overload = "queue"
+    # Random faults: fractions of requests, each 0..1, together at most 1 (see faults.py).
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 502, 503)
+    timeout_rate: float = 0.0
+    timeout_hold_s: float = 300.0
+    reset_rate: float = 0.0
+    malformed_rate: float = 0.0
+    truncated_rate: float = 0.0
+    empty_choices_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _require(bool(self.model), "model", "must be a non-empty string")
@@ -70,6 +98,45 @@ class ServingSettings:
                  "must be a number of seconds >= 0")
         _require(self.retry_after_s is None or self.retry_after_s >= 0, "retry_after_s",
                  "must be null or a number of seconds >= 0")
+        _require(self.latency_jitter_s >= 0, "latency_jitter_s", "must be a number of seconds >= 0")
+        self._check_load()
+        self._check_faults()
+
+    def _check_load(self) -> None:
+        for key in ("requests_per_minute", "tokens_per_minute", "max_concurrency"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key,
+                     "must be null (unlimited) or an integer >= 1")
+        _require(self.window_s > 0, "window_s", "must be a number of seconds > 0")
+        # `dataclasses.replace` skips the JSON type check, so the choice is checked here too.
+        _require(self.overload in typing.get_args(Overload), "overload",
+                 "must be 'queue' or 'reject'")
+
+    def _check_faults(self) -> None:
+        _require(bool(self.error_statuses), "error_statuses", "must list at least one status")
+        for status in self.error_statuses:
+            _require(400 <= status <= 599, "error_statuses",
+                     "each status must be an HTTP error in 400..599")
+        _require(self.timeout_hold_s >= 0, "timeout_hold_s", "must be a number of seconds >= 0")
+        total = 0.0
+        for kind, rate in self.fault_rates:
+            key = f"{kind}_rate"
+            _require(0 <= rate <= 1, key, "must be a fraction in 0..1")
+            total += rate
+            _require(total <= 1 + _RATE_SUM_TOLERANCE, key,
+                     f"fault rates add up to {total:g} by here; together they must be at most 1")
+
+    @property
+    def fault_rates(self) -> tuple[tuple[RateFaultKind, float], ...]:
+        """Each random fault kind with its rate, in the order one draw is matched against them."""
+        return (
+            ("error", self.error_rate),
+            ("timeout", self.timeout_rate),
+            ("reset", self.reset_rate),
+            ("malformed", self.malformed_rate),
+            ("truncated", self.truncated_rate),
+            ("empty_choices", self.empty_choices_rate),
+        )
 
     @property
     def served_names(self) -> tuple[str, ...]:
@@ -130,6 +197,11 @@ def _coerce(key: str, hint: Any, value: object) -> Any:
         if isinstance(value, list | tuple):
             return tuple(_coerce(f"{key}[{i}]", args[0], item) for i, item in enumerate(value))
         raise SettingsError(key, f"expected a list, got {_json_type(value)}")
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        got = repr(value) if isinstance(value, str) else _json_type(value)
+        raise SettingsError(key, f"expected one of {', '.join(map(repr, args))}, got {got}")
     # bool is an int subclass in Python but a different JSON type: never let true mean 1.
     if isinstance(value, bool):
         if hint is bool:

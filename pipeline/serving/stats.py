@@ -1,21 +1,28 @@
-"""Counters of the model routes, served at GET /stats."""
+"""Counters of the model routes, served at GET /stats.
+
+Statuses in `by_status` are what each request ended with: real HTTP statuses, plus 444 for a
+connection reset on purpose (no response sent) and 499 for a client that went away first.
+`in_flight` counts requests being served (past rate limits and the concurrency bound), so in
+queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts those waiting.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+from pipeline.serving.faults import FAULT_KINDS, FaultKind
 from pipeline.serving.shapes import WIRE_FORMATS, WireFormat
 
 
 class ServingStats:
-    """Request, status and token counters plus the in-flight gauge.
+    """Request, status, limit, fault and token counters plus the in-flight gauge.
 
     Mutated only from handlers on the server's single event loop, so plain ints suffice.
     """
 
     def __init__(self) -> None:
-        # A gauge, not a counter: it tracks requests running right now and survives `reset`.
+        # A gauge, not a counter: it tracks requests being served now and survives `reset`.
         self.in_flight = 0
         self.reset()
 
@@ -26,40 +33,66 @@ class ServingStats:
         self.by_route: Counter[WireFormat] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.faults_injected = 0
+        self.faults_by_kind: Counter[FaultKind] = Counter()
+        self.rate_limited = 0
+        self.rejected_overload = 0
         self.peak_in_flight = self.in_flight
+
+    @property
+    def faults_injected(self) -> int:
+        """Faults of every kind."""
+        return sum(self.faults_by_kind.values())
 
     def request_started(self, wire_format: WireFormat) -> None:
         """Count a request entering a model route."""
         self.requests_total += 1
         self.by_route[wire_format] += 1
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
 
     def request_finished(self, status: int) -> None:
         """Count a request leaving a model route with `status`."""
-        self.in_flight -= 1
         self.by_status[status] += 1
+
+    def serving_started(self) -> None:
+        """A request got past the limits and holds a concurrency slot."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+
+    def serving_finished(self) -> None:
+        """A request gave its concurrency slot back."""
+        self.in_flight -= 1
 
     def completed(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Add the tokens of one successful completion."""
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
 
-    def fault_injected(self) -> None:
-        """Count one injected fault."""
-        self.faults_injected += 1
+    def fault_injected(self, kind: FaultKind) -> None:
+        """Count one injected fault of `kind`."""
+        self.faults_by_kind[kind] += 1
 
-    def snapshot(self, *, distinct_requests: int) -> dict[str, Any]:
-        """The /stats body; `distinct_requests` comes from the fault plan's memory."""
+    def limited(self) -> None:
+        """Count one request refused (429) by a rate limit."""
+        self.rate_limited += 1
+
+    def overloaded(self) -> None:
+        """Count one request refused (503) at the concurrency bound in reject mode."""
+        self.rejected_overload += 1
+
+    def snapshot(self, *, distinct_requests: int, queued: int) -> dict[str, Any]:
+        """The /stats body; `distinct_requests` and `queued` come from the fault plan and gate."""
         return {
             "requests_total": self.requests_total,
             "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
             "by_route": {route: self.by_route[route] for route in WIRE_FORMATS},
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "tokens_served": self.prompt_tokens + self.completion_tokens,
             "faults_injected": self.faults_injected,
+            "faults_by_kind": {kind: self.faults_by_kind[kind] for kind in FAULT_KINDS},
+            "rate_limited": self.rate_limited,
+            "rejected_overload": self.rejected_overload,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "queued": queued,
             "distinct_requests": distinct_requests,
         }

@@ -1,17 +1,23 @@
-"""Wire behaviour of the real server process, through a plain HTTP client."""
+"""Wire behaviour of the real server process, through a plain HTTP client; then the model
+execution hook, in-process with injected models."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import re
+import threading
 import time
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from pipeline.serving.app import STATE, make_app
+from pipeline.serving.models import Completion, EchoModel, Message
 from pipeline.serving.process import LocalEndpoint
+from pipeline.serving.settings import ServingSettings
 
 from .conftest import ENDPOINT, OTHER_ENDPOINT, TOKEN, TOKEN_ENV
 from .wire_client import Reply, get, post
@@ -293,9 +299,15 @@ def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
         "by_route": {"invocations": 1, "chat_completions": 0, "responses": 1},
         "prompt_tokens": 3,
         "completion_tokens": 3,
+        "tokens_served": 6,
         "faults_injected": 0,
+        "faults_by_kind": {"error": 0, "timeout": 0, "reset": 0, "malformed": 0,
+                           "truncated": 0, "empty_choices": 0, "fail_first": 0},
+        "rate_limited": 0,
+        "rejected_overload": 0,
         "in_flight": 0,
         "peak_in_flight": 1,
+        "queued": 0,
         "distinct_requests": 2,
     }
 
@@ -375,3 +387,155 @@ def test_latency_holds_requests_while_the_server_stays_concurrent(endpoint: Loca
     assert asyncio.run(fire(5)) == [200] * 5
     # All five were held at once: a server that slept synchronously would peak at 1.
     assert endpoint.stats()["peak_in_flight"] == 5
+
+
+def test_control_changes_and_reset_restores_the_load_knobs(endpoint: LocalEndpoint) -> None:
+    started_with = endpoint.reset()
+    changed = endpoint.control(max_concurrency=2, overload="reject", requests_per_minute=10,
+                               error_statuses=[503], seed=3)
+
+    assert (changed["max_concurrency"], changed["overload"]) == (2, "reject")
+    assert (changed["requests_per_minute"], changed["error_statuses"], changed["seed"]) == (
+        10, [503], 3)
+    assert endpoint.reset() == started_with
+
+
+def test_control_refuses_a_bad_load_knob_naming_it(endpoint: LocalEndpoint) -> None:
+    reply = post(f"{endpoint.url}/control", {"overload": "drop", "max_concurrency": 1})
+
+    assert assert_error(reply, 400, "INVALID_PARAMETER_VALUE").startswith("overload: ")
+    assert endpoint.control()["max_concurrency"] is None  # nothing was applied
+
+
+# --- the model execution hook, in-process with injected models ---
+
+# Bounds every wait on a model thread; a passing test never comes near it.
+MODEL_WAIT_S = 5.0
+
+
+class BlockingModel:
+    """Echoes, but each call blocks its thread until `release` is set; records where it ran."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.threads: set[int] = set()
+        self.started = 0
+        self.running = 0
+        self.peak_running = 0
+        self._lock = threading.Lock()
+
+    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+        with self._lock:
+            self.threads.add(threading.get_ident())
+            self.started += 1
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+        try:
+            self.release.wait(MODEL_WAIT_S)
+            return EchoModel().complete(messages, max_tokens)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+class InlineModel(EchoModel):
+    """The echo model, recording the thread each call ran on (`blocking` left absent)."""
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+
+    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+        self.threads.add(threading.get_ident())
+        return super().complete(messages, max_tokens)
+
+
+async def ask(client: TestClient[Any, Any], prompt: str) -> str:
+    async with client.post(f"/serving-endpoints/{ENDPOINT}/invocations",
+                           json=user(prompt)) as reply:
+        assert reply.status == 200
+        content: str = (await reply.json())["choices"][0]["message"]["content"]
+        return content
+
+
+async def until(condition: Any) -> None:
+    """Yield to the loop until `condition()` holds; fail at the deadline."""
+    deadline = time.monotonic() + MODEL_WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0)  # a zero-length yield so the server's tasks run, not a wait
+
+
+def test_a_blocking_model_runs_on_one_worker_thread_off_the_loop() -> None:
+    model = BlockingModel()
+    app = make_app(ServingSettings(endpoint_names=(ENDPOINT,)), model=model)
+
+    async def scenario() -> None:
+        async with TestClient(TestServer(app)) as client:
+            asks = [asyncio.create_task(ask(client, f"prompt {i}")) for i in range(3)]
+            await until(lambda: model.started == 1)
+            # The loop is free while the model blocks: other routes still answer.
+            async with client.get("/health") as health:
+                assert health.status == 200
+            assert model.running == 1  # the other two wait for the single worker
+            model.release.set()
+            assert await asyncio.gather(*asks) == [f"prompt {i}" for i in range(3)]
+            assert threading.get_ident() not in model.threads
+
+    asyncio.run(scenario())
+
+    assert (len(model.threads), model.peak_running) == (1, 1)
+
+
+def test_the_worker_thread_is_shut_down_with_the_app() -> None:
+    model = BlockingModel()
+    model.release.set()
+    app = make_app(ServingSettings(endpoint_names=(ENDPOINT,)), model=model)
+    executor = app[STATE].executor
+    assert executor is not None
+
+    async def scenario() -> None:
+        async with TestClient(TestServer(app)) as client:
+            assert await ask(client, "hi") == "hi"
+
+    asyncio.run(scenario())
+
+    with pytest.raises(RuntimeError, match="shutdown"):
+        executor.submit(print)
+
+
+def test_a_non_blocking_model_runs_inline_on_the_loop() -> None:
+    model = InlineModel()
+    app = make_app(ServingSettings(endpoint_names=(ENDPOINT,)), model=model)
+    assert app[STATE].executor is None
+    loop_threads: set[int] = set()
+
+    async def scenario() -> None:
+        loop_threads.add(threading.get_ident())
+        async with TestClient(TestServer(app)) as client:
+            assert await ask(client, "hi") == "hi"
+
+    asyncio.run(scenario())
+
+    assert model.threads == loop_threads
+
+
+def test_start_up_concurrency_bound_holds_a_blocked_model_slot() -> None:
+    model = BlockingModel()
+    settings = ServingSettings(endpoint_names=(ENDPOINT,), max_concurrency=1, overload="reject")
+    app = make_app(settings, model=model)
+
+    async def scenario() -> None:
+        async with TestClient(TestServer(app)) as client:
+            first = asyncio.create_task(ask(client, "first"))
+            await until(lambda: model.started == 1)
+            url = f"/serving-endpoints/{ENDPOINT}/invocations"
+            async with client.post(url, json=user("second")) as reply:
+                assert reply.status == 503
+            model.release.set()
+            assert await first == "first"
+
+    asyncio.run(scenario())
+
+    assert app[STATE].stats.rejected_overload == 1

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.serving.__main__ import build_parser, settings_from_args
 from pipeline.serving.settings import ServingSettings, SettingsError
 
 
@@ -58,6 +59,23 @@ def test_to_dict_round_trips_through_json() -> None:
         ({"retry_after_s": -1}, "retry_after_s"),
         ({"port": 70000}, "port"),
         ({"model": ""}, "model"),
+        ({"latency_jitter_s": -0.1}, "latency_jitter_s"),
+        ({"seed": 1.5}, "seed"),
+        ({"requests_per_minute": 0}, "requests_per_minute"),
+        ({"tokens_per_minute": "100"}, "tokens_per_minute"),
+        ({"window_s": 0}, "window_s"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"overload": "drop"}, "overload"),
+        ({"overload": 1}, "overload"),
+        ({"error_rate": 1.5}, "error_rate"),
+        ({"reset_rate": -0.1}, "reset_rate"),
+        ({"empty_choices_rate": float("inf")}, "empty_choices_rate"),
+        ({"error_statuses": []}, "error_statuses"),
+        ({"error_statuses": [503, 200]}, "error_statuses"),
+        ({"error_statuses": ["500"]}, "error_statuses[0]"),
+        ({"timeout_hold_s": -1}, "timeout_hold_s"),
+        # Rates together over 1: the key named is the first one that crosses it.
+        ({"error_rate": 0.5, "timeout_rate": 0.25, "malformed_rate": 0.3}, "malformed_rate"),
     ],
 )
 def test_refused_values_name_their_key(data: dict[str, Any], key: str) -> None:
@@ -89,3 +107,94 @@ def test_with_changes_refuses_startup_only_fields(key: str) -> None:
     with pytest.raises(SettingsError, match="only be set when the server starts") as caught:
         ServingSettings().with_changes({key: value})
     assert caught.value.key == key
+
+
+def test_new_knobs_default_to_a_healthy_unlimited_endpoint() -> None:
+    settings = ServingSettings()
+
+    assert (settings.latency_jitter_s, settings.seed, settings.window_s) == (0.0, 0, 60.0)
+    assert (settings.requests_per_minute, settings.tokens_per_minute) == (None, None)
+    assert (settings.max_concurrency, settings.overload) == (None, "queue")
+    assert all(rate == 0 for _, rate in settings.fault_rates)
+    assert (settings.error_statuses, settings.timeout_hold_s) == ((500, 502, 503), 300.0)
+
+
+def test_fault_rates_are_listed_in_decision_order() -> None:
+    settings = ServingSettings(error_rate=0.1, timeout_rate=0.2, reset_rate=0.05,
+                               malformed_rate=0.15, truncated_rate=0.25, empty_choices_rate=0.25)
+
+    assert settings.fault_rates == (("error", 0.1), ("timeout", 0.2), ("reset", 0.05),
+                                    ("malformed", 0.15), ("truncated", 0.25),
+                                    ("empty_choices", 0.25))
+
+
+def test_rates_may_add_up_to_exactly_one_despite_float_rounding() -> None:
+    rates = {f"{kind}_rate": 1 / 6 for kind, _ in ServingSettings().fault_rates}
+
+    assert sum(rate for _, rate in ServingSettings.from_dict(rates).fault_rates) == (
+        pytest.approx(1.0))
+
+
+def test_every_new_knob_changes_at_runtime() -> None:
+    changes = {
+        "latency_jitter_s": 0.5, "seed": 9, "requests_per_minute": 10, "tokens_per_minute": 500,
+        "window_s": 2, "max_concurrency": 4, "overload": "reject", "error_rate": 0.1,
+        "error_statuses": [429], "timeout_rate": 0.1, "timeout_hold_s": 1, "reset_rate": 0.1,
+        "malformed_rate": 0.1, "truncated_rate": 0.1, "empty_choices_rate": 0.1,
+    }
+
+    changed = ServingSettings().with_changes(changes)
+
+    assert {key: changed.to_dict()[key] for key in changes} == changes
+    assert ServingSettings().with_changes({"max_concurrency": None}).max_concurrency is None
+
+
+# --- the CLI: one flag per setting ---
+
+
+def test_every_setting_has_a_flag_named_after_it() -> None:
+    options = {opt for action in build_parser()._actions for opt in action.option_strings}
+    # endpoint_names predates the rule: its flag is given once per name.
+    names = {f.name for f in dataclasses.fields(ServingSettings)} - {"endpoint_names"}
+
+    assert {f"--{name.replace('_', '-')}" for name in names} <= options
+    assert "--endpoint-name" in options
+
+
+def test_no_flags_give_the_default_settings() -> None:
+    assert settings_from_args(build_parser().parse_args([])) == ServingSettings()
+
+
+def test_new_flags_reach_the_settings() -> None:
+    args = build_parser().parse_args([
+        "--latency-jitter-s", "0.2", "--seed", "4", "--requests-per-minute", "60",
+        "--tokens-per-minute", "9000", "--window-s", "1.5", "--max-concurrency", "3",
+        "--overload", "reject", "--error-rate", "0.1", "--error-statuses", "500", "503",
+        "--timeout-rate", "0.05", "--timeout-hold-s", "2", "--reset-rate", "0.05",
+        "--malformed-rate", "0.05", "--truncated-rate", "0.05", "--empty-choices-rate", "0.05",
+    ])
+
+    settings = settings_from_args(args)
+
+    assert settings == ServingSettings(
+        latency_jitter_s=0.2, seed=4, requests_per_minute=60, tokens_per_minute=9000,
+        window_s=1.5, max_concurrency=3, overload="reject", error_rate=0.1,
+        error_statuses=(500, 503), timeout_rate=0.05, timeout_hold_s=2.0, reset_rate=0.05,
+        malformed_rate=0.05, truncated_rate=0.05, empty_choices_rate=0.05,
+    )
+
+
+def test_refused_flag_values_name_the_setting() -> None:
+    args = build_parser().parse_args(["--error-rate", "0.7", "--reset-rate", "0.7"])
+
+    with pytest.raises(SettingsError) as caught:
+        settings_from_args(args)
+
+    assert caught.value.key == "reset_rate"
+
+
+def test_a_choice_setting_lists_the_accepted_values() -> None:
+    with pytest.raises(SettingsError) as caught:
+        ServingSettings.from_dict({"overload": 1})
+
+    assert str(caught.value) == "overload: expected one of 'queue', 'reject', got integer"

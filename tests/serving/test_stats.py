@@ -2,37 +2,87 @@ from __future__ import annotations
 
 from pipeline.serving.stats import ServingStats
 
+NO_FAULTS = {"error": 0, "timeout": 0, "reset": 0, "malformed": 0, "truncated": 0,
+             "empty_choices": 0, "fail_first": 0}
+
 
 def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
     stats = ServingStats()
     stats.request_started("invocations")
+    stats.serving_started()
     stats.request_started("responses")
+    stats.serving_started()
     stats.completed(prompt_tokens=5, completion_tokens=2)
+    stats.serving_finished()
     stats.request_finished(200)
-    stats.fault_injected()
+    stats.fault_injected("fail_first")
+    stats.serving_finished()
     stats.request_finished(503)
 
-    assert stats.snapshot(distinct_requests=2) == {
+    assert stats.snapshot(distinct_requests=2, queued=0) == {
         "requests_total": 2,
         "by_status": {"200": 1, "503": 1},
         "by_route": {"invocations": 1, "chat_completions": 0, "responses": 1},
         "prompt_tokens": 5,
         "completion_tokens": 2,
+        "tokens_served": 7,
         "faults_injected": 1,
+        "faults_by_kind": {**NO_FAULTS, "fail_first": 1},
+        "rate_limited": 0,
+        "rejected_overload": 0,
         "in_flight": 0,
         "peak_in_flight": 2,
+        "queued": 0,
         "distinct_requests": 2,
     }
+
+
+def test_faults_injected_is_the_total_of_every_kind() -> None:
+    stats = ServingStats()
+    for kind in ("error", "error", "reset", "truncated", "fail_first"):
+        stats.fault_injected(kind)  # type: ignore[arg-type]
+
+    snapshot = stats.snapshot(distinct_requests=0, queued=0)
+
+    assert snapshot["faults_by_kind"] == {**NO_FAULTS, "error": 2, "reset": 1, "truncated": 1,
+                                          "fail_first": 1}
+    assert snapshot["faults_injected"] == 5
+
+
+def test_refusals_are_counted_apart_and_never_in_flight() -> None:
+    stats = ServingStats()
+    for status in (429, 429, 503):
+        stats.request_started("chat_completions")
+        if status == 429:
+            stats.limited()
+        else:
+            stats.overloaded()
+        stats.request_finished(status)
+
+    snapshot = stats.snapshot(distinct_requests=0, queued=3)
+
+    assert (snapshot["rate_limited"], snapshot["rejected_overload"]) == (2, 1)
+    assert (snapshot["peak_in_flight"], snapshot["faults_injected"]) == (0, 0)
+    assert snapshot["by_status"] == {"429": 2, "503": 1}
+    assert snapshot["queued"] == 3
 
 
 def test_reset_zeroes_counters_but_keeps_requests_in_flight() -> None:
     stats = ServingStats()
     stats.request_started("invocations")
+    stats.serving_started()
     stats.request_started("invocations")
+    stats.serving_started()
+    stats.limited()
+    stats.overloaded()
+    stats.fault_injected("timeout")
+    stats.serving_finished()
     stats.request_finished(200)
 
     stats.reset()
 
-    snapshot = stats.snapshot(distinct_requests=0)
+    snapshot = stats.snapshot(distinct_requests=0, queued=0)
     assert (snapshot["requests_total"], snapshot["by_status"]) == (0, {})
+    assert (snapshot["rate_limited"], snapshot["rejected_overload"]) == (0, 0)
+    assert (snapshot["faults_injected"], snapshot["faults_by_kind"]) == (0, NO_FAULTS)
     assert (snapshot["in_flight"], snapshot["peak_in_flight"]) == (1, 1)
