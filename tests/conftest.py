@@ -38,10 +38,12 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session.stop()
 
 
+ECHO_ARGS = ("--model", "echo", "--endpoint-name", ENDPOINT_NAME, "--token-env", TOKEN_ENV)
+
+
 @pytest.fixture(scope="session")
 def _echo_process() -> Iterator[LocalEndpoint]:
-    args = ("--model", "echo", "--endpoint-name", ENDPOINT_NAME, "--token-env", TOKEN_ENV)
-    with LocalEndpoint(*args, env={TOKEN_ENV: TOKEN}) as endpoint:
+    with LocalEndpoint(*ECHO_ARGS, env={TOKEN_ENV: TOKEN}) as endpoint:
         yield endpoint
 
 
@@ -50,3 +52,15 @@ def echo(_echo_process: LocalEndpoint) -> LocalEndpoint:
     """The shared echo endpoint (token required), with start-up settings and zeroed counters."""
     _echo_process.reset()
     return _echo_process
+
+
+@pytest.fixture
+def private_echo() -> Iterator[LocalEndpoint]:
+    """An echo endpoint of the test's own, for jobs that stop early.
+
+    When a job is stopped, Spark cancels its other tasks asynchronously and their requests can
+    still arrive for a moment after the driver returns; they land here, not on the shared
+    endpoint whose counters the next test reads.
+    """
+    with LocalEndpoint(*ECHO_ARGS, env={TOKEN_ENV: TOKEN}) as endpoint:
+        yield endpoint

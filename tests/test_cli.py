@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
@@ -23,10 +24,10 @@ VOLATILE = ["response_id", "latency_ms"]
 def test_config_error_exits_before_spark_naming_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    raw = yaml.safe_load((ROOT / "conf" / "local.yaml").read_text())
+    raw["limits"]["concurrency"] = "lots"
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        (ROOT / "conf" / "local.yaml").read_text().replace("concurrency: 16", "concurrency: lots")
-    )
+    bad.write_text(yaml.safe_dump(raw))
     assert main(["run", "--config", str(bad)]) == EXIT_CONFIG_ERROR
     assert "config error: limits.concurrency: must be an integer" in capsys.readouterr().err
 
@@ -81,7 +82,7 @@ def test_python_module_and_spark_submit_do_the_same_thing(
 
 def test_stopped_job_exits_3_with_one_clear_sentence(
     spark: SparkSession,
-    echo: LocalEndpoint,
+    private_echo: LocalEndpoint,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -94,7 +95,7 @@ def test_stopped_job_exits_3_with_one_clear_sentence(
         f"source.path={tmp_path / 'in'}",
         "source.format=parquet",
         "source.max_tokens_column=null",
-        f"endpoint.host={echo.url}",
+        f"endpoint.host={private_echo.url}",
         f"endpoint.name={ENDPOINT_NAME}",
         f"endpoint.token_env={TOKEN_ENV}",
         f"sink.path={tmp_path / 'out'}",

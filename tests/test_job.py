@@ -252,10 +252,10 @@ def test_append_mode_adds_rows(spark: SparkSession, echo: LocalEndpoint, tmp_pat
 
 
 def test_bad_token_stops_the_job_after_a_few_requests(
-    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+    spark: SparkSession, private_echo: LocalEndpoint, tmp_path: Path
 ) -> None:
     config = job(
-        echo,
+        private_echo,
         {
             "path": save(prompts(spark, 200, partitions=2), tmp_path / "in"),
             "prompt_column": "prompt",
@@ -269,7 +269,7 @@ def test_bad_token_stops_the_job_after_a_few_requests(
     assert "authentication_error (HTTP 403 PERMISSION_DENIED" in message
     assert "dapi-not-the-token" not in message and TOKEN not in message
     # At most the threshold plus the requests already in flight, per task (2 tasks).
-    assert echo.stats()["requests_total"] <= 2 * (3 + 2)
+    assert private_echo.stats()["requests_total"] <= 2 * (3 + 2)
     assert not list((tmp_path / "out").glob("_delta_log/*.json"))  # no commit was made
 
 
