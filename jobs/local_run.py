@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
             "--config", str(ROOT / "conf" / "local.yaml"),
             "--set", f"endpoint.host={endpoint.url}",
             "--set", f"endpoint.name={args.model}",
+            "--set", f"sink.path=data/out/answers_{args.model}",
             *job_args,
         ]  # fmt: skip
         result = subprocess.run(command, env=env, cwd=ROOT, check=False)

@@ -5,7 +5,7 @@ Pure data; nothing here knows of Spark, HTTP or a wire format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 # Rough characters per token for English text; only used to reserve a token budget before the
@@ -30,6 +30,9 @@ class ChatRequest:
     messages: tuple[Message, ...]
     max_tokens: int | None
     temperature: float | None
+    # What makes two requests the same request (messages, parameters, endpoint), whatever
+    # their request_id; identical requests in one task are sent once.
+    key: str | None = None
 
     def estimated_tokens(self) -> int:
         """Prompt tokens guessed from its length, plus the output tokens it may use."""
@@ -60,3 +63,7 @@ class RowResult:
     http_status: int | None = None
     attempts: int = 0
     latency_ms: float | None = None
+
+    def copied_to(self, request_id: str) -> RowResult:
+        """This result for another row that asked the same request: nothing was sent for it."""
+        return replace(self, request_id=request_id, attempts=0, latency_ms=None)

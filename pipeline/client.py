@@ -18,6 +18,7 @@ import aiohttp
 from pipeline.chat import ChatRequest, Completion, RowResult
 from pipeline.config import EndpointConfig, LimitsConfig
 from pipeline.errors import (
+    BadRequest,
     ConnectionFailed,
     EndpointError,
     MalformedResponse,
@@ -34,6 +35,7 @@ from pipeline.wire import WireFormat, wire_for
 _FATAL_HINTS = {
     "authentication_error": "check the token in the variable named by endpoint.token_env",
     "endpoint_not_found": "check endpoint.name and endpoint.host",
+    "bad_request": "check the request section (e.g. max_tokens above the endpoint's limit)",
 }
 
 
@@ -76,6 +78,7 @@ class ChatClient:
         self._clock = clock
         self._sleep = sleep
         self._fatal_answers = 0
+        self._answered_ok = False
         # Set once answers that every row would get have come back `max_fatal_errors` times.
         self.stop_reason: str | None = None
 
@@ -113,7 +116,7 @@ class ChatClient:
                     attempts = attempt.retry_state.attempt_number
                     completion, status = await self._attempt(request, body)
         except Exception as err:  # every failure becomes an error row, never a lost row
-            if isinstance(err, EndpointError) and err.stops_job:
+            if isinstance(err, EndpointError) and self._stops_job(err):
                 self._count_fatal(err)
             return RowResult(
                 request_id=request.request_id,
@@ -123,6 +126,7 @@ class ChatClient:
                 attempts=attempts,
                 latency_ms=self._elapsed_ms(started),
             )
+        self._answered_ok = True
         return RowResult(
             request_id=request.request_id,
             status="ok",
@@ -131,6 +135,11 @@ class ChatClient:
             attempts=attempts,
             latency_ms=self._elapsed_ms(started),
         )
+
+    def _stops_job(self, error: EndpointError) -> bool:
+        # A 400 before any success is most likely the configuration (every row would get it);
+        # once a request has succeeded, a 400 is about its own row and stays an error row.
+        return error.stops_job or (isinstance(error, BadRequest) and not self._answered_ok)
 
     def _count_fatal(self, error: EndpointError) -> None:
         self._fatal_answers += 1

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 
 ApiName = Literal["invocations", "chat_completions", "responses"]
 TableFormat = Literal["parquet", "delta"]
-WriteMode = Literal["overwrite", "append", "error"]
+WriteMode = Literal["merge", "overwrite", "append", "error"]
 
 # Body fields the pipeline itself sets; `request.extra` may not override them.
 RESERVED_BODY_FIELDS = frozenset(
@@ -113,6 +113,8 @@ class RequestConfig:
     max_tokens: int | None = 256
     temperature: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Identical requests in one run are sent once; every row that asked gets the answer.
+    dedupe: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None:
@@ -179,10 +181,29 @@ class SinkConfig:
     path: str | None = None
     table: str | None = None
     format: TableFormat = "delta"
-    mode: WriteMode = "error"
+    # merge: rows whose request_id already has a row in the sink are not sent again (resume,
+    # incremental runs); overwrite | append | error: Spark's save modes.
+    mode: WriteMode = "merge"
+    # Rows answered and committed together; a crash loses at most the chunk in flight.
+    chunk_rows: int = 1_000_000
+    # merge: send rows again whose earlier row is an error, replacing that row. Only Delta
+    # can replace a row, so the default (null) is true for Delta and false for Parquet.
+    retry_errors: bool | None = None
 
     def __post_init__(self) -> None:
         _exactly_one("sink", self, ("path", "table"))
+        _at_least("sink.chunk_rows", self.chunk_rows, 1)
+        if self.mode == "merge" and self.retry_errors and self.format == "parquet":
+            raise ConfigError(
+                "sink.retry_errors",
+                "Parquet files cannot replace an earlier error row; use sink.format=delta, "
+                "or set sink.retry_errors=false to keep error rows as they are",
+            )
+
+    @property
+    def retries_errors(self) -> bool:
+        """Whether a merge run sends the rows whose earlier row is an error."""
+        return self.format == "delta" if self.retry_errors is None else self.retry_errors
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,32 @@ class _Batch:
             self.future.set_result([r for r in self.results if r is not None])
 
 
-class Engine:
-    """Use as a context manager; `submit` batches from the task's thread."""
+@dataclass(eq=False)
+class _Shared:
+    """One request that several rows asked: its result once known, and the rows waiting."""
 
-    def __init__(self, settings: ClientSettings) -> None:
+    result: RowResult | None = None
+    waiting: list[tuple[_Batch, int, str]] = field(default_factory=list)
+
+    def resolve(self, result: RowResult) -> None:
+        self.result = result
+        for batch, index, request_id in self.waiting:
+            batch.complete(index, result.copied_to(request_id))
+        self.waiting.clear()
+
+
+class Engine:
+    """Use as a context manager; `submit` batches from the task's thread.
+
+    With `dedupe`, a request whose `key` was already submitted in this task is not sent again:
+    its row gets a copy of the first one's result (with its own request_id and `attempts` 0).
+    """
+
+    def __init__(self, settings: ClientSettings, *, dedupe: bool = False) -> None:
         self._settings = settings
+        self._dedupe = dedupe
+        # Touched only on the loop's thread.
+        self._shared: dict[str, _Shared] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="chat-engine", daemon=True
@@ -99,7 +120,15 @@ class Engine:
     def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
         assert self._queue is not None
         for index, request in pending:
-            self._queue.put_nowait((batch, index, request))
+            shared = self._shared.get(request.key) if self._dedupe and request.key else None
+            if shared is None:
+                if self._dedupe and request.key:
+                    self._shared[request.key] = _Shared()
+                self._queue.put_nowait((batch, index, request))
+            elif shared.result is not None:
+                batch.complete(index, shared.result.copied_to(request.request_id))
+            else:
+                shared.waiting.append((batch, index, request.request_id))
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
@@ -118,6 +147,8 @@ class Engine:
             except Exception as err:  # send() answers every failure; this guards the guard
                 result = RowResult(request.request_id, "error", error=describe(err))
             batch.complete(index, result)
+            if request.key in self._shared:
+                self._shared[request.key].resolve(result)
 
     async def _close(self) -> None:
         for worker in self._workers:

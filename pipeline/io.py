@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -97,16 +97,54 @@ def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
     )
 
 
-def write_sink(frame: DataFrame, sink: SinkConfig) -> None:
-    """Write `frame` to `sink.table` or `sink.path` in `sink.format` with `sink.mode`."""
-    mode = "errorifexists" if sink.mode == "error" else sink.mode
+SaveMode = Literal["overwrite", "append", "errorifexists"]
+# Delta commits carry this run's metadata (see `DESCRIBE HISTORY`).
+COMMIT_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def write_sink(
+    frame: DataFrame, sink: SinkConfig, mode: SaveMode, metadata: str | None = None
+) -> None:
+    """Write `frame` to `sink.table` or `sink.path` in `sink.format`: one commit.
+
+    `metadata` goes into the Delta commit's `userMetadata`; Parquet has nowhere to keep it.
+    """
     writer = frame.write.format(sink.format).mode(mode)
+    if metadata is not None and sink.format == "delta":
+        writer = writer.option("userMetadata", metadata)
     if sink.table is not None:
         table = sink.table
         _delta_hint("sink", sink.format, lambda: writer.saveAsTable(table))
     else:
         path = sink.path
         _delta_hint("sink", sink.format, lambda: writer.save(path))
+
+
+def delete_error_rows(
+    spark: SparkSession, sink: SinkConfig, ids: DataFrame, metadata: str | None = None
+) -> None:
+    """Delete the Delta sink's `error` rows whose `request_id` is in `ids`: one commit."""
+    from delta.tables import DeltaTable
+
+    if sink.table is not None:
+        target = DeltaTable.forName(spark, sink.table)
+    else:
+        assert sink.path is not None  # one of the two, by SinkConfig
+        target = DeltaTable.forPath(spark, sink.path)
+    merge = target.alias("t").merge(
+        ids.select("request_id").distinct().alias("s"),
+        "t.request_id = s.request_id AND t.status = 'error'",
+    )
+    previous = spark.conf.get(COMMIT_METADATA_CONF, None)
+    if metadata is not None:
+        spark.conf.set(COMMIT_METADATA_CONF, metadata)
+    try:
+        merge.whenMatchedDelete().execute()
+    finally:
+        if previous is None:
+            spark.conf.unset(COMMIT_METADATA_CONF)
+        else:
+            spark.conf.set(COMMIT_METADATA_CONF, previous)
 
 
 def check_sink_writable(spark: SparkSession, sink: SinkConfig) -> None:
@@ -118,13 +156,14 @@ def check_sink_writable(spark: SparkSession, sink: SinkConfig) -> None:
     if sink.mode != "error":
         return
     where = sink.table or sink.path
-    if _sink_exists(spark, sink):
+    if sink_exists(spark, sink):
         raise ConfigError(
             "sink.mode", f"is 'error' and {where} already exists; use overwrite or append"
         )
 
 
-def _sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
+def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
+    """Whether the sink table or path is already there."""
     if sink.table is not None:
         return bool(spark.catalog.tableExists(sink.table))
     try:
@@ -134,6 +173,27 @@ def _sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
         return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
     except Exception:  # no JVM access (Spark Connect): Spark's own check still applies
         return False
+
+
+def read_existing_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
+    """The sink's rows so far, or None when it holds no table yet.
+
+    A path where a first write died before committing holds no table: Delta without a
+    `_delta_log`, or Parquet without data files.
+    """
+    if not sink_exists(spark, sink):
+        return None
+    if sink.path is not None and sink.format == "delta":
+        from delta.tables import DeltaTable
+
+        if not DeltaTable.isDeltaTable(spark, sink.path):
+            return None
+    try:
+        return read_sink(spark, sink)
+    except Exception as err:
+        if "UNABLE_TO_INFER_SCHEMA" in str(err):
+            return None
+        raise
 
 
 def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:

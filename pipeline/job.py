@@ -1,7 +1,8 @@
 """The batch chat job: read the source, answer every row inside `mapInPandas`, write the sink.
 
-The run summary comes from a Spark `Observation` on the output, computed by the executors while
-the table is written, so it counts exactly what was written, without a second pass.
+The rows still to answer are planned first (see `pipeline.chunks`), then answered and committed
+chunk after chunk. The run summary comes from a Spark `Observation` on each chunk's output,
+computed by the executors while the chunk is written, so it counts exactly what was written.
 """
 
 from __future__ import annotations
@@ -11,24 +12,49 @@ import logging
 import os
 import re
 import time
+import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from pipeline.chunks import WorkPlan, plan_work, spread
 from pipeline.client import ClientSettings
 from pipeline.config import JobConfig, SourceConfig
 from pipeline.errors import ConfigError, JobAborted
-from pipeline.io import check_sink_writable, read_source, spark_session, write_sink
-from pipeline.mapper import TaskPlan, make_batch_mapper, output_schema
+from pipeline.io import (
+    SaveMode,
+    check_sink_writable,
+    delete_error_rows,
+    read_source,
+    spark_session,
+    write_sink,
+)
+from pipeline.mapper import (
+    REQUEST_KEY,
+    TaskPlan,
+    make_batch_mapper,
+    make_key_mapper,
+    output_schema,
+)
 from pipeline.secrets import resolve_token
 
 log = logging.getLogger(__name__)
 
 _ABORTED = re.compile(r"JobAborted: (.+)")
+
+
+# The first chunk's save mode, by `sink.mode`; later chunks append.
+FIRST_SAVE_MODE: dict[str, SaveMode] = {
+    "merge": "append",
+    "append": "append",
+    "overwrite": "overwrite",
+    "error": "errorifexists",
+}
 
 
 @dataclass(frozen=True)
@@ -42,56 +68,110 @@ class RunSummary:
     seconds: float
     tasks: int
     sink: str
+    # Input rows the sink already answered (sink.mode=merge): not sent, not written again.
+    skipped: int = 0
+    chunks: int = 1
 
     def render(self) -> str:
         """One line for a terminal or a job log."""
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         return (
             f"batch-chat: {self.rows} rows ({self.ok} ok, {self.errors} error) | "
+            f"{self.skipped} already answered | "
             f"tokens in {self.prompt_tokens} out {self.completion_tokens} | "
             f"{self.attempts} requests sent | {self.seconds:.1f} s ({rate:.1f} rows/s, "
-            f"{self.tasks} tasks) | wrote {self.sink}"
+            f"{self.tasks} tasks, {self.chunks} chunks) | wrote {self.sink}"
         )
 
 
 def run_job(
     config: JobConfig, spark: SparkSession | None = None, env: Mapping[str, str] | None = None
 ) -> RunSummary:
-    """Run the whole job once.
+    """Run the whole job once: plan, then answer and commit chunk after chunk.
 
     Raises:
         ConfigError: the token is missing, or a configured column is not in the source.
+        JobAborted: a task stopped on answers that every row would get (chunks committed
+            before it stay committed).
     """
     token = resolve_token(config.endpoint, os.environ if env is None else env)
-    log.info("config: %s", json.dumps(config.to_dict(), default=str))
+    run_id = uuid.uuid4().hex[:12]
+    saved_config = config.to_dict()  # holds the token's variable name, never the token
+    log.info("run %s config: %s", run_id, json.dumps(saved_config, default=str))
     spark = spark or spark_session()
     frame = read_source(spark, config.source)
     check_columns(frame.schema, config.source)
     check_sink_writable(spark, config.sink)
-    if config.source.partitions is not None:
-        frame = frame.repartition(config.source.partitions)
-    tasks = concurrent_tasks(spark, frame)
-    limits = config.limits
-    client = ClientSettings(
-        endpoint=config.endpoint,
-        limits=limits,
-        extra=config.request.extra,
-        token=token,
-        requests_per_minute=_share(limits.requests_per_minute, tasks),
-        tokens_per_minute=_share(limits.tokens_per_minute, tasks),
-    )
-    plan = TaskPlan(config.source, config.request, client, request_id_salt(config))
-    answered = frame.mapInPandas(make_batch_mapper(plan), output_schema(frame.schema))
-    observation = Observation("batch_chat")
-    observed = answered.observe(observation, *_summary_metrics())
     started = time.monotonic()
+    salt = request_id_salt(config)
+    key_mapper = make_key_mapper(config.source, config.request, salt)
+    work = plan_work(spark, frame, key_mapper, config.sink)
     try:
-        write_sink(observed, config.sink)
+        tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
+        limits = config.limits
+        client = ClientSettings(
+            endpoint=config.endpoint,
+            limits=limits,
+            extra=config.request.extra,
+            token=token,
+            requests_per_minute=_share(limits.requests_per_minute, tasks),
+            tokens_per_minute=_share(limits.tokens_per_minute, tasks),
+        )
+        plan = TaskPlan(config.source, config.request, client, salt)
+        totals: Counter[str] = Counter()
+        for index in range(work.chunks):
+            metadata = json.dumps(
+                {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
+                 "config": saved_config},
+                default=str,
+            )  # fmt: skip
+            chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
+            totals.update(chunk)
+            log.info(
+                "chunk %d/%d committed: %d rows (%d ok, %d requests sent)",
+                index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
+            )  # fmt: skip
+    finally:
+        work.release()
+    return _summary(
+        totals,
+        seconds=time.monotonic() - started,
+        tasks=tasks,
+        sink=config.sink.table or config.sink.path or "",
+        skipped=work.input_rows - work.pending_rows,
+        chunks=work.chunks,
+    )
+
+
+def _commit_chunk(
+    spark: SparkSession,
+    config: JobConfig,
+    work: WorkPlan,
+    plan: TaskPlan,
+    tasks: int,
+    index: int,
+    metadata: str,
+) -> Counter[str]:
+    """Answer chunk `index` and commit it; its summary counts."""
+    chunk = work.chunk(index)
+    if work.replace_errors:
+        # Its own commit, before the chunk's: a crash in between leaves those rows without
+        # any row, so the next run answers them again; nothing is lost or doubled.
+        delete_error_rows(spark, config.sink, chunk, metadata)
+    source_schema = StructType(
+        [f for f in work.keyed.schema.fields if f.name not in ("request_id", REQUEST_KEY)]
+    )
+    answered = spread(chunk, tasks, config.request.dedupe).mapInPandas(
+        make_batch_mapper(plan), output_schema(source_schema)
+    )
+    observation = Observation(f"batch_chat_chunk_{index}")
+    mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
+    try:
+        write_sink(answered.observe(observation, *_summary_metrics()), config.sink, mode, metadata)
     except Exception as err:
         _raise_if_aborted(err)
         raise
-    seconds = time.monotonic() - started
-    return _summary(observation.get, seconds, tasks, config.sink.table or config.sink.path or "")
+    return Counter({k: int(v or 0) for k, v in observation.get.items()})
 
 
 def check_error_share(summary: RunSummary, max_error_fraction: float | None) -> None:
@@ -147,14 +227,15 @@ def check_columns(schema: StructType, source: SourceConfig) -> None:
     output_schema(schema)  # raises on a column that clashes with a result column
 
 
-def concurrent_tasks(spark: SparkSession, frame: DataFrame) -> int:
-    """How many tasks will run at once: partitions, bounded by the cluster's task slots."""
-    try:
-        partitions = frame.rdd.getNumPartitions()
-        slots = spark.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has neither; assume the budget is not shared
-        return 1
-    return max(1, min(partitions, slots))
+def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) -> int:
+    """Spark tasks per chunk: `source.partitions`, else the cluster's task slots; never more
+    than the largest chunk has rows (an empty task would hold a share of the budgets)."""
+    if partitions is None:
+        try:
+            partitions = spark.sparkContext.defaultParallelism
+        except Exception:  # Spark Connect has no SparkContext
+            partitions = int(spark.conf.get("spark.default.parallelism", "8") or 8)
+    return max(1, min(partitions, largest_chunk))
 
 
 def request_id_salt(config: JobConfig) -> str:
@@ -178,19 +259,16 @@ def _summary_metrics() -> list[Any]:
     ]
 
 
-def _summary(metrics: Mapping[str, Any], seconds: float, tasks: int, sink: str) -> RunSummary:
-    rows = int(metrics.get("rows") or 0)
-    ok = int(metrics.get("ok") or 0)
+def _summary(totals: Mapping[str, int], **fields: Any) -> RunSummary:
+    rows, ok = totals.get("rows", 0), totals.get("ok", 0)
     return RunSummary(
         rows=rows,
         ok=ok,
         errors=rows - ok,
-        prompt_tokens=int(metrics.get("prompt_tokens") or 0),
-        completion_tokens=int(metrics.get("completion_tokens") or 0),
-        attempts=int(metrics.get("attempts") or 0),
-        seconds=seconds,
-        tasks=tasks,
-        sink=sink,
+        prompt_tokens=totals.get("prompt_tokens", 0),
+        completion_tokens=totals.get("completion_tokens", 0),
+        attempts=totals.get("attempts", 0),
+        **fields,
     )
 
 

@@ -46,6 +46,8 @@ RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("latency_ms", DoubleType()),
 )
 RESULT_COLUMNS = tuple(name for name, _ in RESULT_FIELDS)
+# Planning column: the content key of a row's request (see `ChatRequest.key`); never written.
+REQUEST_KEY = "_request_key"
 
 # Read ahead while fewer than this many windows' worth of rows are waiting for answers.
 READ_AHEAD_WINDOWS = 2
@@ -88,7 +90,7 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
         window = plan.client.limits.concurrency * READ_AHEAD_WINDOWS
         pending: deque[tuple[pd.DataFrame, Future[list[RowResult]]]] = deque()
         waiting_rows = 0
-        with Engine(plan.client) as engine:
+        with Engine(plan.client, dedupe=plan.request.dedupe) as engine:
             for frame in frames:
                 _stop_if_aborted(engine)
                 items = _build(builder, frame)
@@ -104,6 +106,30 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
                 head, future = pending.popleft()
                 yield with_results(head, future.result())
             _stop_if_aborted(engine)
+
+    return map_batches
+
+
+def key_schema(input_schema: StructType) -> StructType:
+    """The input columns followed by `request_id` and the request's content key."""
+    keys = [StructField(name, StringType(), nullable=True) for name in ("request_id", REQUEST_KEY)]
+    return StructType([*input_schema.fields, *keys])
+
+
+def make_key_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> BatchMapper:
+    """A `mapInPandas` function adding each row's `request_id` and content key, sending nothing.
+
+    The key is null for a row that cannot become a request (it is answered without sending).
+    """
+
+    def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        builder = RequestBuilder(source, request, salt)
+        for frame in frames:
+            items = _build(builder, frame)
+            out = frame.reset_index(drop=True)
+            out["request_id"] = [item.request_id for item in items]
+            out[REQUEST_KEY] = [i.key if isinstance(i, ChatRequest) else None for i in items]
+            yield out
 
     return map_batches
 

@@ -61,8 +61,8 @@ class RequestBuilder:
                 error=f"{err.code}: {err}",
                 attempts=0,
             )
-        request_id = self._explicit_id(row) or self._content_id(messages, max_tokens, temperature)
-        return ChatRequest(request_id, messages, max_tokens, temperature)
+        key = self._content_id(messages, max_tokens, temperature)
+        return ChatRequest(self._explicit_id(row) or key, messages, max_tokens, temperature, key)
 
     def _messages(self, row: Mapping[str, Any]) -> tuple[Message, ...]:
         source = self._source

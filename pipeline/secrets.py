@@ -7,12 +7,18 @@ Spark closure without showing up in text.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from pipeline.config import EndpointConfig
 from pipeline.errors import ConfigError
 
 REDACTED = "***"
+# How long the Databricks SDK may retry reaching the workspace while looking for credentials.
+SDK_TIMEOUT_S = 20
+
+log = logging.getLogger(__name__)
 
 
 class Secret:
@@ -47,18 +53,58 @@ class Secret:
 
 
 def resolve_token(endpoint: EndpointConfig, env: Mapping[str, str]) -> Secret | None:
-    """The bearer token for `endpoint`, from the environment variable it names.
+    """The bearer token for `endpoint`: the environment variable it names, else the Databricks
+    SDK's own configuration (`~/.databrickscfg` profiles, a Databricks runtime's credentials).
 
     Raises:
-        ConfigError: `endpoint.token_env` names a variable that is unset or empty.
+        ConfigError: no token in `endpoint.token_env` and none from the Databricks SDK.
     """
     if endpoint.token_env is None:
         return None
     value = env.get(endpoint.token_env, "").strip()
+    if not value and sdk_may_have_credentials(env):
+        value = sdk_token(endpoint.host, env.get("DATABRICKS_CONFIG_PROFILE")) or ""
     if not value:
         raise ConfigError(
             "endpoint.token_env",
-            f"environment variable {endpoint.token_env} is not set "
-            "(set it, or set endpoint.token_env to null for an endpoint without auth)",
+            f"environment variable {endpoint.token_env} is not set and the Databricks SDK "
+            "found no credentials (set it, or set endpoint.token_env to null for an endpoint "
+            "without auth)",
         )
     return Secret(value)
+
+
+def sdk_may_have_credentials(env: Mapping[str, str]) -> bool:
+    """Whether asking the Databricks SDK is worth it: a Databricks runtime, a config file, or
+    OAuth variables (it contacts the workspace while it looks, so it is not asked blindly)."""
+    if "DATABRICKS_RUNTIME_VERSION" in env or any(
+        name.startswith(("DATABRICKS_CLIENT_", "ARM_CLIENT_")) for name in env
+    ):
+        return True
+    config_file = env.get("DATABRICKS_CONFIG_FILE") or "~/.databrickscfg"
+    return Path(config_file).expanduser().is_file()
+
+
+def sdk_token(host: str | None, profile: str | None = None) -> str | None:
+    """A bearer token from the Databricks SDK's unified authentication, if it finds one.
+
+    The SDK resolves its own configuration (environment, `profile` or DEFAULT in the config
+    file, a Databricks runtime); a warning says so when that is for another host than
+    `host`. None when `databricks-sdk` is not installed or finds no credentials. An OAuth
+    token obtained here is used as is, so it must outlive the job (about an hour).
+    """
+    try:
+        from databricks.sdk.core import Config
+    except ImportError:
+        return None
+    try:
+        config = Config(profile=profile, retry_timeout_seconds=SDK_TIMEOUT_S)
+        authorization = config.authenticate().get("Authorization", "")
+    except Exception as err:  # the SDK's many "no credentials" errors; never its message
+        log.info("no token from the Databricks SDK configuration (%s)", type(err).__name__)
+        return None
+    if host and config.host and config.host.rstrip("/") != host.rstrip("/"):
+        log.warning("the Databricks SDK's credentials are for %s, the endpoint is %s",
+                    config.host, host)  # fmt: skip
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme == "Bearer" else None

@@ -134,3 +134,38 @@ def test_repeated_fatal_answers_stop_sending(echo: LocalEndpoint) -> None:
     assert [r.attempts for r in results] == [1, 1, 0, 0, 0]
     assert all(r.error is not None and r.error.startswith("aborted: ") for r in results[2:])
     assert echo.stats()["requests_total"] == 2
+
+
+def test_400s_stop_sending_only_before_any_success(echo: LocalEndpoint) -> None:
+    limits = replace(FAST_RETRIES, max_fatal_errors=2)
+    client_settings = settings(echo, limits=limits)
+    too_long = replace(REQUEST, max_tokens=50)  # above the limit set below: a 400
+
+    async def scenario(first: ChatRequest | None) -> ChatClient:
+        async with ChatClient.open_session(client_settings) as session:
+            client = ChatClient(client_settings, session)
+            if first is not None:
+                assert (await client.send(first)).status == "ok"
+            for i in range(3):
+                await client.send(replace(too_long, request_id=f"r{i}"))
+            return client
+
+    echo.control(max_tokens_limit=10)
+    # Every request so far refused: the configuration is wrong, stop after 2.
+    stopped = asyncio.run(scenario(None))
+    assert stopped.stop_reason is not None and "bad_request (HTTP 400" in stopped.stop_reason
+    assert "request section" in stopped.stop_reason
+    assert echo.stats()["requests_total"] == 2
+    # After a success, a 400 is about its own row: every row is still sent.
+    echo.reset()
+    echo.control(max_tokens_limit=10)
+    assert asyncio.run(scenario(REQUEST)).stop_reason is None
+    assert echo.stats()["requests_total"] == 4
+
+
+def test_retry_after_above_the_cap_ends_the_row_instead_of_waiting(echo: LocalEndpoint) -> None:
+    echo.control(fail_first=5, fail_status=429, retry_after_s=600)
+    result = send(settings(echo, limits=replace(FAST_RETRIES, retry_after_cap_s=60)))
+    assert (result.status, result.attempts, result.http_status) == ("error", 1, 429)
+    assert result.error is not None and result.error.startswith("rate_limited: HTTP 429")
+    assert echo.stats()["requests_total"] == 1

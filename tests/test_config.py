@@ -35,7 +35,10 @@ def test_shipped_configs_load(name: str) -> None:
 def test_defaults_live_next_to_fields() -> None:
     config = config_from_dict(minimal(), env={})
     assert config.limits.concurrency == 32
-    assert config.sink.mode == "error"
+    assert (config.sink.mode, config.sink.chunk_rows, config.sink.retries_errors) == (
+        "merge", 1_000_000, True
+    )
+    assert config.request.dedupe is True
     assert config.endpoint.api == "invocations"
     assert config.endpoint.token_env == "DATABRICKS_TOKEN"
 
@@ -132,3 +135,11 @@ def test_load_config_reports_unreadable_file(tmp_path: Path) -> None:
 def test_saved_config_has_no_token() -> None:
     config = config_from_dict(minimal(), env={})
     assert "token_env" in str(config.to_dict())
+
+
+def test_parquet_cannot_replace_error_rows_so_merge_keeps_them() -> None:
+    parquet = {"path": "/tmp/x", "format": "parquet"}
+    assert config_from_dict(minimal(sink=parquet), env={}).sink.retries_errors is False
+    err = error_for(minimal(sink={**parquet, "retry_errors": True}))
+    assert err.key == "sink.retry_errors" and "sink.format=delta" in str(err)
+    assert error_for(minimal(sink={"path": "/tmp/x", "chunk_rows": 0})).key == "sink.chunk_rows"

@@ -1,10 +1,14 @@
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 
 from pipeline.config import EndpointConfig
 from pipeline.errors import ConfigError
 from pipeline.secrets import Secret, resolve_token
+from pipeline.serving.process import LocalEndpoint
+from tests.conftest import ENDPOINT_NAME, TOKEN
 
 ENDPOINT = EndpointConfig(name="echo", host="http://127.0.0.1:1")
 
@@ -39,3 +43,20 @@ def test_missing_token_names_the_key_not_a_value() -> None:
 def test_no_token_env_means_no_auth() -> None:
     endpoint = EndpointConfig(name="echo", host="http://127.0.0.1:1", token_env=None)
     assert resolve_token(endpoint, {"DATABRICKS_TOKEN": "t1"}) is None
+
+
+def test_token_from_the_databricks_sdk_config_file(
+    echo: LocalEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_file = tmp_path / "databrickscfg"
+    config_file.write_text(f"[DEFAULT]\nhost = {echo.url}\ntoken = {TOKEN}\n")
+    for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config_file))
+    endpoint = EndpointConfig(name=ENDPOINT_NAME, host=echo.url)
+    assert resolve_token(endpoint, os.environ) == Secret(TOKEN)
+    # Without the file the SDK is not consulted, and the error names the key.
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError) as caught:
+        resolve_token(endpoint, os.environ)
+    assert caught.value.key == "endpoint.token_env"

@@ -39,30 +39,83 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.serving", description=__doc__)
     add = parser.add_argument
     add("--host", default=_DEFAULTS.host, help="interface to bind (default %(default)s)")
-    add("--port", type=int, default=_DEFAULTS.port, metavar="PORT",
-        help="port to bind; 0 picks a free one (default %(default)s)")
+    add(
+        "--port",
+        type=int,
+        default=_DEFAULTS.port,
+        metavar="PORT",
+        help="port to bind; 0 picks a free one (default %(default)s)",
+    )
     add("--model", default=_DEFAULTS.model, choices=sorted(MODELS), help="model to serve")
-    add("--endpoint-name", action="append", dest="endpoint_names", metavar="NAME",
-        help="endpoint name to serve; repeatable (default: the model name)")
+    add(
+        "--endpoint-name",
+        action="append",
+        dest="endpoint_names",
+        metavar="NAME",
+        help="endpoint name to serve; repeatable (default: the model name)",
+    )
     add("--token-env", metavar="VAR", help="require the token held in env var VAR")
-    add("--max-tokens-limit", type=int, default=_DEFAULTS.max_tokens_limit, metavar="N",
-        help="largest max_tokens accepted, and the budget when absent (default %(default)s)")
-    add("--reasoning-item", action="store_true",
-        help="Responses output starts with a reasoning item")
-    add("--fail-first", type=int, default=_DEFAULTS.fail_first, metavar="N",
-        help="fail the first N attempts of every distinct request (default %(default)s)")
-    add("--fail-status", type=int, default=_DEFAULTS.fail_status, metavar="STATUS",
-        help="HTTP status of injected failures (default %(default)s)")
-    add("--retry-after-s", type=float, default=_DEFAULTS.retry_after_s, metavar="SECONDS",
-        help="send Retry-After with injected failures (seconds)")
-    add("--latency-s", type=float, default=_DEFAULTS.latency_s, metavar="SECONDS",
-        help="time every completion takes (default %(default)s)")
-    add("--latency-per-token-s", type=float, default=_DEFAULTS.latency_per_token_s,
-        metavar="SECONDS", help="extra time per output token (default %(default)s)")
-    add("--latency-jitter-s", type=float, default=_DEFAULTS.latency_jitter_s, metavar="SECONDS",
-        help="plus a uniform random extra up to this (default %(default)s)")
-    add("--seed", type=int, default=_DEFAULTS.seed, metavar="N",
-        help="seed of every random choice: jitter and fault draws (default %(default)s)")
+    add(
+        "--max-tokens-limit",
+        type=int,
+        default=_DEFAULTS.max_tokens_limit,
+        metavar="N",
+        help="largest max_tokens accepted, and the budget when absent (default %(default)s)",
+    )
+    add(
+        "--reasoning-item",
+        action="store_true",
+        help="Responses output starts with a reasoning item",
+    )
+    add(
+        "--fail-first",
+        type=int,
+        default=_DEFAULTS.fail_first,
+        metavar="N",
+        help="fail the first N attempts of every distinct request (default %(default)s)",
+    )
+    add(
+        "--fail-status",
+        type=int,
+        default=_DEFAULTS.fail_status,
+        metavar="STATUS",
+        help="HTTP status of injected failures (default %(default)s)",
+    )
+    add(
+        "--retry-after-s",
+        type=float,
+        default=_DEFAULTS.retry_after_s,
+        metavar="SECONDS",
+        help="send Retry-After with injected failures (seconds)",
+    )
+    add(
+        "--latency-s",
+        type=float,
+        default=_DEFAULTS.latency_s,
+        metavar="SECONDS",
+        help="time every completion takes (default %(default)s)",
+    )
+    add(
+        "--latency-per-token-s",
+        type=float,
+        default=_DEFAULTS.latency_per_token_s,
+        metavar="SECONDS",
+        help="extra time per output token (default %(default)s)",
+    )
+    add(
+        "--latency-jitter-s",
+        type=float,
+        default=_DEFAULTS.latency_jitter_s,
+        metavar="SECONDS",
+        help="plus a uniform random extra up to this (default %(default)s)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=_DEFAULTS.seed,
+        metavar="N",
+        help="seed of every random choice: jitter and fault draws (default %(default)s)",
+    )
     _add_limit_flags(add)
     _add_fault_rate_flags(add)
     add("--access-log", action="store_true", help="log every request to stderr")
@@ -71,16 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_limit_flags(add: Callable[..., Any]) -> None:
-    add("--requests-per-minute", type=int, default=_DEFAULTS.requests_per_minute, metavar="N",
-        help="requests admitted per endpoint name per window (default: unlimited)")
-    add("--tokens-per-minute", type=int, default=_DEFAULTS.tokens_per_minute, metavar="N",
-        help="prompt + completion tokens per endpoint name per window (default: unlimited)")
-    add("--window-s", type=float, default=_DEFAULTS.window_s, metavar="SECONDS",
-        help="length of the sliding rate-limit window (default %(default)s)")
-    add("--max-concurrency", type=int, default=_DEFAULTS.max_concurrency, metavar="N",
-        help="requests served at once (default: unbounded)")
-    add("--overload", choices=typing.get_args(Overload), default=_DEFAULTS.overload,
-        help="beyond --max-concurrency: wait for a slot, or 503 at once (default %(default)s)")
+    add(
+        "--requests-per-minute",
+        type=int,
+        default=_DEFAULTS.requests_per_minute,
+        metavar="N",
+        help="requests admitted per endpoint name per window (default: unlimited)",
+    )
+    add(
+        "--tokens-per-minute",
+        type=int,
+        default=_DEFAULTS.tokens_per_minute,
+        metavar="N",
+        help="prompt + completion tokens per endpoint name per window (default: unlimited)",
+    )
+    add(
+        "--window-s",
+        type=float,
+        default=_DEFAULTS.window_s,
+        metavar="SECONDS",
+        help="length of the sliding rate-limit window (default %(default)s)",
+    )
+    add(
+        "--max-concurrency",
+        type=int,
+        default=_DEFAULTS.max_concurrency,
+        metavar="N",
+        help="requests served at once (default: unbounded)",
+    )
+    add(
+        "--overload",
+        choices=typing.get_args(Overload),
+        default=_DEFAULTS.overload,
+        help="beyond --max-concurrency: wait for a slot, or 503 at once (default %(default)s)",
+    )
 
 
 def _add_fault_rate_flags(add: Callable[..., Any]) -> None:
@@ -93,13 +170,28 @@ def _add_fault_rate_flags(add: Callable[..., Any]) -> None:
         "empty_choices": "get 200 with no choices",
     }
     for kind, meaning in rates.items():
-        add(f"--{kind.replace('_', '-')}-rate", type=float, metavar="FRACTION",
+        add(
+            f"--{kind.replace('_', '-')}-rate",
+            type=float,
+            metavar="FRACTION",
             default=getattr(_DEFAULTS, f"{kind}_rate"),
-            help=f"fraction of requests that {meaning} (default %(default)s)")
-    add("--error-statuses", type=int, nargs="+", default=list(_DEFAULTS.error_statuses),
-        metavar="STATUS", help="statuses of random errors (default %(default)s)")
-    add("--timeout-hold-s", type=float, default=_DEFAULTS.timeout_hold_s, metavar="SECONDS",
-        help="how long a timeout fault holds its request (default %(default)s)")
+            help=f"fraction of requests that {meaning} (default %(default)s)",
+        )
+    add(
+        "--error-statuses",
+        type=int,
+        nargs="+",
+        default=list(_DEFAULTS.error_statuses),
+        metavar="STATUS",
+        help="statuses of random errors (default %(default)s)",
+    )
+    add(
+        "--timeout-hold-s",
+        type=float,
+        default=_DEFAULTS.timeout_hold_s,
+        metavar="SECONDS",
+        help="how long a timeout fault holds its request (default %(default)s)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServingSettings:
@@ -165,8 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the server; exit status 2 on refused settings."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = settings_from_args(args)
         app = make_app(settings)

@@ -291,8 +291,10 @@ async def _admit(request: web.Request, call: _Call) -> web.StreamResponse:
     admission = state.limiter.admit(call.endpoint, reserve, limits)
     if isinstance(admission, Refused):
         state.stats.limited()
-        headers = {**_limit_headers(request, call.endpoint, call.settings),
-                   hdrs.RETRY_AFTER: admission.retry_after}
+        headers = {
+            **_limit_headers(request, call.endpoint, call.settings),
+            hdrs.RETRY_AFTER: admission.retry_after,
+        }
         return _error_response(429, "REQUEST_LIMIT_EXCEEDED", admission.message, headers)
     try:
         if not await state.gate.enter(queue=call.settings.overload == "queue"):
@@ -319,9 +321,14 @@ async def _serve(request: web.Request, call: _Call, admission: Admission) -> web
         state.stats.fault_injected(fault.kind)
         admission.release()  # before the headers, so they count no tokens for it
         headers = _limit_headers(request, call.endpoint, call.settings)
-        return await fault_reply(request, fault, wire_format=call.wire_format,
-                                 endpoint=call.endpoint, headers=headers,
-                                 shutting_down=state.shutting_down)
+        return await fault_reply(
+            request,
+            fault,
+            wire_format=call.wire_format,
+            endpoint=call.endpoint,
+            headers=headers,
+            shutting_down=state.shutting_down,
+        )
     completion = await _run_model(state, list(call.chat.messages), call.max_tokens)
     admission.settle(completion.prompt_tokens + completion.completion_tokens)
     delay = state.latency.delay_s(call.settings, completion.completion_tokens)

@@ -64,8 +64,13 @@ async def fault_reply(
     if fault.kind == "timeout":
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(shutting_down.wait(), fault.hold_s)
-        return _error(GATEWAY_TIMEOUT, error_code_for_status(GATEWAY_TIMEOUT),
-                      "upstream request timeout", None, headers)
+        return _error(
+            GATEWAY_TIMEOUT,
+            error_code_for_status(GATEWAY_TIMEOUT),
+            "upstream request timeout",
+            None,
+            headers,
+        )
     if fault.kind == "reset":
         if request.transport is not None:
             request.transport.abort()
@@ -109,8 +114,14 @@ async def _truncated(
 def _empty_body(wire_format: WireFormat, endpoint: str) -> dict[str, Any]:
     now = int(time.time())
     if wire_format == "responses":
-        body = response_object(_EMPTY, model=endpoint, response_id=new_id("resp_"),
-                               message_id=new_id("msg_"), reasoning_id=None, created_at=now)
+        body = response_object(
+            _EMPTY,
+            model=endpoint,
+            response_id=new_id("resp_"),
+            message_id=new_id("msg_"),
+            reasoning_id=None,
+            created_at=now,
+        )
         body["output"] = []
         return body
     body = chat_completion(_EMPTY, model=endpoint, completion_id=new_id("chatcmpl-"), created=now)

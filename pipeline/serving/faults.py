@@ -29,7 +29,13 @@ FaultKind = Literal[
 ]
 # Every kind, as /stats lists them in `faults_by_kind`.
 FAULT_KINDS: tuple[FaultKind, ...] = (
-    "error", "timeout", "reset", "malformed", "truncated", "empty_choices", "fail_first"
+    "error",
+    "timeout",
+    "reset",
+    "malformed",
+    "truncated",
+    "empty_choices",
+    "fail_first",
 )
 
 

@@ -166,12 +166,15 @@ def _check(logs: _EndpointLogs, now: float, tokens: int, limits: Limits) -> Refu
     if limits.tokens is not None:
         wait = logs.tokens.wait_s(now, tokens, limits.tokens)
         if math.isinf(wait):
-            return Refused(limits.window_s,
-                           f"request needs {tokens} tokens (prompt + max_tokens), more than "
-                           f"tokens_per_minute={limits.tokens} allows at all")
+            return Refused(
+                limits.window_s,
+                f"request needs {tokens} tokens (prompt + max_tokens), more than "
+                f"tokens_per_minute={limits.tokens} allows at all",
+            )
         waits.append((wait, f"tokens_per_minute={limits.tokens}"))
     wait, limit = max(waits, default=(0.0, ""))
     if wait <= 0:
         return None
-    return Refused(wait, f"rate limit exceeded: {limit} over {limits.window_s:g} s; "
-                         f"retry in {wait:.3f} s")
+    return Refused(
+        wait, f"rate limit exceeded: {limit} over {limits.window_s:g} s; retry in {wait:.3f} s"
+    )

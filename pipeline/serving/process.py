@@ -127,8 +127,11 @@ class LocalEndpoint:
             raise
         if not healthy:
             exited = process.poll()
-            reason = (f"exited with status {exited}" if exited is not None
-                      else f"was not healthy within {self.startup_timeout_s:g} s")
+            reason = (
+                f"exited with status {exited}"
+                if exited is not None
+                else f"was not healthy within {self.startup_timeout_s:g} s"
+            )
             tail = self._log_tail()
             self.stop()
             raise RuntimeError(f"local serving endpoint at {url} {reason}; log tail:\n{tail}")
@@ -141,8 +144,16 @@ class LocalEndpoint:
             os.close(handle)
             self._log_path = Path(name)
         self._log = self._log_path.open("ab")
-        command = [sys.executable, "-m", "pipeline.serving",
-                   "--host", self.host, "--port", str(port), *self.args]
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline.serving",
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            *self.args,
+        ]
         return subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
@@ -193,7 +204,9 @@ class LocalEndpoint:
     def _call(self, method: str, path: str, body: object) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"{self.url}{path}", data=data, method=method,
+            f"{self.url}{path}",
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -214,11 +227,17 @@ class LocalEndpoint:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m pipeline.serving.process URL [--timeout S]`: exit 0 once healthy, else 1."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.serving.process",
-                                     description="Wait until a local serving endpoint is healthy.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.serving.process",
+        description="Wait until a local serving endpoint is healthy.",
+    )
     parser.add_argument("url", help="server root, e.g. http://127.0.0.1:8765")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT_S,
-                        help="seconds to wait (default %(default)s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_STARTUP_TIMEOUT_S,
+        help="seconds to wait (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
     if wait_healthy(url, args.timeout):

@@ -88,16 +88,23 @@ class ServingSettings:
         _require(0 <= self.port <= 65535, "port", "must be in 0..65535 (0 picks a free port)")
         _require(self.token_env != "", "token_env", "must be an env var name or null")
         for name in self.endpoint_names:
-            _require(bool(name) and "/" not in name, "endpoint_names",
-                     "each name must be a non-empty string without '/'")
+            _require(
+                bool(name) and "/" not in name,
+                "endpoint_names",
+                "each name must be a non-empty string without '/'",
+            )
         _require(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")
         _require(self.fail_first >= 0, "fail_first", "must be >= 0")
         _require(400 <= self.fail_status <= 599, "fail_status", "must be an HTTP error in 400..599")
         _require(self.latency_s >= 0, "latency_s", "must be a number of seconds >= 0")
-        _require(self.latency_per_token_s >= 0, "latency_per_token_s",
-                 "must be a number of seconds >= 0")
-        _require(self.retry_after_s is None or self.retry_after_s >= 0, "retry_after_s",
-                 "must be null or a number of seconds >= 0")
+        _require(
+            self.latency_per_token_s >= 0, "latency_per_token_s", "must be a number of seconds >= 0"
+        )
+        _require(
+            self.retry_after_s is None or self.retry_after_s >= 0,
+            "retry_after_s",
+            "must be null or a number of seconds >= 0",
+        )
         _require(self.latency_jitter_s >= 0, "latency_jitter_s", "must be a number of seconds >= 0")
         self._check_load()
         self._check_faults()
@@ -105,26 +112,34 @@ class ServingSettings:
     def _check_load(self) -> None:
         for key in ("requests_per_minute", "tokens_per_minute", "max_concurrency"):
             value = getattr(self, key)
-            _require(value is None or value >= 1, key,
-                     "must be null (unlimited) or an integer >= 1")
+            _require(
+                value is None or value >= 1, key, "must be null (unlimited) or an integer >= 1"
+            )
         _require(self.window_s > 0, "window_s", "must be a number of seconds > 0")
         # `dataclasses.replace` skips the JSON type check, so the choice is checked here too.
-        _require(self.overload in typing.get_args(Overload), "overload",
-                 "must be 'queue' or 'reject'")
+        _require(
+            self.overload in typing.get_args(Overload), "overload", "must be 'queue' or 'reject'"
+        )
 
     def _check_faults(self) -> None:
         _require(bool(self.error_statuses), "error_statuses", "must list at least one status")
         for status in self.error_statuses:
-            _require(400 <= status <= 599, "error_statuses",
-                     "each status must be an HTTP error in 400..599")
+            _require(
+                400 <= status <= 599,
+                "error_statuses",
+                "each status must be an HTTP error in 400..599",
+            )
         _require(self.timeout_hold_s >= 0, "timeout_hold_s", "must be a number of seconds >= 0")
         total = 0.0
         for kind, rate in self.fault_rates:
             key = f"{kind}_rate"
             _require(0 <= rate <= 1, key, "must be a fraction in 0..1")
             total += rate
-            _require(total <= 1 + _RATE_SUM_TOLERANCE, key,
-                     f"fault rates add up to {total:g} by here; together they must be at most 1")
+            _require(
+                total <= 1 + _RATE_SUM_TOLERANCE,
+                key,
+                f"fault rates add up to {total:g} by here; together they must be at most 1",
+            )
 
     @property
     def fault_rates(self) -> tuple[tuple[RateFaultKind, float], ...]:
@@ -221,6 +236,13 @@ def _describe(hint: Any) -> str:
 
 
 def _json_type(value: object) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
-             dict: "object", type(None): "null"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
