@@ -79,10 +79,9 @@ def plan_work(
         chunks = 1  # one empty chunk, so the run still creates (or replaces) the table
     sizes = _chunk_sizes(pending, chunks, pending_rows)
     log.info(
-        "plan: %d input rows, %d already answered in the sink, %d to send in %d chunks "
-        "of %d-%d rows",
-        input_rows, input_rows - pending_rows, pending_rows, len(sizes),
-        min(sizes, default=0), max(sizes, default=0),
+        "plan: %d input rows, %d already answered in the sink, %d to send%s",
+        input_rows, input_rows - pending_rows, pending_rows,
+        f" in {len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows" if pending_rows else "",
     )  # fmt: skip
     return WorkPlan(keyed, pending, input_rows, sizes, replace_errors)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyspark.sql import Observation, SparkSession
+from pyspark.sql import Column, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -78,7 +78,7 @@ class RunSummary:
         return (
             f"batch-chat: {self.rows} rows ({self.ok} ok, {self.errors} error) | "
             f"{self.skipped} already answered | "
-            f"tokens in {self.prompt_tokens} out {self.completion_tokens} | "
+            f"tokens paid in {self.prompt_tokens} out {self.completion_tokens} | "
             f"{self.attempts} requests sent | {self.seconds:.1f} s ({rate:.1f} rows/s, "
             f"{self.tasks} tasks, {self.chunks} chunks) | wrote {self.sink}"
         )
@@ -250,11 +250,16 @@ def _share(per_minute: float | None, tasks: int) -> float | None:
 
 
 def _summary_metrics() -> list[Any]:
+    # Tokens of rows that sent a request: a row copied from an identical request (attempts 0)
+    # carries the same usage, but it was paid for once.
+    def paid(column: str) -> Column:
+        return F.sum(F.when(F.col("attempts") > 0, F.coalesce(F.col(column), F.lit(0))))
+
     return [
         F.count(F.lit(1)).alias("rows"),
         F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-        F.sum(F.coalesce(F.col("prompt_tokens"), F.lit(0))).alias("prompt_tokens"),
-        F.sum(F.coalesce(F.col("completion_tokens"), F.lit(0))).alias("completion_tokens"),
+        paid("prompt_tokens").alias("prompt_tokens"),
+        paid("completion_tokens").alias("completion_tokens"),
         F.sum(F.col("attempts")).alias("attempts"),
     ]
 

@@ -141,6 +141,8 @@ def test_identical_requests_are_sent_once(
     )
     expected = {(1, 1 if dedupe else 6)}
     assert {(r.answers, r.sent) for r in per_prompt.collect()} == expected
+    paid = out.filter("attempts > 0").agg(F.sum("prompt_tokens")).first()[0]
+    assert summary.prompt_tokens == paid  # copies carry the usage but were not paid again
 
 
 def test_existing_table_that_is_not_an_output_is_refused(
@@ -176,3 +178,20 @@ def test_max_tokens_above_the_endpoint_limit_stops_the_job(
     assert "max_tokens" in str(e.value) and private_echo.url in str(e.value)
     # The threshold plus the requests already in flight, per task (2 tasks).
     assert private_echo.stats()["requests_total"] <= 2 * (3 + 2)
+
+
+@pytest.mark.parametrize("fmt", ["delta", "parquet"])
+def test_overwrite_replaces_the_table_chunk_by_chunk(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, fmt: str
+) -> None:
+    config = job(
+        echo,
+        {"path": save(prompts(spark, 25), tmp_path / "in"), "id_column": "id",
+         "prompt_column": "prompt"},
+        {"path": str(tmp_path / "out"), "format": fmt, "mode": "overwrite", "chunk_rows": 10},
+    )  # fmt: skip
+    for _ in range(2):
+        summary, out = run(spark, config)
+        assert (summary.rows, summary.skipped) == (25, 0) and summary.chunks == 3
+        assert out.count() == 25 and out.select("id").distinct().count() == 25
+    assert echo.stats()["requests_total"] == 50  # overwrite answers everything each time
