@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2_VERSION := 0.1.2
 MODEL ?= smollm2
 
-.PHONY: install run test lint typecheck clean
+.PHONY: install run test bench lint typecheck clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(PY) -m pytest
+
+# Throughput, rate control and memory against the local endpoint; see jobs/benchmark.py.
+bench: $(STAMP)
+	$(PY) jobs/benchmark.py $(ARGS)
 
 clean:
 	rm -rf data spark-warehouse metastore_db derby.log .pytest_cache

@@ -93,8 +93,12 @@ def chunk_of(chunks: int) -> Column:
 
 
 def spread(chunk: DataFrame, tasks: int, dedupe: bool) -> DataFrame:
-    """A chunk over `tasks` Spark tasks, identical requests in the same task when deduping."""
-    spread = chunk.repartition(tasks, REQUEST_KEY) if dedupe else chunk.repartition(tasks)
+    """A chunk over `tasks` Spark tasks; when deduping, identical requests go to the same
+    task, one after the other (so a task needs to remember only recent answers)."""
+    if dedupe:
+        spread = chunk.repartition(tasks, REQUEST_KEY).sortWithinPartitions(REQUEST_KEY)
+    else:
+        spread = chunk.repartition(tasks)
     return spread.drop("request_id", REQUEST_KEY)
 
 

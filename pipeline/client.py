@@ -17,6 +17,7 @@ import aiohttp
 
 from pipeline.chat import ChatRequest, Completion, RowResult
 from pipeline.config import EndpointConfig, LimitsConfig
+from pipeline.coordinator import SharedLimits
 from pipeline.errors import (
     BadRequest,
     ConnectionFailed,
@@ -47,9 +48,11 @@ class ClientSettings:
     limits: LimitsConfig
     extra: Mapping[str, Any] = field(default_factory=dict)
     token: Secret | None = None
-    # This task's share of the job's per-minute budgets.
+    # This task's share of the job's per-minute budgets (used alone without `budget_url`).
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    # The job's shared budget on the driver (see `pipeline.coordinator`).
+    budget_url: str | None = None
 
 
 class ChatClient:
@@ -68,13 +71,22 @@ class ChatClient:
         self._wire: WireFormat = wire_for(settings.endpoint.api)
         self._url = self._wire.url(settings.endpoint)
         self._policy = RetryPolicy.from_limits(settings.limits)
-        self._limits = RateLimits(
+        own_share = RateLimits(
             settings.requests_per_minute,
             settings.tokens_per_minute,
             job_tokens_per_minute=settings.limits.tokens_per_minute,
             clock=clock,
             sleep=sleep,
         )
+        self._limits: RateLimits | SharedLimits = own_share
+        if settings.budget_url is not None:
+            self._limits = SharedLimits(
+                settings.budget_url,
+                own_share,
+                batch=settings.limits.concurrency,
+                uses_tokens=settings.limits.tokens_per_minute is not None,
+                sleep=sleep,
+            )
         self._clock = clock
         self._sleep = sleep
         self._fatal_answers = 0
@@ -136,6 +148,10 @@ class ChatClient:
             latency_ms=self._elapsed_ms(started),
         )
 
+    async def close(self) -> None:
+        """Release what the rate limits hold (the lease session to the driver)."""
+        await self._limits.close()
+
     def _stops_job(self, error: EndpointError) -> bool:
         # A 400 before any success is most likely the configuration (every row would get it);
         # once a request has succeeded, a 400 is about its own row and stays an error row.
@@ -160,6 +176,7 @@ class ChatClient:
         except EndpointError:
             self._limits.settle(estimate, None)
             raise
+        self._limits.observe(status, headers)
         if not 200 <= status < 300:
             self._limits.settle(estimate, None)
             raise error_from_response(status, headers, text)

@@ -137,6 +137,9 @@ class LimitsConfig:
     # Whole-job budgets, split across the tasks that run at once. None: unlimited.
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    # Find the rate the endpoint admits from its 429s and rate-limit headers (never above
+    # requests_per_minute); false: send as fast as concurrency allows, within the budgets.
+    adaptive: bool = True
     max_attempts: int = 6
     # Stop the job after this many answers that every row would get (401/403, 404) in a task.
     max_fatal_errors: int = 3

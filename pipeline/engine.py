@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -20,7 +20,10 @@ import aiohttp
 from pipeline.chat import ChatRequest, RowResult
 from pipeline.client import ChatClient, ClientSettings
 from pipeline.errors import describe
+from pipeline.loopthread import LoopThread
 
+# Distinct requests whose answers a task keeps for identical requests that come later.
+DEDUPE_MEMORY = 4096
 # How long closing may wait for the session's connections to shut down.
 CLOSE_TIMEOUT_S = 10.0
 
@@ -67,19 +70,16 @@ class Engine:
         self._settings = settings
         self._dedupe = dedupe
         # Touched only on the loop's thread.
-        self._shared: dict[str, _Shared] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="chat-engine", daemon=True
-        )
+        self._shared: OrderedDict[str, _Shared] = OrderedDict()
+        self._loop = LoopThread("chat-engine")
         self._queue: asyncio.Queue[tuple[_Batch, int, ChatRequest]] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._client: ChatClient | None = None
 
     def __enter__(self) -> Engine:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        self._loop.start()
+        self._loop.run(self._open())
         return self
 
     def __exit__(
@@ -89,12 +89,9 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(CLOSE_TIMEOUT_S)
+            self._loop.run(self._close(), CLOSE_TIMEOUT_S)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(CLOSE_TIMEOUT_S)
-            if not self._thread.is_alive():
-                self._loop.close()
+            self._loop.stop(CLOSE_TIMEOUT_S)
 
     @property
     def stop_reason(self) -> str | None:
@@ -114,7 +111,7 @@ class Engine:
         if not pending:
             batch.future.set_result([r for r in results if r is not None])
         else:
-            self._loop.call_soon_threadsafe(self._enqueue, batch, pending)
+            self._loop.call_soon(self._enqueue, batch, pending)
         return batch.future
 
     def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
@@ -123,12 +120,22 @@ class Engine:
             shared = self._shared.get(request.key) if self._dedupe and request.key else None
             if shared is None:
                 if self._dedupe and request.key:
-                    self._shared[request.key] = _Shared()
+                    self._remember(request.key)
                 self._queue.put_nowait((batch, index, request))
             elif shared.result is not None:
                 batch.complete(index, shared.result.copied_to(request.request_id))
             else:
                 shared.waiting.append((batch, index, request.request_id))
+
+    def _remember(self, key: str) -> None:
+        # Answers are kept for the last DEDUPE_MEMORY keys only, so memory stays flat however
+        # long the task; identical requests arrive next to each other (see `chunks.spread`).
+        self._shared[key] = _Shared()
+        while len(self._shared) > DEDUPE_MEMORY:
+            oldest = next(iter(self._shared.values()))
+            if oldest.result is None:
+                break  # still in flight: rows are waiting for it
+            self._shared.popitem(last=False)
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
@@ -147,12 +154,15 @@ class Engine:
             except Exception as err:  # send() answers every failure; this guards the guard
                 result = RowResult(request.request_id, "error", error=describe(err))
             batch.complete(index, result)
-            if request.key in self._shared:
-                self._shared[request.key].resolve(result)
+            shared = self._shared.get(request.key) if request.key else None
+            if shared is not None:
+                shared.resolve(result)
 
     async def _close(self) -> None:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
         if self._session is not None:
             await self._session.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
@@ -59,6 +60,17 @@ def spark_session(
     session = builder.getOrCreate()
     _warn_if_speculative(session)
     return session
+
+
+def driver_host(spark: SparkSession) -> str:
+    """The address executors reach the driver at (loopback when they run inside it)."""
+    try:
+        master = spark.conf.get("spark.master", "") or ""
+        if master.startswith("local"):
+            return "127.0.0.1"
+        return spark.conf.get("spark.driver.host", "127.0.0.1") or "127.0.0.1"
+    except Exception:  # a runtime that hides its confs
+        return "127.0.0.1"
 
 
 def _delta_on_classpath() -> bool:
@@ -135,16 +147,24 @@ def delete_error_rows(
         ids.select("request_id").distinct().alias("s"),
         "t.request_id = s.request_id AND t.status = 'error'",
     )
-    previous = spark.conf.get(COMMIT_METADATA_CONF, None)
-    if metadata is not None:
-        spark.conf.set(COMMIT_METADATA_CONF, metadata)
-    try:
+    with session_conf(spark, {} if metadata is None else {COMMIT_METADATA_CONF: metadata}):
         merge.whenMatchedDelete().execute()
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """`settings` in the session's SQL conf while the context is open; restored after."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
     finally:
-        if previous is None:
-            spark.conf.unset(COMMIT_METADATA_CONF)
-        else:
-            spark.conf.set(COMMIT_METADATA_CONF, previous)
+        for key, before in previous.items():
+            if before is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, before)
 
 
 def check_sink_writable(spark: SparkSession, sink: SinkConfig) -> None:

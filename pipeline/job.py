@@ -14,23 +14,28 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pyspark.sql import Column, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from pipeline.budget import JobBudget
 from pipeline.chunks import WorkPlan, plan_work, spread
 from pipeline.client import ClientSettings
-from pipeline.config import JobConfig, SourceConfig
+from pipeline.config import JobConfig, LimitsConfig, SourceConfig
+from pipeline.coordinator import BudgetServer
 from pipeline.errors import ConfigError, JobAborted
 from pipeline.io import (
     SaveMode,
     check_sink_writable,
     delete_error_rows,
+    driver_host,
     read_source,
+    session_conf,
     spark_session,
     write_sink,
 )
@@ -47,6 +52,15 @@ log = logging.getLogger(__name__)
 
 _ABORTED = re.compile(r"JobAborted: (.+)")
 
+
+# Adaptive rate control starts at this many requests per second per in-flight slot (a guess of
+# 500 ms per answer) and doubles every second until the endpoint answers 429.
+ADAPTIVE_START_PER_SLOT = 2.0
+
+# Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
+# task's memory stays the same whatever the size of the input.
+ARROW_BATCH_ROWS = 500
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 # The first chunk's save mode, by `sink.mode`; later chunks append.
 FIRST_SAVE_MODE: dict[str, SaveMode] = {
@@ -117,20 +131,27 @@ def run_job(
             requests_per_minute=_share(limits.requests_per_minute, tasks),
             tokens_per_minute=_share(limits.tokens_per_minute, tasks),
         )
-        plan = TaskPlan(config.source, config.request, client, salt)
         totals: Counter[str] = Counter()
-        for index in range(work.chunks):
-            metadata = json.dumps(
-                {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
-                 "config": saved_config},
-                default=str,
-            )  # fmt: skip
-            chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
-            totals.update(chunk)
-            log.info(
-                "chunk %d/%d committed: %d rows (%d ok, %d requests sent)",
-                index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
-            )  # fmt: skip
+        with (
+            _budget_server(spark, limits, tasks) as budget,
+            session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}),
+        ):
+            if budget is not None:
+                client = replace(client, budget_url=budget.url)
+            plan = TaskPlan(config.source, config.request, client, salt)
+            for index in range(work.chunks):
+                metadata = json.dumps(
+                    {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
+                     "config": saved_config},
+                    default=str,
+                )  # fmt: skip
+                chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
+                totals.update(chunk)
+                log.info(
+                    "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
+                    index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
+                    _rate_note(budget),
+                )  # fmt: skip
     finally:
         work.release()
     return _summary(
@@ -141,6 +162,34 @@ def run_job(
         skipped=work.input_rows - work.pending_rows,
         chunks=work.chunks,
     )
+
+
+@contextmanager
+def _budget_server(
+    spark: SparkSession, limits: LimitsConfig, tasks: int
+) -> Iterator[BudgetServer | None]:
+    """The job's shared budget on the driver, when there is one to keep."""
+    if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+        if not limits.adaptive:
+            yield None
+            return
+    budget = JobBudget(
+        limits.requests_per_minute,
+        limits.tokens_per_minute,
+        adaptive=limits.adaptive,
+        start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
+    )
+    with BudgetServer(budget, advertise=driver_host(spark)) as server:
+        yield server
+
+
+def _rate_note(server: BudgetServer | None) -> str:
+    if server is None:
+        return ""
+    budget = server.budget
+    rate = budget.rate_per_s
+    shown = "unlimited" if rate is None else f"{rate * 60:.0f}/min"
+    return f"; request rate {shown}, {budget.rate_limited} answered 429"
 
 
 def _commit_chunk(
@@ -243,6 +292,15 @@ def request_id_salt(config: JobConfig) -> str:
     return json.dumps(
         [config.endpoint.name, dict(config.request.extra)], sort_keys=True, default=str
     )
+
+
+def arrow_batch_rows(spark: SparkSession) -> int:
+    """The session's Arrow batch size, lowered to ARROW_BATCH_ROWS."""
+    try:
+        configured = int(spark.conf.get(ARROW_BATCH_CONF, "10000") or 10000)
+    except ValueError:
+        configured = ARROW_BATCH_ROWS
+    return min(configured, ARROW_BATCH_ROWS) if configured > 0 else ARROW_BATCH_ROWS
 
 
 def _share(per_minute: float | None, tasks: int) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from pipeline.errors import TokenBudgetExceeded
 
@@ -115,6 +115,12 @@ class RateLimits:
         """Correct the token reservation with the real usage (or release it: None)."""
         if self._tokens is not None:
             self._tokens.adjust((actual_tokens or 0) - estimated_tokens)
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """An answer's status and headers; a task's own buckets do not adapt."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 def _bucket(

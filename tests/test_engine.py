@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from pipeline import engine as engine_module
 from pipeline.chat import ChatRequest, Message, RowResult
 from pipeline.client import ClientSettings
 from pipeline.config import EndpointConfig, LimitsConfig
@@ -49,3 +52,25 @@ def test_batch_of_only_rejected_rows_needs_no_request(echo: LocalEndpoint) -> No
         assert engine.submit([rejected]).result(timeout=5) == [rejected]
         assert engine.submit([]).result(timeout=5) == []
     assert echo.stats()["requests_total"] == 0
+
+
+def test_identical_requests_are_sent_once_and_memory_is_bounded(
+    echo: LocalEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "DEDUPE_MEMORY", 3)
+
+    def asking(key: int, row: int) -> ChatRequest:
+        prompt = (Message("user", f"prompt number {key}"),)
+        return ChatRequest(f"row{row}", prompt, 16, None, key=f"k{key}")
+
+    # Keys 0 0 0 1 1 | 2 3 4 5 | 0: key 0 comes back after 4 other keys, beyond the memory.
+    batches = [[asking(k, r) for r, k in enumerate([0, 0, 0, 1, 1])],
+               [asking(k, 10 + k) for k in (2, 3, 4, 5)], [asking(0, 20)]]  # fmt: skip
+    with Engine(client_settings(echo, concurrency=4), dedupe=True) as engine:
+        results = [engine.submit(batch).result(timeout=30) for batch in batches]
+    first = results[0]
+    assert [r.request_id for r in first] == [f"row{i}" for i in range(5)]
+    assert [r.attempts for r in first] == [1, 0, 0, 1, 0]  # copies sent nothing
+    assert first[1].completion == first[0].completion and first[1].latency_ms is None
+    assert results[2][0].attempts == 1  # forgotten: sent again, never wrong
+    assert echo.stats()["requests_total"] == 2 + 4 + 1

@@ -146,6 +146,13 @@ def _add_limit_flags(add: Callable[..., Any]) -> None:
         help="length of the sliding rate-limit window (default %(default)s)",
     )
     add(
+        "--limit-headers",
+        action=argparse.BooleanOptionalAction,
+        default=_DEFAULTS.limit_headers,
+        help="announce the limits in x-ratelimit-* headers (--no-limit-headers: enforce them "
+        "silently, as Databricks does)",
+    )
+    add(
         "--max-concurrency",
         type=int,
         default=_DEFAULTS.max_concurrency,

@@ -277,7 +277,7 @@ async def _answer(request: web.Request, wire_format: WireFormat) -> web.StreamRe
 def _limit_headers(
     request: web.Request, endpoint: str | None, settings: ServingSettings
 ) -> dict[str, str]:
-    if endpoint is None:
+    if endpoint is None or not settings.limit_headers:
         return {}
     return request.app[STATE].limiter.headers(endpoint, Limits.of(settings))
 

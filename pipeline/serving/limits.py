@@ -132,17 +132,21 @@ class EndpointLimiter:
         return Admission(logs.tokens, logs.tokens.record(now, tokens))
 
     def headers(self, endpoint: str, limits: Limits) -> dict[str, str]:
-        """OpenAI-style x-ratelimit headers for each limit set; empty when unlimited."""
+        """OpenAI-style x-ratelimit headers for each limit set; empty when unlimited.
+
+        The limits are announced per minute, as OpenAI's are, whatever the window; what
+        remains is what remains in the current window.
+        """
         if limits.unlimited:
             return {}
         now = self._clock()
         logs = self._logs_for(endpoint, limits.window_s)
         headers: dict[str, str] = {}
         if limits.requests is not None:
-            headers[LIMIT_REQUESTS] = str(limits.requests)
+            headers[LIMIT_REQUESTS] = _per_minute(limits.requests, limits.window_s)
             headers[REMAINING_REQUESTS] = str(max(0, limits.requests - logs.requests.used(now)))
         if limits.tokens is not None:
-            headers[LIMIT_TOKENS] = str(limits.tokens)
+            headers[LIMIT_TOKENS] = _per_minute(limits.tokens, limits.window_s)
             headers[REMAINING_TOKENS] = str(max(0, limits.tokens - logs.tokens.used(now)))
         return headers
 
@@ -178,3 +182,7 @@ def _check(logs: _EndpointLogs, now: float, tokens: int, limits: Limits) -> Refu
     return Refused(
         wait, f"rate limit exceeded: {limit} over {limits.window_s:g} s; retry in {wait:.3f} s"
     )
+
+
+def _per_minute(per_window: int, window_s: float) -> str:
+    return f"{per_window * 60 / window_s:.0f}"

@@ -70,6 +70,8 @@ class ServingSettings:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     window_s: float = 60.0
+    # Announce the limits in x-ratelimit-* headers (Databricks endpoints do not).
+    limit_headers: bool = True
     # Requests served at once; beyond it `overload` decides. None is unbounded.
     max_concurrency: int | None = None
     overload: Overload = "queue"

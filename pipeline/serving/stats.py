@@ -8,6 +8,7 @@ queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts tho
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -37,6 +38,10 @@ class ServingStats:
         self.rate_limited = 0
         self.rejected_overload = 0
         self.peak_in_flight = self.in_flight
+        # Wall-clock times (epoch seconds) of the first and last request: the rate the
+        # endpoint saw is requests_total over their difference.
+        self.first_request_at: float | None = None
+        self.last_request_at: float | None = None
 
     @property
     def faults_injected(self) -> int:
@@ -47,6 +52,9 @@ class ServingStats:
         """Count a request entering a model route."""
         self.requests_total += 1
         self.by_route[wire_format] += 1
+        self.last_request_at = time.time()
+        if self.first_request_at is None:
+            self.first_request_at = self.last_request_at
 
     def request_finished(self, status: int) -> None:
         """Count a request leaving a model route with `status`."""
@@ -95,4 +103,6 @@ class ServingStats:
             "peak_in_flight": self.peak_in_flight,
             "queued": queued,
             "distinct_requests": distinct_requests,
+            "first_request_at": self.first_request_at,
+            "last_request_at": self.last_request_at,
         }

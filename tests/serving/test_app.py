@@ -292,6 +292,8 @@ def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
     endpoint.control(fail_first=0)
 
     stats = endpoint.stats()
+    first, last = stats.pop("first_request_at"), stats.pop("last_request_at")
+    assert 0 < first <= last <= time.time()
 
     assert stats == {
         "requests_total": 2,

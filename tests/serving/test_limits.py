@@ -179,6 +179,9 @@ def test_headers_report_each_limit_set_and_nothing_when_unlimited() -> None:
     assert limiter.headers("a", Limits(requests=5, tokens=None, window_s=60)) == {
         "x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "4"}
     assert limiter.headers("a", Limits(requests=None, tokens=None, window_s=60)) == {}
+    # Announced per minute whatever the window, as OpenAI's are: 5 per second is 300/min.
+    assert limiter.headers("b", Limits(requests=5, tokens=None, window_s=1)) == {
+        "x-ratelimit-limit-requests": "300", "x-ratelimit-remaining-requests": "5"}
 
 
 def test_unlimited_admits_without_recording() -> None:
@@ -438,6 +441,9 @@ def test_ratelimit_headers_on_model_route_replies(endpoint: LocalEndpoint) -> No
     assert {k: v for k, v in ok.headers.items() if k.startswith("x-ratelimit")} == {
         "x-ratelimit-limit-requests": "5", "x-ratelimit-remaining-requests": "4",
         "x-ratelimit-limit-tokens": "100", "x-ratelimit-remaining-tokens": "96"}
+    endpoint.control(limit_headers=False)  # as Databricks: limits enforced, not announced
+    silent = invoke(endpoint, user("d", max_tokens=10))
+    assert not any(h.startswith("x-ratelimit") for h in silent.headers)
     assert invalid.status == 400
     assert invalid.headers["x-ratelimit-remaining-requests"] == "4"  # refused before admission
     assert faulted.status >= 500

@@ -19,7 +19,10 @@ def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
     stats.serving_finished()
     stats.request_finished(503)
 
-    assert stats.snapshot(distinct_requests=2, queued=0) == {
+    snapshot = stats.snapshot(distinct_requests=2, queued=0)
+    first, last = snapshot.pop("first_request_at"), snapshot.pop("last_request_at")
+    assert 0 < first <= last
+    assert snapshot == {
         "requests_total": 2,
         "by_status": {"200": 1, "503": 1},
         "by_route": {"invocations": 1, "chat_completions": 0, "responses": 1},

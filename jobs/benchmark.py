@@ -1,0 +1,297 @@
+"""`make bench`: the pipeline against the local endpoint, every ratio measured in this one run.
+
+Starts `python -m pipeline.serving --model echo` in the configuration each figure needs, runs the
+job on a local Spark session, and reads what the endpoint saw from its `/stats` (rates are
+requests over the time between the first and the last request the endpoint received). Prints one
+table and writes the same figures to `data/bench/latest.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import requests
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+
+from pipeline.config import config_from_dict
+from pipeline.io import spark_session
+from pipeline.job import RunSummary, run_job
+from pipeline.serving.process import LocalEndpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN_ENV, TOKEN = "BENCH_TOKEN", "bench-token"
+ENDPOINT = "echo"
+TASKS = 2
+# Fresh Python workers per task, so each run's peak worker memory is its own.
+SPARK_CONF = {
+    "spark.master": f"local[{TASKS}]",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": str(TASKS),
+    "spark.default.parallelism": str(TASKS),
+    "spark.python.worker.reuse": "false",
+    "spark.driver.memory": "2g",
+}
+
+
+@dataclass
+class Figure:
+    name: str
+    measured: float | None
+    target: float
+    higher_is_better: bool
+    detail: str
+
+    @property
+    def passed(self) -> bool | None:
+        if self.measured is None:
+            return None
+        if self.higher_is_better:
+            return self.measured >= self.target
+        return self.measured <= self.target
+
+    def row(self) -> str:
+        measured = "n/a" if self.measured is None else f"{self.measured:.3g}"
+        sign = ">=" if self.higher_is_better else "<="
+        verdict = {True: "yes", False: "NO", None: "not built"}[self.passed]
+        return f"| {self.name} | {measured} | {sign} {self.target:g} | {verdict} | {self.detail} |"
+
+
+class Bench:
+    def __init__(self, spark: SparkSession, workdir: Path, scale: float) -> None:
+        self.spark = spark
+        self.workdir = workdir
+        self.scale = scale
+        self._runs = 0
+
+    def rows(self, n: int) -> int:
+        return max(100, int(n * self.scale))
+
+    def prompts(self, rows: int) -> str:
+        path = self.workdir / f"prompts_{rows}"
+        if not path.exists():
+            frame = self.spark.range(rows).select(
+                F.col("id"), F.concat(F.lit("question number "), F.col("id")).alias("prompt")
+            )
+            frame.repartition(TASKS).write.parquet(str(path))
+        return str(path)
+
+    def run(self, endpoint: LocalEndpoint, rows: int, **limits: Any) -> RunSummary:
+        self._runs += 1
+        raw = {
+            "source": {"path": self.prompts(rows), "id_column": "id", "prompt_column": "prompt"},
+            "endpoint": {"name": ENDPOINT, "host": endpoint.url, "token_env": TOKEN_ENV},
+            "request": {"max_tokens": 8},
+            "limits": {"backoff_initial_s": 0.05, "max_attempts": 10, **limits},
+            "sink": {"path": str(self.workdir / f"out_{self._runs}"), "format": "parquet",
+                     "mode": "overwrite"},
+        }  # fmt: skip
+        return run_job(config_from_dict(raw, env={}), self.spark, env={TOKEN_ENV: TOKEN})
+
+
+@contextmanager
+def endpoint(*flags: str) -> Iterator[LocalEndpoint]:
+    args = ("--model", "echo", "--endpoint-name", ENDPOINT, "--token-env", TOKEN_ENV, *flags)
+    with LocalEndpoint(*args, env={TOKEN_ENV: TOKEN}) as server:
+        yield server
+
+
+def served_rate(stats: dict[str, Any], count: int | None = None) -> float:
+    """Requests per second the endpoint saw between its first and last request."""
+    span = (stats["last_request_at"] or 0.0) - (stats["first_request_at"] or 0.0)
+    total = stats["requests_total"] if count is None else count
+    return total / span if span > 0 else 0.0
+
+
+def throughput(bench: Bench) -> list[Figure]:
+    rows = bench.rows(30_000)
+    with endpoint() as server:
+        bench.run(server, rows, concurrency=64)
+        ours = served_rate(server.stats())
+        server.reset()
+        thread_pool_udf(bench, server, rows, threads=64)
+        baseline = served_rate(server.stats())
+    return [
+        Figure("requests/s, instant model", ours, 5000, True,
+               f"{rows} rows, {TASKS} tasks x 64 in flight"),
+        Figure("requests/s vs thread-pool UDF", ours / baseline, 3, True,
+               f"pandas UDF + requests + ThreadPoolExecutor(64): {baseline:.0f}/s"),
+    ]  # fmt: skip
+
+
+def thread_pool_udf(bench: Bench, server: LocalEndpoint, rows: int, threads: int) -> None:
+    """The pattern of Databricks' batch-inference notebook: each row posted with `requests`."""
+    url = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    @pandas_udf("string")  # type: ignore[call-overload]
+    def answer(prompts: pd.Series) -> pd.Series:
+        def post(prompt: str) -> str:
+            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+            reply = requests.post(url, json=body, headers=headers, timeout=60)
+            return str(reply.json()["choices"][0]["message"]["content"])
+
+        with ThreadPoolExecutor(threads) as pool:
+            return pd.Series(list(pool.map(post, prompts)))
+
+    frame = bench.spark.read.parquet(bench.prompts(rows)).repartition(TASKS)
+    frame.withColumn("answer", answer("prompt")).write.format("noop").mode("overwrite").save()
+
+
+def latency_bound(bench: Bench) -> Figure:
+    latency, concurrency = 0.1, 16
+    bound = TASKS * concurrency / latency
+    rows = bench.rows(int(bound * 20))
+    with endpoint("--latency-s", str(latency)) as server:
+        bench.run(server, rows, concurrency=concurrency)
+        rate = served_rate(server.stats())
+    return Figure("latency-bound efficiency", rate / bound, 0.95, True,
+                  f"{rate:.0f}/s vs {TASKS}x{concurrency}/{latency}s = {bound:.0f}/s")  # fmt: skip
+
+
+# The endpoint admits RATE_PER_S requests in any one-second window.
+RATE_PER_S = 100
+LIMITED = ("--requests-per-minute", str(RATE_PER_S), "--window-s", "1")
+
+
+def limited_run(bench: Bench, name: str, flags: tuple[str, ...], **limits: Any) -> list[Figure]:
+    rows = bench.rows(RATE_PER_S * 30)
+    with endpoint(*LIMITED, *flags) as server:
+        bench.run(server, rows, concurrency=32, **limits)
+        stats = server.stats()
+    ok = stats["by_status"].get("200", 0)
+    return [
+        Figure(f"{name}: achieved/limit", served_rate(stats, ok) / RATE_PER_S, 0.97 if limits
+               else 0.90, True, f"{rows} rows; endpoint admits {RATE_PER_S}/s"),
+        Figure(f"{name}: 429 share", stats["rate_limited"] / stats["requests_total"],
+               0.01 if limits else 0.03, False,
+               f"{stats['rate_limited']} of {stats['requests_total']} requests"),
+    ]  # fmt: skip
+
+
+def fixed_limit(bench: Bench) -> list[Figure]:
+    return limited_run(bench, "limit set", (), requests_per_minute=RATE_PER_S * 60)
+
+
+def adaptive(bench: Bench) -> list[Figure]:
+    return limited_run(bench, "adaptive, x-ratelimit headers", ())
+
+
+def adaptive_blind(bench: Bench) -> list[Figure]:
+    return limited_run(bench, "adaptive, 429s only", ("--no-limit-headers",))
+
+
+def memory(bench: Bench) -> Figure:
+    small, large = 1_000, bench.rows(200_000)
+    peaks = {}
+    with endpoint() as server:
+        for rows in (small, large):
+            with WorkerMemory() as sampler:
+                bench.run(server, rows, concurrency=64)
+            peaks[rows] = sampler.peak_mib
+    return Figure(f"worker peak RSS, {large} vs {small} rows", peaks[large] / peaks[small], 1.15,
+                  False, f"{peaks[small]:.0f} MiB vs {peaks[large]:.0f} MiB")  # fmt: skip
+
+
+class WorkerMemory:
+    """Samples the resident memory of PySpark's Python workers; keeps the peak."""
+
+    INTERVAL_S = 0.05
+
+    def __init__(self) -> None:
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            for rss in _worker_rss_mib():
+                self.peak_mib = max(self.peak_mib, rss)
+
+
+def _worker_rss_mib() -> Iterator[float]:
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    yield int(line.split()[1]) / 1024
+        except OSError:  # the process ended while we looked
+            continue
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count")
+    parser.add_argument("--out", default=str(ROOT / "data" / "bench" / "latest.json"))
+    parser.add_argument("--only", nargs="*", default=None, metavar="STEP",
+                        help="run only these steps (e.g. fixed_limit adaptive)")  # fmt: skip
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    spark = spark_session("batch-chat-bench", SPARK_CONF)
+    spark.sparkContext.setLogLevel("ERROR")
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="batch-chat-bench-") as tmp:
+        bench = Bench(spark, Path(tmp), args.scale)
+        steps: list[Callable[[Bench], Figure | list[Figure]]] = [
+            throughput,
+            latency_bound,
+            fixed_limit,
+            adaptive,
+            adaptive_blind,
+            memory,
+        ]
+        for step in steps:
+            if args.only is not None and step.__name__ not in args.only:
+                continue
+            found = step(bench)
+            for figure in found if isinstance(found, list) else [found]:
+                print(figure.row(), file=sys.stderr, flush=True)
+                figures.append(figure)
+    spark.stop()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    table = [
+        f"benchmark {when} on {machine} ({time.monotonic() - started:.0f} s)",
+        "",
+        "| figure | measured | target | met | detail |",
+        "| --- | --- | --- | --- | --- |",
+        *(f.row() for f in figures),
+    ]
+    print("\n".join(table))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"when": when, "machine": machine, "figures": [asdict(f) for f in figures]}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if all(f.passed is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,186 @@
+"""The job's budgets served to its tasks: a small HTTP server on the driver, and its client.
+
+The driver runs `BudgetServer` (aiohttp on its own thread) for the length of the job; every task's
+`SharedLimits` leases permits from it in batches of at most `budget.LEASE_SECONDS` of the job's
+rate, reporting what it saw (successes, 429s, the endpoint's `x-ratelimit-*` headers, token
+corrections). A task that cannot reach the driver falls back to its static share of the budgets,
+with a warning, rather than failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from pipeline.budget import JobBudget, Lease, LeaseAsk
+from pipeline.loopthread import LoopThread
+from pipeline.ratelimit import RateLimits, Sleep
+
+log = logging.getLogger(__name__)
+
+LEASE_TIMEOUT_S = 10.0
+# How long the driver's budget server may take to start or to shut down.
+SERVER_TIMEOUT_S = 30.0
+# How many failed leases in a row make a task give up on the driver.
+MAX_LEASE_FAILURES = 3
+ENDPOINT_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "endpoint_requests_per_minute",
+    "x-ratelimit-limit-tokens": "endpoint_tokens_per_minute",
+}
+
+
+class BudgetServer:
+    """Serves `budget` at `url` while the context is open."""
+
+    def __init__(self, budget: JobBudget, *, bind: str = "0.0.0.0", advertise: str) -> None:
+        self.budget = budget
+        self._bind = bind
+        self._advertise = advertise
+        self._key = secrets.token_urlsafe(16)  # tasks of this job only
+        self._loop = LoopThread("budget")
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def __enter__(self) -> BudgetServer:
+        self._loop.start()
+        port = self._loop.run(self._start(), SERVER_TIMEOUT_S)
+        self.url = f"http://{self._advertise}:{port}/{self._key}/lease"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            if self._runner is not None:
+                self._loop.run(self._runner.cleanup(), SERVER_TIMEOUT_S)
+        finally:
+            self._loop.stop(SERVER_TIMEOUT_S)
+
+    async def _start(self) -> int:
+        app = web.Application()
+        app.router.add_post(f"/{self._key}/lease", self._lease)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._bind, 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def _lease(self, request: web.Request) -> web.Response:
+        fields = {f.name for f in dataclasses.fields(LeaseAsk)}
+        body = await request.json()
+        ask = LeaseAsk(**{k: v for k, v in body.items() if k in fields})
+        return web.json_response(dataclasses.asdict(self.budget.lease(ask)))
+
+
+class SharedLimits:
+    """`RateLimits` for one task, drawing on the job's budget through the driver.
+
+    Use inside the task's event loop; `fallback` is the task's static share, used when the
+    driver cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fallback: RateLimits,
+        *,
+        batch: int,
+        uses_tokens: bool,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._url = url
+        # Its own session: the chat session's headers carry the endpoint's token.
+        self._session: aiohttp.ClientSession | None = None
+        self._fallback = fallback
+        self._batch = max(1, batch)
+        self._uses_tokens = uses_tokens
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._requests = 0
+        self._tokens = 0.0
+        self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
+        self._announced: dict[str, float] = {}
+        self._failures = 0
+        self._detached = False
+
+    def check(self, estimated_tokens: int) -> None:
+        """See `RateLimits.check`."""
+        self._fallback.check(estimated_tokens)
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait for one request permit and `estimated_tokens` of token budget."""
+        self.check(estimated_tokens)
+        if self._detached:
+            await self._fallback.acquire(estimated_tokens)
+            return
+        needs_tokens = self._uses_tokens or "endpoint_tokens_per_minute" in self._announced
+        async with self._lock:
+            while self._requests < 1 or (needs_tokens and self._tokens < estimated_tokens):
+                lease = await self._lease(estimated_tokens)
+                if lease is None:  # the driver is gone: this task's static share from now on
+                    await self._fallback.acquire(estimated_tokens)
+                    return
+                self._requests += lease.requests
+                self._tokens += lease.tokens
+                if not lease.requests:
+                    await self._sleep(lease.wait_s)
+            self._requests -= 1
+            self._tokens -= estimated_tokens if needs_tokens else 0
+
+    def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+        """Report the real usage with the next lease."""
+        self._fallback.settle(estimated_tokens, actual_tokens)
+        self._seen["token_correction"] += (actual_tokens or 0) - estimated_tokens
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Count an answer, and read the endpoint's announced limits."""
+        if status == 429:
+            self._seen["rate_limited"] += 1
+        elif 200 <= status < 300:
+            self._seen["ok"] += 1
+        for header, name in ENDPOINT_LIMIT_HEADERS.items():
+            value = headers.get(header)
+            if value is not None:
+                try:
+                    self._announced[name] = float(value)
+                except ValueError:
+                    pass
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _lease(self, estimated_tokens: int) -> Lease | None:
+        ask = {
+            "requests": self._batch,
+            "tokens": float(estimated_tokens * self._batch),
+            "ok": self._seen["ok"],
+            "rate_limited": self._seen["rate_limited"],
+            "token_correction": self._seen["token_correction"],
+            **self._announced,
+        }
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url, json=ask, timeout=aiohttp.ClientTimeout(total=LEASE_TIMEOUT_S)
+            ) as reply:
+                reply.raise_for_status()
+                body = await reply.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            self._failures += 1
+            if self._failures >= MAX_LEASE_FAILURES:
+                log.warning("rate budget on the driver unreachable (%s); using this task's "
+                            "static share", type(err).__name__)  # fmt: skip
+                self._detached = True
+                return None
+            return Lease(0, 0.0, 0.5, None)
+        self._failures = 0
+        self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
+        return Lease(**body)
