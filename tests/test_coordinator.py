@@ -1,0 +1,60 @@
+"""The driver's budget server and the tasks' leasing client, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from pipeline.budget import JobBudget
+from pipeline.coordinator import MAX_LEASE_FAILURES, BudgetServer, SharedLimits
+from pipeline.ratelimit import RateLimits
+from pipeline.serving.process import free_port
+
+
+def test_tasks_share_the_drivers_budget_and_report_what_they_saw() -> None:
+    budget = JobBudget(6000, None, adaptive=False, start_rate_per_s=1)  # 100 requests/s
+
+    async def two_tasks(url: str) -> None:
+        tasks = [SharedLimits(url, RateLimits(None, None), batch=8, uses_tokens=False)
+                 for _ in range(2)]  # fmt: skip
+
+        async def task(limits: SharedLimits) -> None:
+            for _ in range(10):
+                await limits.acquire(10)
+                limits.observe(200, {"x-ratelimit-limit-requests": "12000"})
+            limits.observe(429, {})
+            await limits.acquire(10)  # the next lease carries the reports
+            await limits.close()
+
+        await asyncio.gather(*(task(t) for t in tasks))
+
+    with BudgetServer(budget, bind="127.0.0.1", advertise="127.0.0.1") as server:
+        assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/lease")
+        asyncio.run(two_tasks(server.url))
+    assert budget.rate_limited == 2
+    assert 0 < budget.ok <= 20
+    assert budget.rate_per_s == 100  # the announced 12000/min is above the configured limit
+
+
+def test_an_unreachable_driver_leaves_each_task_its_static_share(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def scenario() -> None:
+        url = f"http://127.0.0.1:{free_port()}/key/lease"  # nothing listens there
+        limits = SharedLimits(url, RateLimits(None, None), batch=4, uses_tokens=False,
+                              sleep=no_wait)  # fmt: skip
+        for _ in range(3):
+            await limits.acquire(10)  # never blocks: the fallback has no limits
+        await limits.close()
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.coordinator"):
+        asyncio.run(scenario())
+    assert len(waits) == MAX_LEASE_FAILURES - 1  # retried, then gave up on the driver
+    assert "static share" in caplog.text
