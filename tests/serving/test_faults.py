@@ -23,6 +23,7 @@ from pipeline.serving.process import LocalEndpoint
 from pipeline.serving.settings import ServingSettings
 
 from .conftest import ENDPOINT
+from .wire_client import wait_for_stats
 
 FAIL_TWICE = ServingSettings(fail_first=2)
 RATE_FAULTS = ("error", "timeout", "reset", "malformed", "truncated", "empty_choices")
@@ -199,16 +200,6 @@ def with_session(
             await scenario(session)
 
     asyncio.run(main())
-
-
-async def wait_for_stats(
-    endpoint: LocalEndpoint, ready: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Poll /stats (each poll is a round trip) until `ready` holds; fail at the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not ready(stats := await asyncio.to_thread(endpoint.stats)):
-        assert time.monotonic() < deadline, f"/stats never got there: {stats}"
-    return stats
 
 
 def faults_seen(endpoint: LocalEndpoint) -> dict[str, int]:

@@ -22,7 +22,7 @@ from pipeline.serving.window import SlidingWindowLog
 from tests.clock import FakeClock
 
 from .conftest import ENDPOINT, OTHER_ENDPOINT
-from .wire_client import Reply, post
+from .wire_client import Reply, post, wait_for_stats
 
 # Bounds waits on the server; a passing test never comes near it.
 DEADLINE_S = 10.0
@@ -453,16 +453,6 @@ def test_ratelimit_headers_on_model_route_replies(endpoint: LocalEndpoint) -> No
 
 
 # --- wire: bounded concurrency ---------------------------------------------------------------
-
-
-async def wait_for_stats(
-    endpoint: LocalEndpoint, ready: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Poll /stats (each poll is a round trip) until `ready` holds; fail at the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not ready(stats := await asyncio.to_thread(endpoint.stats)):
-        assert time.monotonic() < deadline, f"/stats never got there: {stats}"
-    return stats
 
 
 async def send(session: aiohttp.ClientSession, endpoint: LocalEndpoint, prompt: str) -> int:

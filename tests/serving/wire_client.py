@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+from pipeline.serving.process import LocalEndpoint
+
 TIMEOUT_S = 10.0
+# How long a test waits for the server's counters to reach a state.
+STATS_DEADLINE_S = 10.0
 # Loopback calls must never go through an HTTP(S)_PROXY inherited from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -52,3 +58,13 @@ def _send(request: urllib.request.Request) -> Reply:
     except urllib.error.HTTPError as err:
         with err:
             return Reply(err.code, err.headers, json.load(err))
+
+
+async def wait_for_stats(
+    endpoint: LocalEndpoint, ready: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """Poll /stats (each poll is a round trip) until `ready` holds; fail at the deadline."""
+    deadline = time.monotonic() + STATS_DEADLINE_S
+    while not ready(stats := await asyncio.to_thread(endpoint.stats)):
+        assert time.monotonic() < deadline, f"/stats never got there: {stats}"
+    return stats
