@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from pipeline.ratelimit import Clock
+from pipeline.ratelimit import Bucket, Clock, burst_capacity
 
 log = logging.getLogger(__name__)
 
@@ -41,55 +41,17 @@ HEADER_MARGIN = 0.98
 MIN_RATE = 0.1  # requests per second
 
 
-class Allowance:
-    """A token bucket that never waits: take what is there, and learn when more will be."""
+class Allowance(Bucket):
+    """The job's budget for one unit: starts empty (no burst above the rate at the start of a
+    run), and its burst follows its rate."""
 
     def __init__(self, rate_per_s: float, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._stamp = clock()
-        self.rate_per_s = rate_per_s
-        self.level = 0.0  # starts empty: no burst above the rate at the start of a run
-
-    @property
-    def capacity(self) -> float:
-        return max(1.0, self.rate_per_s * BURST_SECONDS)
+        super().__init__(
+            rate_per_s, burst_capacity(rate_per_s, BURST_SECONDS), level=0.0, clock=clock
+        )
 
     def set_rate(self, rate_per_s: float) -> None:
-        self._refill()
-        self.rate_per_s = rate_per_s
-        self.level = min(self.level, self.capacity)
-
-    def take(self, want: float, minimum: float) -> float:
-        """Up to `want`, when at least `minimum` is there; else nothing."""
-        self._refill()
-        if self.level < min(minimum, self.capacity):
-            return 0.0
-        granted = want if minimum >= want else min(want, max(self.level, minimum))
-        self.level -= granted  # may go below zero for a request larger than the burst
-        return granted
-
-    def take_whole(self, want: int) -> int:
-        """Up to `want` whole units; the fraction that is there stays for the next caller."""
-        self._refill()
-        granted = min(want, math.floor(self.level))
-        if granted < 1:
-            return 0
-        self.level -= granted
-        return granted
-
-    def wait_s(self, need: float) -> float:
-        """Seconds until `need` (capped at the capacity) is there."""
-        self._refill()
-        return max(0.0, (min(need, self.capacity) - self.level) / self.rate_per_s)
-
-    def give_back(self, amount: float) -> None:
-        self._refill()
-        self.level = min(self.capacity, self.level + amount)
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate_per_s)
-        self._stamp = now
+        self.reset_rate(rate_per_s, burst_capacity(rate_per_s, BURST_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -113,8 +75,6 @@ class Lease:
     tokens: float
     # When nothing was granted: how long to wait before asking again.
     wait_s: float
-    # The request rate the job is held to now (None: unlimited).
-    rate_per_s: float | None
 
 
 class JobBudget:
@@ -164,8 +124,8 @@ class JobBudget:
                 requests = 0
         if requests:
             self._granted_since_change += requests
-            return Lease(requests, tokens, 0.0, self.rate_per_s)
-        return Lease(0, 0.0, self._wait_s(ask), self.rate_per_s)
+            return Lease(requests, tokens, 0.0)
+        return Lease(0, 0.0, self._wait_s(ask))
 
     def _take_requests(self, want: int) -> int:
         if self._requests is None:

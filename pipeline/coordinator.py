@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 LEASE_TIMEOUT_S = 10.0
 # How long the driver's budget server may take to start or to shut down.
 SERVER_TIMEOUT_S = 30.0
+# After a failed lease, ask again after this long.
+LEASE_RETRY_S = 0.5
 # How many failed leases in a row make a task give up on the driver.
 MAX_LEASE_FAILURES = 3
 ENDPOINT_LIMIT_HEADERS = {
@@ -180,7 +182,7 @@ class SharedLimits:
                             "static share", type(err).__name__)  # fmt: skip
                 self._detached = True
                 return None
-            return Lease(0, 0.0, 0.5, None)
+            return Lease(0, 0.0, LEASE_RETRY_S)
         self._failures = 0
         self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
         return Lease(**body)

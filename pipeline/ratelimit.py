@@ -3,13 +3,15 @@
 A bucket refills at `rate` units per second up to `capacity`. `acquire(n)` waits until the level
 covers `min(n, capacity)` and then takes all `n`, so a request larger than the burst can still go
 once the bucket is full, leaving the level negative (a debt the next callers wait out). `adjust`
-corrects a reservation once the real cost is known. Time and sleeping are injected so tests drive
-the clock instead of waiting.
+corrects a reservation once the real cost is known. `Bucket` is the same arithmetic without the
+waiting, for the job-wide budget (`pipeline.budget`) that leases instead of waits. Time and
+sleeping are injected so tests drive the clock instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -23,8 +25,85 @@ Sleep = Callable[[float], Awaitable[None]]
 BURST_SECONDS = 1.0
 
 
-class TokenBucket:
-    """A token bucket; waiters are served one at a time, in arrival order (FIFO lock)."""
+def burst_capacity(rate_per_s: float, seconds: float) -> float:
+    """What a bucket refilling at `rate_per_s` may hold: `seconds` of it, at least one unit."""
+    return max(1.0, rate_per_s * seconds)
+
+
+class Bucket:
+    """Token-bucket arithmetic that never waits: the level refills at `rate_per_s` up to
+    `capacity`; callers take what is there and learn when more will be.
+
+    The level may go below zero: a request larger than the burst is let through once the
+    bucket is full, and the debt is waited out by the next callers.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        capacity: float,
+        *,
+        level: float | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if rate_per_s <= 0 or capacity <= 0:
+            raise ValueError("rate and capacity must be positive")
+        self.rate_per_s = rate_per_s
+        self.capacity = capacity
+        self._clock = clock
+        self._level = capacity if level is None else level  # full unless told otherwise
+        self._stamp = clock()
+
+    @property
+    def level(self) -> float:
+        """Units available now (negative while in debt)."""
+        self._refill()
+        return self._level
+
+    def reset_rate(self, rate_per_s: float, capacity: float) -> None:
+        """Refill at the old rate up to now, then at `rate_per_s` up to `capacity`."""
+        self._refill()
+        self.rate_per_s = rate_per_s
+        self.capacity = capacity
+        self._level = min(self._level, capacity)
+
+    def ready(self, need: float) -> bool:
+        """Whether `need` may be taken now (a need above the capacity: once it is full)."""
+        return self.level >= min(need, self.capacity)
+
+    def take(self, want: float, minimum: float) -> float:
+        """Up to `want` (all of it, if `minimum` is `want`), when `minimum` is ready; else 0."""
+        if not self.ready(minimum):
+            return 0.0
+        granted = want if minimum >= want else min(want, max(self._level, minimum))
+        self._level -= granted
+        return granted
+
+    def take_whole(self, want: int) -> int:
+        """Up to `want` whole units; the fraction that is there stays for the next caller."""
+        granted = min(want, math.floor(self.level))
+        if granted < 1:
+            return 0
+        self._level -= granted
+        return granted
+
+    def wait_s(self, need: float) -> float:
+        """Seconds until `need` (capped at the capacity) is ready."""
+        return max(0.0, (min(need, self.capacity) - self.level) / self.rate_per_s)
+
+    def give_back(self, amount: float) -> None:
+        """Return `amount` (or charge it, if negative), never above the capacity."""
+        self._refill()
+        self._level = min(self.capacity, self._level + amount)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate_per_s)
+        self._stamp = now
+
+
+class TokenBucket(Bucket):
+    """A bucket that waits; waiters are served one at a time, in arrival order (FIFO lock)."""
 
     def __init__(
         self,
@@ -34,41 +113,20 @@ class TokenBucket:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if rate_per_s <= 0 or capacity <= 0:
-            raise ValueError("rate and capacity must be positive")
-        self.rate_per_s = rate_per_s
-        self.capacity = capacity
-        self._clock = clock
+        super().__init__(rate_per_s, capacity, clock=clock)
         self._sleep = sleep
-        self._level = capacity
-        self._stamp = clock()
         self._lock = asyncio.Lock()
-
-    @property
-    def level(self) -> float:
-        """Units available now (negative while in debt)."""
-        self._refill()
-        return self._level
 
     async def acquire(self, amount: float) -> None:
         """Wait until `amount` may be spent, then spend it."""
-        need = min(amount, self.capacity)
         async with self._lock:
-            self._refill()
-            while self._level < need:
-                await self._sleep((need - self._level) / self.rate_per_s)
-                self._refill()
-            self._level -= amount
+            while not self.ready(amount):
+                await self._sleep(self.wait_s(amount))
+            self.take(amount, amount)
 
     def adjust(self, delta: float) -> None:
         """Spend `delta` more (or give back `-delta`) after the real cost is known."""
-        self._refill()
-        self._level = min(self.capacity, self._level - delta)
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate_per_s)
-        self._stamp = now
+        self.give_back(-delta)
 
 
 class RateLimits:
@@ -87,8 +145,8 @@ class RateLimits:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._requests = _bucket(requests_per_minute, 1.0, clock, sleep)
-        self._tokens = _bucket(tokens_per_minute, 1.0, clock, sleep)
+        self._requests = _bucket(requests_per_minute, clock, sleep)
+        self._tokens = _bucket(tokens_per_minute, clock, sleep)
         self._max_tokens = job_tokens_per_minute or tokens_per_minute
 
     def check(self, estimated_tokens: int) -> None:
@@ -123,10 +181,8 @@ class RateLimits:
         """Nothing to release."""
 
 
-def _bucket(
-    per_minute: float | None, minimum: float, clock: Clock, sleep: Sleep
-) -> TokenBucket | None:
+def _bucket(per_minute: float | None, clock: Clock, sleep: Sleep) -> TokenBucket | None:
     if per_minute is None:
         return None
     rate = per_minute / 60.0
-    return TokenBucket(rate, max(minimum, rate * BURST_SECONDS), clock=clock, sleep=sleep)
+    return TokenBucket(rate, burst_capacity(rate, BURST_SECONDS), clock=clock, sleep=sleep)
