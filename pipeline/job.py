@@ -46,7 +46,7 @@ from pipeline.mapper import (
     make_key_mapper,
     output_schema,
 )
-from pipeline.secrets import resolve_token
+from pipeline.secrets import Secret, resolve_token
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def run_job(
     """
     token = resolve_token(config.endpoint, os.environ if env is None else env)
     run_id = uuid.uuid4().hex[:12]
-    saved_config = config.to_dict()  # holds the token's variable name, never the token
-    log.info("run %s config: %s", run_id, json.dumps(saved_config, default=str))
+    log.info("run %s config: %s", run_id, json.dumps(config.to_dict(), default=str))
     spark = spark or spark_session()
     frame = read_source(spark, config.source)
     check_columns(frame.schema, config.source)
@@ -119,41 +118,14 @@ def run_job(
     started = time.monotonic()
     salt = request_id_salt(config)
     key_mapper = make_key_mapper(config.source, config.request, salt)
-    work = plan_work(spark, frame, key_mapper, config.sink)
-    try:
-        tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
-        limits = config.limits
-        client = ClientSettings(
-            endpoint=config.endpoint,
-            limits=limits,
-            extra=config.request.extra,
-            token=token,
-            requests_per_minute=_share(limits.requests_per_minute, tasks),
-            tokens_per_minute=_share(limits.tokens_per_minute, tasks),
-        )
-        totals: Counter[str] = Counter()
-        with (
-            _budget_server(spark, limits, tasks) as budget,
-            session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}),
-        ):
-            if budget is not None:
-                client = replace(client, budget_url=budget.url)
-            plan = TaskPlan(config.source, config.request, client, salt)
-            for index in range(work.chunks):
-                metadata = json.dumps(
-                    {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
-                     "config": saved_config},
-                    default=str,
-                )  # fmt: skip
-                chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
-                totals.update(chunk)
-                log.info(
-                    "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
-                    index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
-                    _rate_note(budget),
-                )  # fmt: skip
-    finally:
-        work.release()
+    # Small Arrow batches for both Python passes, the keying and the answering.
+    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
+        work = plan_work(spark, frame, key_mapper, config.sink)
+        try:
+            tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
+            totals = _answer_chunks(spark, config, work, token, tasks, salt, run_id)
+        finally:
+            work.release()
     return _summary(
         totals,
         seconds=time.monotonic() - started,
@@ -164,15 +136,56 @@ def run_job(
     )
 
 
+def _answer_chunks(
+    spark: SparkSession,
+    config: JobConfig,
+    work: WorkPlan,
+    token: Secret | None,
+    tasks: int,
+    salt: str,
+    run_id: str,
+) -> Counter[str]:
+    """Answer and commit every chunk of `work`, in order; the summed chunk counts."""
+    limits = config.limits
+    client = ClientSettings(
+        endpoint=config.endpoint,
+        limits=limits,
+        extra=config.request.extra,
+        token=token,
+        requests_per_minute=_share(limits.requests_per_minute, tasks),
+        tokens_per_minute=_share(limits.tokens_per_minute, tasks),
+    )
+    saved_config = config.to_dict()  # holds the token's variable name, never the token
+    totals: Counter[str] = Counter()
+    with _budget_server(spark, limits, tasks) as budget:
+        if budget is not None:
+            client = replace(client, budget_url=budget.url)
+        plan = TaskPlan(config.source, config.request, client, salt)
+        for index in range(work.chunks):
+            metadata = json.dumps(
+                {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
+                 "config": saved_config},
+                default=str,
+            )  # fmt: skip
+            chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
+            totals.update(chunk)
+            log.info(
+                "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
+                index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
+                _rate_note(budget),
+            )  # fmt: skip
+    return totals
+
+
 @contextmanager
 def _budget_server(
     spark: SparkSession, limits: LimitsConfig, tasks: int
 ) -> Iterator[BudgetServer | None]:
     """The job's shared budget on the driver, when there is one to keep."""
-    if limits.requests_per_minute is None and limits.tokens_per_minute is None:
-        if not limits.adaptive:
-            yield None
-            return
+    budgets = (limits.requests_per_minute, limits.tokens_per_minute)
+    if not limits.adaptive and budgets == (None, None):
+        yield None
+        return
     budget = JobBudget(
         limits.requests_per_minute,
         limits.tokens_per_minute,
