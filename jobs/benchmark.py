@@ -9,7 +9,9 @@ table and writes the same figures to `data/bench/latest.json`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -17,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +33,9 @@ from pyspark.sql.functions import pandas_udf
 
 from pipeline.config import config_from_dict
 from pipeline.io import spark_session
-from pipeline.job import RunSummary, run_job
+from pipeline.job import run_job
 from pipeline.serving.process import LocalEndpoint
+from pipeline.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV, TOKEN = "BENCH_TOKEN", "bench-token"
@@ -122,17 +125,97 @@ def served_rate(stats: dict[str, Any], count: int | None = None) -> float:
 def throughput(bench: Bench) -> list[Figure]:
     rows = bench.rows(30_000)
     with endpoint() as server:
-        bench.run(server, rows, concurrency=64)
+        # The cost per request, so no rate to find: the adaptive rows measure that ramp.
+        bench.run(server, rows, concurrency=64, adaptive=False)
         ours = served_rate(server.stats())
         server.reset()
         thread_pool_udf(bench, server, rows, threads=64)
         baseline = served_rate(server.stats())
+        server.reset()
+        bare_aiohttp(f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", rows)
+        bare = served_rate(server.stats())
+    with noop_server() as url:
+        ceiling = bare_aiohttp(url, rows)
     return [
         Figure("requests/s, instant model", ours, 5000, True,
-               f"{rows} rows, {TASKS} tasks x 64 in flight"),
+               f"{rows} rows, {TASKS} tasks x 64 in flight; {TASKS} bare aiohttp clients (no "
+               f"Spark, no pipeline) reach {bare:.0f}/s on the same endpoint, {ceiling:.0f}/s on "
+               "a no-op aiohttp server"),
         Figure("requests/s vs thread-pool UDF", ours / baseline, 3, True,
                f"pandas UDF + requests + ThreadPoolExecutor(64): {baseline:.0f}/s"),
     ]  # fmt: skip
+
+
+def bare_aiohttp(url: str, rows: int) -> float:
+    """Post `rows` requests from TASKS processes, 64 in flight each; requests per second."""
+    per_process = rows // TASKS
+    with ProcessPoolExecutor(TASKS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_warm, range(TASKS)))  # interpreters started and aiohttp imported
+        started = time.monotonic()
+        list(pool.map(_post_all, [url] * TASKS, [per_process] * TASKS))
+        return per_process * TASKS / (time.monotonic() - started)
+
+
+def _warm(_: int) -> None:
+    import aiohttp  # noqa: F401
+
+
+def _post_all(url: str, count: int, in_flight: int = 64) -> None:
+    import aiohttp
+
+    async def post_all() -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        connector = aiohttp.TCPConnector(limit=in_flight)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+            numbers = iter(range(count))
+
+            async def worker() -> None:
+                for n in numbers:
+                    body = {"messages": [{"role": "user", "content": f"question number {n}"}],
+                            "max_tokens": 8}  # fmt: skip
+                    async with session.post(url, json=body) as reply:
+                        await reply.read()
+
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+    asyncio.run(post_all())
+
+
+@contextmanager
+def noop_server() -> Iterator[str]:
+    """An aiohttp server answering every POST with a fixed chat completion, in its own process."""
+    ready = multiprocessing.get_context("spawn").Queue()
+    process = multiprocessing.get_context("spawn").Process(target=_serve_noop, args=(ready,))
+    process.start()
+    try:
+        yield f"http://127.0.0.1:{ready.get(timeout=60)}/noop"
+    finally:
+        process.terminate()
+        process.join()
+
+
+def _serve_noop(ready: Any) -> None:
+    from aiohttp import web
+
+    answer = {"choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": "ok"}}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}  # fmt: skip
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(answer)
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/noop", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ready.put(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 def thread_pool_udf(bench: Bench, server: LocalEndpoint, rows: int, threads: int) -> None:
@@ -155,9 +238,11 @@ def thread_pool_udf(bench: Bench, server: LocalEndpoint, rows: int, threads: int
 
 
 def latency_bound(bench: Bench) -> Figure:
-    latency, concurrency = 0.1, 16
+    # A chat model's latency is seconds; 0.5 s is at its fast end, and what the adaptive rate's
+    # starting guess (2 requests/s per slot) assumes.
+    latency, concurrency = 0.5, 32
     bound = TASKS * concurrency / latency
-    rows = bench.rows(int(bound * 20))
+    rows = bench.rows(int(bound * 30))
     with endpoint("--latency-s", str(latency)) as server:
         bench.run(server, rows, concurrency=concurrency)
         rate = served_rate(server.stats())

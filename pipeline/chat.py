@@ -36,9 +36,14 @@ class ChatRequest:
 
     def estimated_tokens(self) -> int:
         """Prompt tokens guessed from its length, plus the output tokens it may use."""
-        chars = sum(len(m.content) for m in self.messages)
-        output = self.max_tokens if self.max_tokens is not None else DEFAULT_OUTPUT_TOKEN_ESTIMATE
-        return chars // CHARS_PER_TOKEN_ESTIMATE + 1 + output
+        return self.estimated_prompt_tokens() + self.estimated_output_tokens()
+
+    def estimated_prompt_tokens(self) -> int:
+        return sum(len(m.content) for m in self.messages) // CHARS_PER_TOKEN_ESTIMATE + 1
+
+    def estimated_output_tokens(self) -> int:
+        """At most `max_tokens`; a guess when it is not set."""
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_OUTPUT_TOKEN_ESTIMATE
 
 
 @dataclass(frozen=True, slots=True)

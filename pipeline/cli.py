@@ -20,13 +20,13 @@ EXIT_JOB_ABORTED = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the chosen command; the process exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if args.command == "run":
-            return _run(args.config, args.overrides)
+            return _run(args.config, args.overrides, dry=args.dry_run)
         return _sample(args.out, args.rows)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -36,10 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_ABORTED
 
 
-def _run(config_path: str, overrides: Sequence[str]) -> int:
+def _run(config_path: str, overrides: Sequence[str], *, dry: bool = False) -> int:
     config = load_config(config_path, overrides)
     # pyspark is imported only once the config is known good.
-    from pipeline.job import check_error_share, run_job
+    from pipeline.job import check_error_share, dry_run, run_job
+
+    if dry:
+        print(dry_run(config).render(), flush=True)
+        return 0
 
     summary = run_job(config)
     print(summary.render(), flush=True)
@@ -55,7 +59,7 @@ def _sample(out: str, rows: int) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the batch chat job")
@@ -67,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable), e.g. --set limits.concurrency=64",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the requests and tokens a run would send now, without sending any",
     )
     sample = commands.add_parser("sample", help="write the sample prompt table (Parquet and Delta)")
     sample.add_argument("--out", default="data/sample", help="folder for the tables")

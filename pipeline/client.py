@@ -53,6 +53,8 @@ class ClientSettings:
     tokens_per_minute: float | None = None
     # The job's shared budget on the driver (see `pipeline.coordinator`).
     budget_url: str | None = None
+    # Where the driver collects the tasks' progress (see `pipeline.progress`).
+    progress_url: str | None = None
 
 
 class ChatClient:
@@ -91,6 +93,8 @@ class ChatClient:
         self._sleep = sleep
         self._fatal_answers = 0
         self._answered_ok = False
+        # Answers that were 429 (rate limited), retried or not.
+        self.rate_limited = 0
         # Set once answers that every row would get have come back `max_fatal_errors` times.
         self.stop_reason: str | None = None
 
@@ -177,6 +181,8 @@ class ChatClient:
             self._limits.settle(estimate, None)
             raise
         self._limits.observe(status, headers)
+        if status == 429:
+            self.rate_limited += 1
         if not 200 <= status < 300:
             self._limits.settle(estimate, None)
             raise error_from_response(status, headers, text)

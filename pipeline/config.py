@@ -210,12 +210,38 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class PricingConfig:
+    """Prices per million tokens, for the estimated cost in dry runs and run summaries."""
+
+    input_per_million: float | None = None
+    output_per_million: float | None = None
+    currency: str = "USD"
+
+    def __post_init__(self) -> None:
+        for key in ("input_per_million", "output_per_million"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"pricing.{key}", f"must be >= 0, got {value}")
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """What these tokens cost; None when no price is set."""
+        if self.input_per_million is None and self.output_per_million is None:
+            return None
+        return round(
+            (prompt_tokens * (self.input_per_million or 0.0)
+             + completion_tokens * (self.output_per_million or 0.0)) / 1e6,
+            6,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class JobConfig:
     source: SourceConfig
     endpoint: EndpointConfig
     sink: SinkConfig
     request: RequestConfig = field(default_factory=RequestConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, safe to log or save: it never holds a token."""
@@ -281,9 +307,18 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def config_from_dict(raw: Mapping[str, Any], env: Mapping[str, str]) -> JobConfig:
     """Validate a plain mapping into a JobConfig (see `load_config`)."""
     endpoint = raw.get("endpoint")
-    if isinstance(endpoint, dict) and endpoint.get("host") is None and env.get("DATABRICKS_HOST"):
-        raw = {**raw, "endpoint": {**endpoint, "host": env["DATABRICKS_HOST"]}}
+    if isinstance(endpoint, dict) and endpoint.get("host") is None and not endpoint.get("base_url"):
+        host = env.get("DATABRICKS_HOST") or _sdk_host(env)
+        if host:
+            raw = {**raw, "endpoint": {**endpoint, "host": host}}
     return typing.cast(JobConfig, _build(JobConfig, raw, ""))
+
+
+def _sdk_host(env: Mapping[str, str]) -> str | None:
+    # Inside a Databricks job, or with a ~/.databrickscfg profile, the SDK knows the workspace.
+    from pipeline.secrets import sdk_host, sdk_may_have_credentials
+
+    return sdk_host(env.get("DATABRICKS_CONFIG_PROFILE")) if sdk_may_have_credentials(env) else None
 
 
 def _build(cls: type[Any], raw: object, prefix: str) -> Any:

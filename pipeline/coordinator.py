@@ -20,6 +20,7 @@ from aiohttp import web
 
 from pipeline.budget import JobBudget, Lease, LeaseAsk
 from pipeline.loopthread import LoopThread
+from pipeline.progress import Board, Tally
 from pipeline.ratelimit import RateLimits, Sleep
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,32 @@ ENDPOINT_LIMIT_HEADERS = {
 
 
 class BudgetServer:
-    """Serves `budget` at `url` while the context is open."""
+    """Serves `budget` at `url`, and collects the tasks' progress on `board` at `progress_url`,
+    while the context is open."""
 
-    def __init__(self, budget: JobBudget, *, bind: str = "0.0.0.0", advertise: str) -> None:
+    def __init__(
+        self,
+        budget: JobBudget | None,
+        *,
+        board: Board | None = None,
+        bind: str = "0.0.0.0",
+        advertise: str,
+    ) -> None:
         self.budget = budget
+        self.board = board
         self._bind = bind
         self._advertise = advertise
         self._key = secrets.token_urlsafe(16)  # tasks of this job only
         self._loop = LoopThread("budget")
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.progress_url = ""
 
     def __enter__(self) -> BudgetServer:
         self._loop.start()
         port = self._loop.run(self._start(), SERVER_TIMEOUT_S)
-        self.url = f"http://{self._advertise}:{port}/{self._key}/lease"
+        base = f"http://{self._advertise}:{port}/{self._key}"
+        self.url, self.progress_url = f"{base}/lease", f"{base}/progress"
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -65,6 +77,7 @@ class BudgetServer:
     async def _start(self) -> int:
         app = web.Application()
         app.router.add_post(f"/{self._key}/lease", self._lease)
+        app.router.add_post(f"/{self._key}/progress", self._progress)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, 0)
@@ -74,10 +87,17 @@ class BudgetServer:
         return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def _lease(self, request: web.Request) -> web.Response:
+        if self.budget is None:
+            raise web.HTTPNotFound()
         fields = {f.name for f in dataclasses.fields(LeaseAsk)}
         body = await request.json()
         ask = LeaseAsk(**{k: v for k, v in body.items() if k in fields})
         return web.json_response(dataclasses.asdict(self.budget.lease(ask)))
+
+    async def _progress(self, request: web.Request) -> web.Response:
+        if self.board is not None:
+            self.board.add(Tally.from_dict(await request.json()))
+        return web.json_response({})
 
 
 class SharedLimits:

@@ -21,6 +21,7 @@ from pipeline.chat import ChatRequest, RowResult
 from pipeline.client import ChatClient, ClientSettings
 from pipeline.errors import describe
 from pipeline.loopthread import LoopThread
+from pipeline.progress import Reporter, Tally
 
 # Distinct requests whose answers a task keeps for identical requests that come later.
 DEDUPE_MEMORY = 4096
@@ -34,12 +35,14 @@ class _Batch:
 
     results: list[RowResult | None]
     remaining: int
+    tally: Tally
     future: concurrent.futures.Future[list[RowResult]] = field(
         default_factory=concurrent.futures.Future
     )
 
     def complete(self, index: int, result: RowResult) -> None:
         self.results[index] = result
+        self.tally.count(result)
         self.remaining -= 1
         if self.remaining == 0:
             self.future.set_result([r for r in self.results if r is not None])
@@ -76,6 +79,9 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._client: ChatClient | None = None
+        # Rows finished so far (touched on the loop's thread), reported to the driver.
+        self._tally = Tally()
+        self._reporter: Reporter | None = None
 
     def __enter__(self) -> Engine:
         self._loop.start()
@@ -107,15 +113,17 @@ class Engine:
         """
         results: list[RowResult | None] = [i if isinstance(i, RowResult) else None for i in items]
         pending = [(n, i) for n, i in enumerate(items) if isinstance(i, ChatRequest)]
-        batch = _Batch(results, remaining=len(pending))
-        if not pending:
-            batch.future.set_result([r for r in results if r is not None])
-        else:
-            self._loop.call_soon(self._enqueue, batch, pending)
+        batch = _Batch(results, remaining=len(pending), tally=self._tally)
+        self._loop.call_soon(self._enqueue, batch, pending)
         return batch.future
 
     def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
         assert self._queue is not None
+        for result in batch.results:
+            if result is not None:
+                self._tally.count(result)
+        if not pending:
+            batch.future.set_result([r for r in batch.results if r is not None])
         for index, request in pending:
             shared = self._shared.get(request.key) if self._dedupe and request.key else None
             if shared is None:
@@ -144,6 +152,9 @@ class Engine:
         self._workers = [
             asyncio.create_task(self._work()) for _ in range(self._settings.limits.concurrency)
         ]
+        if self._settings.progress_url is not None:
+            self._reporter = Reporter(self._settings.progress_url, self._tally)
+            self._reporter.start()
 
     async def _work(self) -> None:
         assert self._queue is not None and self._client is not None
@@ -153,6 +164,7 @@ class Engine:
                 result = await self._client.send(request)
             except Exception as err:  # send() answers every failure; this guards the guard
                 result = RowResult(request.request_id, "error", error=describe(err))
+            self._tally.rate_limited = self._client.rate_limited
             batch.complete(index, result)
             shared = self._shared.get(request.key) if request.key else None
             if shared is not None:
@@ -162,6 +174,8 @@ class Engine:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._reporter is not None:
+            await self._reporter.close()
         if self._client is not None:
             await self._client.close()
         if self._session is not None:

@@ -13,13 +13,12 @@ import os
 import re
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pyspark.sql import Column, Observation, SparkSession
+from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -40,13 +39,17 @@ from pipeline.io import (
     write_sink,
 )
 from pipeline.mapper import (
+    ESTIMATE_SCHEMA,
     REQUEST_KEY,
     TaskPlan,
     make_batch_mapper,
+    make_estimate_mapper,
     make_key_mapper,
     output_schema,
 )
+from pipeline.progress import Board, Tally
 from pipeline.secrets import Secret, resolve_token
+from pipeline.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +72,6 @@ FIRST_SAVE_MODE: dict[str, SaveMode] = {
     "overwrite": "overwrite",
     "error": "errorifexists",
 }
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    rows: int
-    ok: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    attempts: int
-    seconds: float
-    tasks: int
-    sink: str
-    # Input rows the sink already answered (sink.mode=merge): not sent, not written again.
-    skipped: int = 0
-    chunks: int = 1
-
-    def render(self) -> str:
-        """One line for a terminal or a job log."""
-        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
-        return (
-            f"batch-chat: {self.rows} rows ({self.ok} ok, {self.errors} error) | "
-            f"{self.skipped} already answered | "
-            f"tokens paid in {self.prompt_tokens} out {self.completion_tokens} | "
-            f"{self.attempts} requests sent | {self.seconds:.1f} s ({rate:.1f} rows/s, "
-            f"{self.tasks} tasks, {self.chunks} chunks) | wrote {self.sink}"
-        )
 
 
 def run_job(
@@ -123,16 +99,92 @@ def run_job(
         work = plan_work(spark, frame, key_mapper, config.sink)
         try:
             tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
-            totals = _answer_chunks(spark, config, work, token, tasks, salt, run_id)
+            totals, progress = _answer_chunks(spark, config, work, token, tasks, salt, run_id)
         finally:
             work.release()
-    return _summary(
+    counts = totals.counts
+    summary = RunSummary.of(
         totals,
-        seconds=time.monotonic() - started,
+        config.pricing.cost(counts["prompt_tokens"], counts["completion_tokens"]),
+        seconds=round(time.monotonic() - started, 3),
         tasks=tasks,
         sink=config.sink.table or config.sink.path or "",
         skipped=work.input_rows - work.pending_rows,
         chunks=work.chunks,
+        run_id=run_id,
+        config=config.to_dict(),
+        progress=progress,
+    )
+    where = write_summary(spark, config.sink, summary)
+    log.info("run summary written to %s", where)
+    return summary
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a run would send now, estimated without calling the endpoint."""
+
+    input_rows: int
+    already_answered: int
+    rows_to_answer: int
+    requests: int  # distinct requests among those rows (identical ones are sent once)
+    invalid_rows: int  # rows that cannot become a request: error rows, nothing sent
+    prompt_tokens: int  # estimated from the prompts' length
+    output_tokens: int  # at most: the sum of max_tokens
+    estimated_cost: float | None  # at most, with `pricing`
+    currency: str
+
+    def render(self) -> str:
+        cost = "" if self.estimated_cost is None else (
+            f", estimated cost at most {self.estimated_cost:.4f} {self.currency}"
+        )  # fmt: skip
+        return (
+            f"dry run: {self.input_rows} input rows, {self.already_answered} already answered, "
+            f"{self.rows_to_answer} to answer: {self.requests} requests would be sent "
+            f"({self.invalid_rows} rows cannot become a request); estimated tokens in "
+            f"~{self.prompt_tokens}, out at most {self.output_tokens}{cost}; nothing was sent"
+        )
+
+
+def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
+    """Read the input, apply resume and dedupe as `run_job` would, and count what it would
+    send; the endpoint is not called (and no token is needed)."""
+    spark = spark or spark_session()
+    frame = read_source(spark, config.source)
+    check_columns(frame.schema, config.source)
+    salt = request_id_salt(config)
+    key_mapper = make_key_mapper(config.source, config.request, salt)
+    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
+        work = plan_work(spark, frame, key_mapper, config.sink)
+        try:
+            estimate_mapper = make_estimate_mapper(config.source, config.request, salt)
+            built = work.pending.drop("request_id", REQUEST_KEY).mapInPandas(
+                estimate_mapper, ESTIMATE_SCHEMA
+            )
+            sent = built.dropDuplicates(["key"]) if config.request.dedupe else built
+            totals = sent.agg(
+                F.count(F.lit(1)).alias("requests"),
+                F.sum("prompt_tokens").alias("prompt_tokens"),
+                F.sum("output_tokens").alias("output_tokens"),
+            ).first()
+            valid = built.count()
+        finally:
+            work.release()
+    assert totals is not None
+    prompt_tokens, output_tokens = (
+        int(totals["prompt_tokens"] or 0),
+        int(totals["output_tokens"] or 0),
+    )
+    return DryRun(
+        input_rows=work.input_rows,
+        already_answered=work.input_rows - work.pending_rows,
+        rows_to_answer=work.pending_rows,
+        requests=int(totals["requests"]),
+        invalid_rows=work.pending_rows - valid,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        estimated_cost=config.pricing.cost(prompt_tokens, output_tokens),
+        currency=config.pricing.currency,
     )
 
 
@@ -144,8 +196,9 @@ def _answer_chunks(
     tasks: int,
     salt: str,
     run_id: str,
-) -> Counter[str]:
-    """Answer and commit every chunk of `work`, in order; the summed chunk counts."""
+) -> tuple[ChunkTotals, Tally]:
+    """Answer and commit every chunk of `work`, in order; the chunks' counts, and what the live
+    progress saw."""
     limits = config.limits
     client = ClientSettings(
         endpoint=config.endpoint,
@@ -156,10 +209,12 @@ def _answer_chunks(
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
     )
     saved_config = config.to_dict()  # holds the token's variable name, never the token
-    totals: Counter[str] = Counter()
-    with _budget_server(spark, limits, tasks) as budget:
-        if budget is not None:
-            client = replace(client, budget_url=budget.url)
+    totals = ChunkTotals()
+    board = Board(work.pending_rows)
+    with _driver_server(spark, limits, tasks, board) as server, _showing(board):
+        client = replace(client, progress_url=server.progress_url)
+        if server.budget is not None:
+            client = replace(client, budget_url=server.url)
         plan = TaskPlan(config.source, config.request, client, salt)
         for index in range(work.chunks):
             metadata = json.dumps(
@@ -168,38 +223,46 @@ def _answer_chunks(
                 default=str,
             )  # fmt: skip
             chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
-            totals.update(chunk)
+            totals.add(chunk)
             log.info(
                 "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
-                index + 1, work.chunks, chunk["rows"], chunk["ok"], chunk["attempts"],
-                _rate_note(budget),
+                index + 1, work.chunks, chunk.get("rows"), chunk.get("ok"), chunk.get("attempts"),
+                _rate_note(server.budget),
             )  # fmt: skip
-    return totals
+    return totals, board.tally
 
 
 @contextmanager
-def _budget_server(
-    spark: SparkSession, limits: LimitsConfig, tasks: int
-) -> Iterator[BudgetServer | None]:
-    """The job's shared budget on the driver, when there is one to keep."""
+def _driver_server(
+    spark: SparkSession, limits: LimitsConfig, tasks: int, board: Board
+) -> Iterator[BudgetServer]:
+    """The driver's server for the tasks: progress, and the job's shared budget when there is
+    one to keep."""
     budgets = (limits.requests_per_minute, limits.tokens_per_minute)
-    if not limits.adaptive and budgets == (None, None):
-        yield None
-        return
-    budget = JobBudget(
-        limits.requests_per_minute,
-        limits.tokens_per_minute,
-        adaptive=limits.adaptive,
-        start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
-    )
-    with BudgetServer(budget, advertise=driver_host(spark)) as server:
+    budget = None
+    if limits.adaptive or budgets != (None, None):
+        budget = JobBudget(
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            adaptive=limits.adaptive,
+            start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
+        )
+    with BudgetServer(budget, board=board, advertise=driver_host(spark)) as server:
         yield server
 
 
-def _rate_note(server: BudgetServer | None) -> str:
-    if server is None:
+@contextmanager
+def _showing(board: Board) -> Iterator[Board]:
+    board.start()
+    try:
+        yield board
+    finally:
+        board.stop()
+
+
+def _rate_note(budget: JobBudget | None) -> str:
+    if budget is None:
         return ""
-    budget = server.budget
     rate = budget.rate_per_s
     shown = "unlimited" if rate is None else f"{rate * 60:.0f}/min"
     return f"; request rate {shown}, {budget.rate_limited} answered 429"
@@ -213,8 +276,8 @@ def _commit_chunk(
     tasks: int,
     index: int,
     metadata: str,
-) -> Counter[str]:
-    """Answer chunk `index` and commit it; its summary counts."""
+) -> dict[str, Any]:
+    """Answer chunk `index` and commit it; what was observed on its rows."""
     chunk = work.chunk(index)
     if work.replace_errors:
         # Its own commit, before the chunk's: a crash in between leaves those rows without
@@ -229,11 +292,11 @@ def _commit_chunk(
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
     try:
-        write_sink(answered.observe(observation, *_summary_metrics()), config.sink, mode, metadata)
+        write_sink(answered.observe(observation, *chunk_metrics()), config.sink, mode, metadata)
     except Exception as err:
         _raise_if_aborted(err)
         raise
-    return Counter({k: int(v or 0) for k, v in observation.get.items()})
+    return dict(observation.get)
 
 
 def check_error_share(summary: RunSummary, max_error_fraction: float | None) -> None:
@@ -318,34 +381,6 @@ def arrow_batch_rows(spark: SparkSession) -> int:
 
 def _share(per_minute: float | None, tasks: int) -> float | None:
     return None if per_minute is None else per_minute / tasks
-
-
-def _summary_metrics() -> list[Any]:
-    # Tokens of rows that sent a request: a row copied from an identical request (attempts 0)
-    # carries the same usage, but it was paid for once.
-    def paid(column: str) -> Column:
-        return F.sum(F.when(F.col("attempts") > 0, F.coalesce(F.col(column), F.lit(0))))
-
-    return [
-        F.count(F.lit(1)).alias("rows"),
-        F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
-        paid("prompt_tokens").alias("prompt_tokens"),
-        paid("completion_tokens").alias("completion_tokens"),
-        F.sum(F.col("attempts")).alias("attempts"),
-    ]
-
-
-def _summary(totals: Mapping[str, int], **fields: Any) -> RunSummary:
-    rows, ok = totals.get("rows", 0), totals.get("ok", 0)
-    return RunSummary(
-        rows=rows,
-        ok=ok,
-        errors=rows - ok,
-        prompt_tokens=totals.get("prompt_tokens", 0),
-        completion_tokens=totals.get("completion_tokens", 0),
-        attempts=totals.get("attempts", 0),
-        **fields,
-    )
 
 
 def _cols(names: set[str]) -> str:

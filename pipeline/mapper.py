@@ -134,6 +134,28 @@ def make_key_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> 
     return map_batches
 
 
+ESTIMATE_SCHEMA = "key string, prompt_tokens long, output_tokens long"
+
+
+def make_estimate_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> BatchMapper:
+    """A `mapInPandas` function giving, for each row that becomes a request, its content key and
+    estimated prompt and output tokens (see `ChatRequest.estimated_tokens`); sends nothing."""
+
+    def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        builder = RequestBuilder(source, request, salt)
+        for frame in frames:
+            built = [i for i in _build(builder, frame) if isinstance(i, ChatRequest)]
+            yield pd.DataFrame({
+                "key": pd.Series([r.key or r.request_id for r in built], dtype=object),
+                "prompt_tokens": pd.Series([r.estimated_prompt_tokens() for r in built],
+                                           dtype="int64"),
+                "output_tokens": pd.Series([r.estimated_output_tokens() for r in built],
+                                           dtype="int64"),
+            })  # fmt: skip
+
+    return map_batches
+
+
 def _stop_if_aborted(engine: Engine) -> None:
     # Failing the task fails the job: the rows answered so far are not worth writing when
     # every remaining row would get the same refusal.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import EndpointConfig
 from pipeline.errors import ConfigError
@@ -85,6 +86,25 @@ def sdk_may_have_credentials(env: Mapping[str, str]) -> bool:
     return Path(config_file).expanduser().is_file()
 
 
+def sdk_host(profile: str | None = None) -> str | None:
+    """The workspace URL the Databricks SDK's configuration names (a Databricks runtime's own,
+    a profile's, DATABRICKS_HOST), or None."""
+    config = _sdk_config(profile)
+    return None if config is None or not config.host else str(config.host)
+
+
+def _sdk_config(profile: str | None) -> Any:
+    try:
+        from databricks.sdk.core import Config
+    except ImportError:
+        return None
+    try:
+        return Config(profile=profile, retry_timeout_seconds=SDK_TIMEOUT_S)
+    except Exception as err:  # the SDK's many "no credentials" errors; never its message
+        log.info("no Databricks SDK configuration (%s)", type(err).__name__)
+        return None
+
+
 def sdk_token(host: str | None, profile: str | None = None) -> str | None:
     """A bearer token from the Databricks SDK's unified authentication, if it finds one.
 
@@ -93,12 +113,10 @@ def sdk_token(host: str | None, profile: str | None = None) -> str | None:
     `host`. None when `databricks-sdk` is not installed or finds no credentials. An OAuth
     token obtained here is used as is, so it must outlive the job (about an hour).
     """
-    try:
-        from databricks.sdk.core import Config
-    except ImportError:
+    config = _sdk_config(profile)
+    if config is None:
         return None
     try:
-        config = Config(profile=profile, retry_timeout_seconds=SDK_TIMEOUT_S)
         authorization = config.authenticate().get("Authorization", "")
     except Exception as err:  # the SDK's many "no credentials" errors; never its message
         log.info("no token from the Databricks SDK configuration (%s)", type(err).__name__)

@@ -14,9 +14,10 @@ from pyspark.sql import functions as F
 from pipeline.config import JobConfig, config_from_dict
 from pipeline.errors import ConfigError, JobAborted
 from pipeline.io import read_sink
-from pipeline.job import RunSummary, check_error_share, run_job
+from pipeline.job import check_error_share, run_job
 from pipeline.mapper import RESULT_COLUMNS
 from pipeline.serving.process import LocalEndpoint
+from pipeline.summary import RunSummary
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 PROMPTS_SCHEMA = "id long, prompt string, topic string, max_tokens int"

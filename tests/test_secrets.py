@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import EndpointConfig
+from pipeline.config import EndpointConfig, config_from_dict
 from pipeline.errors import ConfigError
 from pipeline.secrets import Secret, resolve_token
 from pipeline.serving.process import LocalEndpoint
@@ -60,3 +60,22 @@ def test_token_from_the_databricks_sdk_config_file(
     with pytest.raises(ConfigError) as caught:
         resolve_token(endpoint, os.environ)
     assert caught.value.key == "endpoint.token_env"
+
+
+def test_host_and_token_from_a_profile_in_home(
+    echo: LocalEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named ~/.databrickscfg profile (temporary HOME) gives the workspace URL and the token."""
+    (tmp_path / ".databrickscfg").write_text(
+        f"[DEFAULT]\nhost = https://other.example.com\ntoken = wrong\n\n"
+        f"[nightly]\nhost = {echo.url}\ntoken = {TOKEN}\n"
+    )
+    for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DATABRICKS_CONFIG_PROFILE", "nightly")
+    config = config_from_dict({"source": {"path": "p", "prompt_column": "q"},
+                               "endpoint": {"name": ENDPOINT_NAME},
+                               "sink": {"path": "out"}}, env=os.environ)  # fmt: skip
+    assert config.endpoint.host == echo.url
+    assert resolve_token(config.endpoint, os.environ) == Secret(TOKEN)

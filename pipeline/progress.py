@@ -1,0 +1,194 @@
+"""Live progress of a run: counted by the tasks as rows finish, shown by the driver.
+
+Each task's engine counts its finished rows (`Tally`) and posts what is new every second to the
+driver (`Reporter`), through the same small server that leases the rate budget. The driver adds
+them up (`Board`) and shows rows done of the total, requests per second, tokens, errors, 429s and
+the time left: a live bar on a terminal, a plain log line every `LOG_EVERY_S` otherwise (job
+logs). Spark's accumulators would only arrive when a task ends, which for a long task is the end.
+A task that cannot reach the driver keeps working; only its progress goes unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import aiohttp
+
+from pipeline.chat import RowResult
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 1.0
+REPORT_TIMEOUT_S = 5.0
+LOG_EVERY_S = 30.0
+
+
+@dataclass
+class Tally:
+    """Counts of finished rows, and of what was sent for them."""
+
+    rows: int = 0
+    ok: int = 0
+    errors: int = 0
+    requests: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def count(self, result: RowResult) -> None:
+        self.rows += 1
+        if result.status == "ok":
+            self.ok += 1
+        else:
+            self.errors += 1
+        self.requests += result.attempts
+        if result.attempts and result.completion is not None:  # a copy was not paid for
+            self.prompt_tokens += result.completion.prompt_tokens or 0
+            self.completion_tokens += result.completion.completion_tokens or 0
+
+    def add(self, other: Tally) -> None:
+        for name, value in dataclasses.asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+    def minus(self, other: Tally) -> Tally:
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return Tally(**{name: mine[name] - theirs[name] for name in mine})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tally:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: int(v) for k, v in data.items() if k in names})
+
+
+class Reporter:
+    """Posts a task's new counts to the driver every `REPORT_EVERY_S`; use in the task's loop."""
+
+    def __init__(self, url: str, tally: Tally) -> None:
+        self._url = url
+        self._tally = tally
+        self._sent = Tally()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.get_running_loop().create_task(self._every_second())
+
+    async def close(self) -> None:
+        """Stop, after posting what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._post()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _every_second(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            await self._post()
+
+    async def _post(self) -> None:
+        new = dataclasses.replace(self._tally).minus(self._sent)
+        if new == Tally() or self._session is None:
+            return
+        try:
+            timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
+            async with self._session.post(
+                self._url, json=dataclasses.asdict(new), timeout=timeout
+            ) as reply:
+                reply.raise_for_status()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            log.debug("progress not reported (%s)", type(err).__name__)
+            return
+        self._sent.add(new)
+
+
+class Board:
+    """The driver's sum of every task's counts for one run, shown while it runs.
+
+    `add` is called from the server's thread; `start`/`stop` from the job's.
+    """
+
+    def __init__(self, total_rows: int, *, stream: IO[str] | None = None) -> None:
+        self.total_rows = total_rows
+        self.tally = Tally()
+        self._stream = stream if stream is not None else sys.stderr
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._show, name="progress", daemon=True)
+        self._bar: Any = None
+
+    def add(self, new: Tally) -> None:
+        with self._lock:
+            self.tally.add(new)
+
+    def start(self) -> Board:
+        self._started = time.monotonic()
+        if self._stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total_rows, unit="row", file=self._stream,
+                             dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._update_bar()
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            log.info("progress: %s", self.line())
+
+    def line(self) -> str:
+        """One line: rows done of the total, rates, tokens, errors, 429s, time left."""
+        with self._lock:
+            done = dataclasses.replace(self.tally)
+        elapsed = max(1e-9, time.monotonic() - self._started)
+        share = done.rows / self.total_rows if self.total_rows else 1.0
+        rate = done.rows / elapsed
+        left = (self.total_rows - done.rows) / rate if rate > 0 else None
+        eta = "?" if left is None else _duration(left)
+        return (
+            f"{done.rows}/{self.total_rows} rows ({share:.0%}), {done.requests / elapsed:.1f} "
+            f"requests/s, tokens in {done.prompt_tokens} out {done.completion_tokens}, "
+            f"{done.errors} errors, {done.rate_limited} 429s, {eta} left"
+        )
+
+    def _show(self) -> None:
+        last_log = time.monotonic()
+        while not self._stop.wait(REPORT_EVERY_S):
+            if self._bar is not None:
+                self._update_bar()
+            elif time.monotonic() - last_log >= LOG_EVERY_S:
+                last_log = time.monotonic()
+                log.info("progress: %s", self.line())
+
+    def _update_bar(self) -> None:
+        if self._bar is None:
+            return
+        with self._lock:
+            done = dataclasses.replace(self.tally)
+        self._bar.n = done.rows
+        self._bar.set_postfix_str(
+            f"{done.errors} err, {done.rate_limited} 429, tok {done.prompt_tokens}/"
+            f"{done.completion_tokens}",
+            refresh=False,
+        )
+        self._bar.refresh()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

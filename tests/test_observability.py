@@ -1,0 +1,110 @@
+"""Live progress, the run summary and the dry run, each checked against a real run's output."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline.config import JobConfig
+from pipeline.io import read_sink
+from pipeline.job import dry_run, run_job
+from pipeline.serving.process import LocalEndpoint
+from tests.conftest import TOKEN, TOKEN_ENV
+from tests.test_job import job, save
+
+PRICING = {"input_per_million": 0.5, "output_per_million": 1.5, "currency": "USD"}
+
+
+def source(spark: SparkSession, tmp_path: Path) -> str:
+    """150 rows: 50 distinct prompts three times each, every 10th row cut short by max_tokens=2,
+    and 5 rows without a prompt (error rows, never sent)."""
+    rows = [(i, None if i % 30 == 7 else f"Tell me about item {i % 50} please",
+             2 if i % 50 % 10 == 0 else None) for i in range(150)]  # fmt: skip
+    frame = spark.createDataFrame(rows, "id long, prompt string, max_tokens int").repartition(3)
+    return save(frame, tmp_path / "in")
+
+
+def config_for(echo: LocalEndpoint, path: str, out: Path) -> JobConfig:
+    return job(
+        echo,
+        {"path": path, "id_column": "id", "prompt_column": "prompt",
+         "max_tokens_column": "max_tokens"},
+        {"path": str(out), "format": "delta"},
+        pricing=PRICING,
+    )  # fmt: skip
+
+
+def counts(out: DataFrame, column: str) -> dict[str, int]:
+    grouped = out.filter(F.col(column).isNotNull()).groupBy(column).count().collect()
+    return {str(row[column]): int(row["count"]) for row in grouped}
+
+
+def test_progress_and_summary_match_the_output_table(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_for(echo, source(spark, tmp_path), tmp_path / "out")
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        summary = run_job(config, spark, env={TOKEN_ENV: TOKEN})
+    out = read_sink(spark, config.sink)
+    paid = (
+        out.filter("attempts > 0")
+        .agg(F.sum("prompt_tokens").alias("p"), F.sum("completion_tokens").alias("c"))
+        .first()
+    )
+    assert paid is not None
+    ok = out.filter("status = 'ok'").count()
+
+    # The summary counts what was written.
+    assert (summary.rows, summary.ok, summary.errors) == (150, ok, 150 - ok) == (150, 145, 5)
+    assert (summary.prompt_tokens, summary.completion_tokens) == (paid["p"], paid["c"])
+    assert summary.attempts == echo.stats()["requests_total"] == 50  # dedupe: 50 distinct
+    assert summary.finish_reasons == counts(out, "finish_reason")
+    assert set(summary.finish_reasons) == {"stop", "length"}
+    assert summary.attempts_histogram == counts(out, "attempts")
+    latency = out.agg(F.min("latency_ms"), F.max("latency_ms")).first()
+    assert latency is not None
+    p50, p95, p99 = (summary.latency_ms[p] for p in ("p50", "p95", "p99"))
+    assert latency[0] <= p50 <= p95 <= p99 <= latency[1]
+    assert summary.estimated_cost == pytest.approx((paid["p"] * 0.5 + paid["c"] * 1.5) / 1e6)
+
+    # The live progress, fed by the tasks, reached every row and agrees.
+    live = summary.progress
+    assert live is not None
+    assert (live.rows, live.ok, live.errors, live.requests) == (150, 145, 5, 50)
+    assert (live.prompt_tokens, live.completion_tokens) == (paid["p"], paid["c"])
+    assert "progress: 150/150 rows (100%)" in caplog.text
+
+    # The JSON next to the output says the same, with the config and without the token.
+    (written,) = (tmp_path / "out_runs").glob(f"*_{summary.run_id}.json")
+    text = written.read_text()
+    assert TOKEN not in text
+    saved = json.loads(text)
+    assert (saved["rows"], saved["ok"], saved["attempts"]) == (150, 145, 50)
+    assert saved["finish_reasons"] == summary.finish_reasons
+    assert saved["config"]["endpoint"]["token_env"] == TOKEN_ENV
+    assert "run summary" in summary.render() and "estimated cost" in summary.render()
+
+
+def test_dry_run_counts_what_a_run_would_send_and_sends_nothing(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    config = config_for(echo, source(spark, tmp_path), tmp_path / "out")
+    before = dry_run(config, spark)
+    assert echo.stats()["requests_total"] == 0
+    assert (before.input_rows, before.already_answered, before.rows_to_answer) == (150, 0, 150)
+    assert (before.requests, before.invalid_rows) == (50, 5)
+    # Output at most max_tokens: 5 distinct prompts at 2, 45 at request.max_tokens (32).
+    assert before.output_tokens == 5 * 2 + 45 * 32
+    assert before.estimated_cost is not None and before.estimated_cost > 0
+    assert "nothing was sent" in before.render()
+
+    summary = run_job(config, spark, env={TOKEN_ENV: TOKEN})
+    assert summary.attempts == before.requests
+    after = dry_run(config, spark)
+    # Error rows are retried by a Delta merge run: only those 5 remain, and they send nothing.
+    assert (after.already_answered, after.rows_to_answer, after.requests) == (145, 5, 0)
