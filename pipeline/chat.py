@@ -6,7 +6,7 @@ Pure data; nothing here knows of Spark, HTTP or a wire format.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 # Rough characters per token for English text; only used to reserve a token budget before the
 # real `usage` arrives, and corrected afterwards.
@@ -68,6 +68,8 @@ class RowResult:
     http_status: int | None = None
     attempts: int = 0
     latency_ms: float | None = None
+    # The answer as JSON, when structured output was asked for and the answer matched.
+    parsed: Any = None
 
     def copied_to(self, request_id: str) -> RowResult:
         """This result for another row that asked the same request: nothing was sent for it."""

@@ -30,6 +30,7 @@ from pipeline.errors import (
 from pipeline.ratelimit import Clock, RateLimits, Sleep
 from pipeline.retry import RetryPolicy
 from pipeline.secrets import Secret
+from pipeline.structured import InvalidOutput, OutputFormat
 from pipeline.wire import WireFormat, wire_for
 
 # What to check when every request gets the same answer.
@@ -55,6 +56,8 @@ class ClientSettings:
     budget_url: str | None = None
     # Where the driver collects the tasks' progress (see `pipeline.progress`).
     progress_url: str | None = None
+    # Structured output: asked for on the wire, and every answer checked.
+    output: OutputFormat | None = None
 
 
 class ChatClient:
@@ -72,6 +75,9 @@ class ChatClient:
         self._session = session
         self._wire: WireFormat = wire_for(settings.endpoint.api)
         self._url = self._wire.url(settings.endpoint)
+        self._extra = dict(settings.extra)
+        if settings.output is not None:
+            self._extra.update(self._wire.format_fields(settings.output))
         self._policy = RetryPolicy.from_limits(settings.limits)
         own_share = RateLimits(
             settings.requests_per_minute,
@@ -122,7 +128,7 @@ class ChatClient:
         started = self._clock()
         attempts = 0
         body = json.dumps(
-            self._wire.body(request, self._settings.endpoint, self._settings.extra),
+            self._wire.body(request, self._settings.endpoint, self._extra),
             ensure_ascii=False,
         ).encode("utf-8")
         try:
@@ -143,13 +149,21 @@ class ChatClient:
                 latency_ms=self._elapsed_ms(started),
             )
         self._answered_ok = True
+        parsed, problem = None, None
+        if self._settings.output is not None:
+            try:
+                parsed = self._settings.output.check(completion.text)
+            except InvalidOutput as err:  # paid for, kept, not retried: the model chose it
+                problem = f"invalid_output: {err}"
         return RowResult(
             request_id=request.request_id,
-            status="ok",
+            status="ok" if problem is None else "error",
             completion=completion,
+            error=problem,
             http_status=status,
             attempts=attempts,
             latency_ms=self._elapsed_ms(started),
+            parsed=parsed,
         )
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.structured import OutputFormat, check_schema
 
 ApiName = Literal["invocations", "chat_completions", "responses"]
 TableFormat = Literal["parquet", "delta"]
@@ -28,7 +29,16 @@ WriteMode = Literal["merge", "overwrite", "append", "error"]
 
 # Body fields the pipeline itself sets; `request.extra` may not override them.
 RESERVED_BODY_FIELDS = frozenset(
-    {"messages", "input", "model", "max_tokens", "max_output_tokens", "temperature", "stream"}
+    {
+        "messages",
+        "input",
+        "model",
+        "max_tokens",
+        "max_output_tokens",
+        "temperature",
+        "stream",
+        "response_format",
+    }
 )
 
 
@@ -115,6 +125,10 @@ class RequestConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Identical requests in one run are sent once; every row that asked gets the answer.
     dedupe: bool = True
+    # Structured output (see `pipeline.structured`): json_object, or json_schema + json_schema.
+    response_format: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Mapping[str, Any] | None = None
+    schema_name: str = "output"
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None:
@@ -123,11 +137,32 @@ class RequestConfig:
             raise ConfigError(
                 "request.temperature", f"must be within [0, 2], got {self.temperature}"
             )
+        if self.response_format == "json_schema":
+            if not self.json_schema:
+                raise ConfigError(
+                    "request.json_schema",
+                    "is required with response_format json_schema: the JSON Schema every "
+                    "answer must match",
+                )
+            problem = check_schema(self.json_schema)
+            if problem is not None:
+                raise ConfigError("request.json_schema", f"is not a valid JSON Schema: {problem}")
+        elif self.json_schema is not None:
+            raise ConfigError(
+                "request.json_schema", "is only used with response_format json_schema"
+            )
         clash = sorted(RESERVED_BODY_FIELDS & set(self.extra))
         if clash:
             raise ConfigError(
                 f"request.extra.{clash[0]}", "is set by the pipeline; use request.* or source.*"
             )
+
+    @property
+    def output_format(self) -> OutputFormat | None:
+        """What every answer must be, or None for free text."""
+        if self.response_format == "text":
+            return None
+        return OutputFormat(self.response_format, self.json_schema, self.schema_name)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from pipeline.mapper import (
     make_estimate_mapper,
     make_key_mapper,
     output_schema,
+    parsed_type,
 )
 from pipeline.progress import Board, Tally
 from pipeline.secrets import Secret, resolve_token
@@ -207,6 +208,7 @@ def _answer_chunks(
         token=token,
         requests_per_minute=_share(limits.requests_per_minute, tasks),
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
+        output=config.request.output_format,
     )
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
@@ -286,8 +288,9 @@ def _commit_chunk(
     source_schema = StructType(
         [f for f in work.keyed.schema.fields if f.name not in ("request_id", REQUEST_KEY)]
     )
+    parsed = parsed_type(config.request.output_format)
     answered = spread(chunk, tasks, config.request.dedupe).mapInPandas(
-        make_batch_mapper(plan), output_schema(source_schema)
+        make_batch_mapper(plan), output_schema(source_schema, parsed)
     )
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"

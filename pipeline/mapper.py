@@ -7,17 +7,21 @@ Every input row comes out exactly once, with its result columns appended.
 
 from __future__ import annotations
 
+import json
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
     DataType,
     DoubleType,
     IntegerType,
+    LongType,
     StringType,
     StructField,
     StructType,
@@ -29,6 +33,7 @@ from pipeline.config import RequestConfig, SourceConfig
 from pipeline.engine import Engine
 from pipeline.errors import ConfigError, JobAborted
 from pipeline.prompts import RequestBuilder
+from pipeline.structured import OutputFormat
 
 RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("request_id", StringType()),
@@ -46,6 +51,14 @@ RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("latency_ms", DoubleType()),
 )
 RESULT_COLUMNS = tuple(name for name, _ in RESULT_FIELDS)
+# With a JSON Schema: the answer as JSON (see `parsed_type`).
+PARSED = "parsed"
+_JSON_SCALARS: dict[str, DataType] = {
+    "string": StringType(),
+    "integer": LongType(),
+    "number": DoubleType(),
+    "boolean": BooleanType(),
+}
 # Planning column: the content key of a row's request (see `ChatRequest.key`); never written.
 REQUEST_KEY = "_request_key"
 
@@ -65,20 +78,54 @@ class TaskPlan:
     request_id_salt: str
 
 
-def output_schema(input_schema: StructType) -> StructType:
+def to_spark_type(schema: Mapping[str, Any]) -> DataType | None:
+    """The Spark type of values matching `schema`, or None when it has no plain equivalent."""
+    kind = schema.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: nullable, as every Spark field here is
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind in _JSON_SCALARS:
+        return _JSON_SCALARS[kind]
+    if kind == "array" and isinstance(schema.get("items"), Mapping):
+        item = to_spark_type(schema["items"])
+        return None if item is None else ArrayType(item, containsNull=True)
+    if kind == "object" and isinstance(schema.get("properties"), Mapping) and schema["properties"]:
+        fields = []
+        for name, sub in schema["properties"].items():
+            sub_type = to_spark_type(sub) if isinstance(sub, Mapping) else None
+            if sub_type is None:
+                return None
+            fields.append(StructField(str(name), sub_type, nullable=True))
+        return StructType(fields)
+    return None
+
+
+def parsed_type(output: OutputFormat | None) -> DataType | None:
+    """The `parsed` column's type: with a JSON Schema, its Spark equivalent (a struct for an
+    object with properties), else the JSON text; None (no column) without a schema."""
+    if output is None or output.schema is None:
+        return None
+    mapped = to_spark_type(output.schema)
+    return StringType() if mapped is None else mapped
+
+
+def output_schema(input_schema: StructType, parsed: DataType | None = None) -> StructType:
     """The input columns followed by the result columns.
 
     Raises:
         ConfigError: an input column already bears a result column's name.
     """
-    clash = [name for name in RESULT_COLUMNS if name in input_schema.fieldNames()]
+    added = [*RESULT_COLUMNS, *([PARSED] if parsed is not None else [])]
+    clash = [name for name in added if name in input_schema.fieldNames()]
     if clash:
         raise ConfigError(
             "source",
             f"input column {clash[0]!r} has the name of an output column; rename it "
-            f"(output columns: {', '.join(RESULT_COLUMNS)})",
+            f"(output columns: {', '.join(added)})",
         )
     extra = [StructField(name, dtype, nullable=True) for name, dtype in RESULT_FIELDS]
+    if parsed is not None:
+        extra.append(StructField(PARSED, parsed, nullable=True))
     return StructType([*input_schema.fields, *extra])
 
 
@@ -87,6 +134,7 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         builder = RequestBuilder(plan.source, plan.request, plan.request_id_salt)
+        parsed = parsed_type(plan.request.output_format)
         window = plan.client.limits.concurrency * READ_AHEAD_WINDOWS
         pending: deque[tuple[pd.DataFrame, Future[list[RowResult]]]] = deque()
         waiting_rows = 0
@@ -101,10 +149,10 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
                 ):
                     head, future = pending.popleft()
                     waiting_rows -= len(head)
-                    yield with_results(head, future.result())
+                    yield with_results(head, future.result(), parsed)
             while pending:
                 head, future = pending.popleft()
-                yield with_results(head, future.result())
+                yield with_results(head, future.result(), parsed)
             _stop_if_aborted(engine)
 
     return map_batches
@@ -168,8 +216,10 @@ def _build(builder: RequestBuilder, frame: pd.DataFrame) -> list[ChatRequest | R
     return builder.build_all(columns, len(frame))
 
 
-def with_results(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
-    """`frame` with the result columns appended, row for row."""
+def with_results(
+    frame: pd.DataFrame, results: list[RowResult], parsed: DataType | None = None
+) -> pd.DataFrame:
+    """`frame` with the result columns appended, row for row (and `parsed`, of that type)."""
     if len(results) != len(frame):  # a lost row must never pass silently
         raise RuntimeError(f"{len(results)} results for {len(frame)} rows")
     done = [r.completion for r in results]
@@ -191,6 +241,13 @@ def with_results(frame: pd.DataFrame, results: list[RowResult]) -> pd.DataFrame:
     out = frame.reset_index(drop=True)
     for name in RESULT_COLUMNS:
         out[name] = columns[name]
+    if parsed is not None:
+        as_text = isinstance(parsed, StringType)
+        out[PARSED] = [
+            json.dumps(r.parsed, ensure_ascii=False) if as_text and r.parsed is not None
+            else r.parsed
+            for r in results
+        ]  # fmt: skip
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from pipeline.chat import ChatRequest, Completion
 from pipeline.config import ApiName, EndpointConfig
+from pipeline.structured import OutputFormat
 from pipeline.wire import chat_completions, invocations, responses
 
 
@@ -23,6 +24,8 @@ class WireFormat(Protocol):
     ) -> dict[str, Any]: ...
 
     def parse(self, payload: Any) -> Completion: ...
+
+    def format_fields(self, output: OutputFormat) -> dict[str, Any]: ...
 
 
 _FORMATS: dict[str, WireFormat] = {

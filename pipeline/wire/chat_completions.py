@@ -11,9 +11,9 @@ from typing import Any
 from pipeline.chat import ChatRequest
 from pipeline.config import EndpointConfig
 from pipeline.wire.fields import chat_messages, sampling_fields
-from pipeline.wire.invocations import parse
+from pipeline.wire.invocations import format_fields, parse
 
-__all__ = ["body", "parse", "url"]
+__all__ = ["body", "format_fields", "parse", "url"]
 
 
 def url(endpoint: EndpointConfig) -> str:

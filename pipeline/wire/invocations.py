@@ -13,7 +13,14 @@ from typing import Any
 from pipeline.chat import ChatRequest, Completion
 from pipeline.config import EndpointConfig
 from pipeline.errors import MalformedResponse
-from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
+from pipeline.structured import OutputFormat
+from pipeline.wire.fields import (
+    chat_messages,
+    chat_response_format,
+    optional_str,
+    sampling_fields,
+    usage_counts,
+)
 
 
 def url(endpoint: EndpointConfig) -> str:
@@ -66,3 +73,7 @@ def content_text(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") in ("text", "output_text")
         )
     raise MalformedResponse(f"message content is {type(content).__name__}, not text")
+
+
+def format_fields(output: OutputFormat) -> dict[str, Any]:
+    return chat_response_format(output)

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.chat import ChatRequest, Completion
 from pipeline.config import EndpointConfig
 from pipeline.errors import MalformedResponse
+from pipeline.structured import OutputFormat
 from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 # Responses `incomplete_details.reason` → the Chat Completions finish reason it corresponds to.
@@ -75,3 +76,11 @@ def finish_reason(payload: Mapping[str, Any]) -> str | None:
     if status == "completed":
         return "stop"
     return optional_str(status)
+
+
+def format_fields(output: OutputFormat) -> dict[str, Any]:
+    """Structured output as the Responses API takes it: under `text.format`, flattened."""
+    if output.schema is None:
+        return {"text": {"format": {"type": "json_object"}}}
+    schema = {"type": "json_schema", "name": output.name, "schema": dict(output.schema)}
+    return {"text": {"format": schema}}
