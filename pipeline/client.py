@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,13 @@ from pipeline.retry import RetryPolicy
 from pipeline.secrets import Secret
 from pipeline.structured import InvalidOutput, OutputFormat
 from pipeline.wire import WireFormat, wire_for
+
+# A renewable token (see `secrets.Credentials`) is asked for again after this long, and at once
+# when the endpoint answers 401/403.
+TOKEN_RENEW_S = 60.0
+TOKEN_RENEW_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 # What to check when every request gets the same answer.
 _FATAL_HINTS = {
@@ -58,6 +66,8 @@ class ClientSettings:
     progress_url: str | None = None
     # Structured output: asked for on the wire, and every answer checked.
     output: OutputFormat | None = None
+    # Where the driver hands out the current token, when it renews (OAuth via the SDK).
+    token_url: str | None = None
 
 
 class ChatClient:
@@ -101,6 +111,10 @@ class ChatClient:
         self._answered_ok = False
         # Answers that were 429 (rate limited), retried or not.
         self.rate_limited = 0
+        self._token = settings.token
+        self._tokens_seen = [] if settings.token is None else [settings.token]
+        self._renewed_at = clock()
+        self._renew_lock = asyncio.Lock()
         # Set once answers that every row would get have come back `max_fatal_errors` times.
         self.stop_reason: str | None = None
 
@@ -113,9 +127,8 @@ class ChatClient:
             ssl=settings.endpoint.verify_tls,  # True: verify certificates
             ttl_dns_cache=300,
         )
+        # The Authorization header goes with each request: a renewed token replaces it.
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if settings.token is not None:
-            headers["Authorization"] = f"Bearer {settings.token.reveal()}"
         timeout = aiohttp.ClientTimeout(
             total=limits.timeout_s, sock_connect=limits.connect_timeout_s
         )
@@ -190,7 +203,12 @@ class ChatClient:
         estimate = request.estimated_tokens()
         await self._limits.acquire(estimate)
         try:
+            if self._clock() - self._renewed_at >= TOKEN_RENEW_S:
+                await self._renew_token(self._token)
+            used = self._token
             status, headers, text = await self._post(body)
+            if status in (401, 403) and await self._renew_token(used):
+                status, headers, text = await self._post(body)  # once, with the new token
         except EndpointError:
             self._limits.settle(estimate, None)
             raise
@@ -214,9 +232,38 @@ class ChatClient:
         self._limits.settle(estimate, completion.total_tokens or estimate)
         return completion, status
 
+    async def _renew_token(self, used: Secret | None) -> bool:
+        """Ask the driver for the current token, unless another request already did since
+        `used` was sent; whether the token is now another one."""
+        if self._settings.token_url is None:
+            return False
+        async with self._renew_lock:
+            if self._token is used:
+                try:
+                    timeout = aiohttp.ClientTimeout(total=TOKEN_RENEW_TIMEOUT_S)
+                    async with self._session.get(
+                        self._settings.token_url, timeout=timeout
+                    ) as reply:
+                        reply.raise_for_status()
+                        fresh = Secret(str((await reply.json())["token"]))
+                except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as err:
+                    log.warning(
+                        "could not renew the token from the driver (%s)", type(err).__name__
+                    )
+                    return False
+                finally:
+                    self._renewed_at = self._clock()
+                if fresh != self._token:
+                    self._token = fresh
+                    self._tokens_seen.append(fresh)
+        return self._token is not used
+
     async def _post(self, body: bytes) -> tuple[int, Mapping[str, str], str]:
+        headers = None
+        if self._token is not None:
+            headers = {"Authorization": f"Bearer {self._token.reveal()}"}
         try:
-            async with self._session.post(self._url, data=body) as response:
+            async with self._session.post(self._url, data=body, headers=headers) as response:
                 try:
                     text = await response.text(errors="replace")
                 except aiohttp.ClientPayloadError as err:
@@ -232,8 +279,9 @@ class ChatClient:
             raise ConnectionFailed(f"{type(err).__name__}: {err}") from err
 
     def _redact(self, text: str) -> str:
-        token = self._settings.token
-        return text if token is None else token.redact(text)
+        for token in self._tokens_seen:
+            text = token.redact(text)
+        return text
 
     def _elapsed_ms(self, started: float) -> float:
         return round((self._clock() - started) * 1000.0, 3)

@@ -1,6 +1,7 @@
 """The job's budgets served to its tasks: a small HTTP server on the driver, and its client.
 
-The driver runs `BudgetServer` (aiohttp on its own thread) for the length of the job; every task's
+The driver runs `BudgetServer` (aiohttp on its own thread) for the length of the job. It also
+collects the tasks' progress and hands out the current token when it renews (OAuth). Every task's
 `SharedLimits` leases permits from it in batches of at most `budget.LEASE_SECONDS` of the job's
 rate, reporting what it saw (successes, 429s, the endpoint's `x-ratelimit-*` headers, token
 corrections). A task that cannot reach the driver falls back to its static share of the budgets,
@@ -22,6 +23,7 @@ from pipeline.budget import JobBudget, Lease, LeaseAsk
 from pipeline.loopthread import LoopThread
 from pipeline.progress import Board, Tally
 from pipeline.ratelimit import RateLimits, Sleep
+from pipeline.secrets import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,13 @@ class BudgetServer:
         budget: JobBudget | None,
         *,
         board: Board | None = None,
+        credentials: Credentials | None = None,
         bind: str = "0.0.0.0",
         advertise: str,
     ) -> None:
         self.budget = budget
         self.board = board
+        self.credentials = credentials
         self._bind = bind
         self._advertise = advertise
         self._key = secrets.token_urlsafe(16)  # tasks of this job only
@@ -59,12 +63,14 @@ class BudgetServer:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.progress_url = ""
+        self.token_url = ""
 
     def __enter__(self) -> BudgetServer:
         self._loop.start()
         port = self._loop.run(self._start(), SERVER_TIMEOUT_S)
         base = f"http://{self._advertise}:{port}/{self._key}"
         self.url, self.progress_url = f"{base}/lease", f"{base}/progress"
+        self.token_url = f"{base}/token"
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -78,6 +84,7 @@ class BudgetServer:
         app = web.Application()
         app.router.add_post(f"/{self._key}/lease", self._lease)
         app.router.add_post(f"/{self._key}/progress", self._progress)
+        app.router.add_get(f"/{self._key}/token", self._token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, 0)
@@ -93,6 +100,16 @@ class BudgetServer:
         body = await request.json()
         ask = LeaseAsk(**{k: v for k, v in body.items() if k in fields})
         return web.json_response(dataclasses.asdict(self.budget.lease(ask)))
+
+    async def _token(self, request: web.Request) -> web.Response:
+        # Only the tasks of this job know the key in the URL. The SDK may call the workspace
+        # to renew an OAuth token: off the loop.
+        if self.credentials is None or not self.credentials.renewable:
+            raise web.HTTPNotFound()
+        token = await asyncio.to_thread(self.credentials.current)
+        if token is None:
+            raise web.HTTPServiceUnavailable()
+        return web.json_response({"token": token.reveal()})
 
     async def _progress(self, request: web.Request) -> web.Response:
         if self.board is not None:

@@ -49,7 +49,7 @@ from pipeline.mapper import (
     parsed_type,
 )
 from pipeline.progress import Board, Tally
-from pipeline.secrets import Secret, resolve_token
+from pipeline.secrets import Credentials, resolve_credentials
 from pipeline.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def run_job(
         JobAborted: a task stopped on answers that every row would get (chunks committed
             before it stay committed).
     """
-    token = resolve_token(config.endpoint, os.environ if env is None else env)
+    credentials = resolve_credentials(config.endpoint, os.environ if env is None else env)
     run_id = uuid.uuid4().hex[:12]
     log.info("run %s config: %s", run_id, json.dumps(config.to_dict(), default=str))
     spark = spark or spark_session()
@@ -100,7 +100,7 @@ def run_job(
         work = plan_work(spark, frame, key_mapper, config.sink)
         try:
             tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
-            totals, progress = _answer_chunks(spark, config, work, token, tasks, salt, run_id)
+            totals, progress = _answer_chunks(spark, config, work, credentials, tasks, salt, run_id)
         finally:
             work.release()
     counts = totals.counts
@@ -193,7 +193,7 @@ def _answer_chunks(
     spark: SparkSession,
     config: JobConfig,
     work: WorkPlan,
-    token: Secret | None,
+    credentials: Credentials,
     tasks: int,
     salt: str,
     run_id: str,
@@ -205,7 +205,7 @@ def _answer_chunks(
         endpoint=config.endpoint,
         limits=limits,
         extra=config.request.extra,
-        token=token,
+        token=credentials.current(),
         requests_per_minute=_share(limits.requests_per_minute, tasks),
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
         output=config.request.output_format,
@@ -213,8 +213,10 @@ def _answer_chunks(
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
     board = Board(work.pending_rows)
-    with _driver_server(spark, limits, tasks, board) as server, _showing(board):
+    with _driver_server(spark, limits, tasks, board, credentials) as server, _showing(board):
         client = replace(client, progress_url=server.progress_url)
+        if credentials.renewable:
+            client = replace(client, token_url=server.token_url)
         if server.budget is not None:
             client = replace(client, budget_url=server.url)
         plan = TaskPlan(config.source, config.request, client, salt)
@@ -236,7 +238,7 @@ def _answer_chunks(
 
 @contextmanager
 def _driver_server(
-    spark: SparkSession, limits: LimitsConfig, tasks: int, board: Board
+    spark: SparkSession, limits: LimitsConfig, tasks: int, board: Board, credentials: Credentials
 ) -> Iterator[BudgetServer]:
     """The driver's server for the tasks: progress, and the job's shared budget when there is
     one to keep."""
@@ -249,7 +251,9 @@ def _driver_server(
             adaptive=limits.adaptive,
             start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
         )
-    with BudgetServer(budget, board=board, advertise=driver_host(spark)) as server:
+    with BudgetServer(
+        budget, board=board, credentials=credentials, advertise=driver_host(spark)
+    ) as server:
         yield server
 
 

@@ -53,33 +53,68 @@ class Secret:
         return (Secret, (self._value,))
 
 
-def resolve_token(endpoint: EndpointConfig, env: Mapping[str, str]) -> Secret | None:
-    """The bearer token for `endpoint`: the environment variable it names, else the Databricks
-    SDK's own configuration (`~/.databrickscfg` profiles, a Databricks runtime's credentials).
+class Credentials:
+    """Where the bearer token comes from: a fixed token (the environment), or the Databricks
+    SDK, which renews OAuth tokens as they expire (`current` asks it each time)."""
+
+    def __init__(self, token: Secret | None, sdk_config: Any = None) -> None:
+        self._token = token
+        self._config = sdk_config
+
+    @property
+    def renewable(self) -> bool:
+        return self._config is not None
+
+    def current(self) -> Secret | None:
+        """The token to send now."""
+        if self._config is not None:
+            fresh = _bearer(self._config)
+            if fresh is not None:
+                self._token = Secret(fresh)
+        return self._token
+
+
+def resolve_credentials(endpoint: EndpointConfig, env: Mapping[str, str]) -> Credentials:
+    """The credentials for `endpoint`: the environment variable it names, else the Databricks
+    SDK's unified authentication (OAuth machine-to-machine, `~/.databrickscfg` profiles, a
+    Databricks runtime's credentials, a metadata service).
 
     Raises:
         ConfigError: no token in `endpoint.token_env` and none from the Databricks SDK.
     """
     if endpoint.token_env is None:
-        return None
+        return Credentials(None)
     value = env.get(endpoint.token_env, "").strip()
-    if not value and sdk_may_have_credentials(env):
-        value = sdk_token(endpoint.host, env.get("DATABRICKS_CONFIG_PROFILE")) or ""
-    if not value:
+    if value:
+        return Credentials(Secret(value))
+    config = (
+        _sdk_config(env.get("DATABRICKS_CONFIG_PROFILE")) if sdk_may_have_credentials(env) else None
+    )
+    token = None if config is None else _bearer(config)
+    if config is None or token is None:
         raise ConfigError(
             "endpoint.token_env",
             f"environment variable {endpoint.token_env} is not set and the Databricks SDK "
             "found no credentials (set it, or set endpoint.token_env to null for an endpoint "
             "without auth)",
         )
-    return Secret(value)
+    if endpoint.host and config.host and config.host.rstrip("/") != endpoint.host.rstrip("/"):
+        log.warning("the Databricks SDK's credentials are for %s, the endpoint is %s",
+                    config.host, endpoint.host)  # fmt: skip
+    return Credentials(Secret(token), config)
+
+
+def resolve_token(endpoint: EndpointConfig, env: Mapping[str, str]) -> Secret | None:
+    """The bearer token to send now (see `resolve_credentials`)."""
+    return resolve_credentials(endpoint, env).current()
 
 
 def sdk_may_have_credentials(env: Mapping[str, str]) -> bool:
     """Whether asking the Databricks SDK is worth it: a Databricks runtime, a config file, or
     OAuth variables (it contacts the workspace while it looks, so it is not asked blindly)."""
     if "DATABRICKS_RUNTIME_VERSION" in env or any(
-        name.startswith(("DATABRICKS_CLIENT_", "ARM_CLIENT_")) for name in env
+        name.startswith(("DATABRICKS_CLIENT_", "ARM_CLIENT_", "DATABRICKS_METADATA_SERVICE"))
+        for name in env
     ):
         return True
     config_file = env.get("DATABRICKS_CONFIG_FILE") or "~/.databrickscfg"
@@ -105,24 +140,12 @@ def _sdk_config(profile: str | None) -> Any:
         return None
 
 
-def sdk_token(host: str | None, profile: str | None = None) -> str | None:
-    """A bearer token from the Databricks SDK's unified authentication, if it finds one.
-
-    The SDK resolves its own configuration (environment, `profile` or DEFAULT in the config
-    file, a Databricks runtime); a warning says so when that is for another host than
-    `host`. None when `databricks-sdk` is not installed or finds no credentials. An OAuth
-    token obtained here is used as is, so it must outlive the job (about an hour).
-    """
-    config = _sdk_config(profile)
-    if config is None:
-        return None
+def _bearer(config: Any) -> str | None:
+    """The bearer token the SDK's configuration gives now, or None."""
     try:
         authorization = config.authenticate().get("Authorization", "")
     except Exception as err:  # the SDK's many "no credentials" errors; never its message
         log.info("no token from the Databricks SDK configuration (%s)", type(err).__name__)
         return None
-    if host and config.host and config.host.rstrip("/") != host.rstrip("/"):
-        log.warning("the Databricks SDK's credentials are for %s, the endpoint is %s",
-                    config.host, host)  # fmt: skip
-    scheme, _, token = authorization.partition(" ")
+    scheme, _, token = str(authorization).partition(" ")
     return token.strip() or None if scheme == "Bearer" else None

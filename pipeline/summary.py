@@ -75,8 +75,9 @@ class ChunkTotals:
 
     def latency_ms(self) -> dict[str, float]:
         timed = self.counts["timed"]
-        return {k.removeprefix("latency_"): round(v / timed, 3)
-                for k, v in self._latency_sums.items() if timed}  # fmt: skip
+        sums = self._latency_sums
+        return {f"p{p}": round(sums[f"latency_p{p}"] / timed, 3)
+                for p in PERCENTILES if timed and f"latency_p{p}" in sums}  # fmt: skip
 
 
 @dataclass(frozen=True)
