@@ -43,6 +43,8 @@ def main(argv: list[str]) -> int:
             "--set", f"endpoint.host={endpoint.url}",
             "--set", f"endpoint.name={args.model}",
             "--set", f"sink.path=data/out/answers_{args.model}",
+            # spark-submit pipes the driver's output: say whether it ends up on a terminal.
+            "--progress", "bar" if sys.stderr.isatty() else "log",
             *job_args,
         ]  # fmt: skip
         result = subprocess.run(command, env=env, cwd=ROOT, check=False)

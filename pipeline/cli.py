@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            return _run(args.config, args.overrides, dry=args.dry_run)
+            return _run(args.config, args.overrides, dry=args.dry_run, progress=args.progress)
         return _sample(args.out, args.rows)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_ABORTED
 
 
-def _run(config_path: str, overrides: Sequence[str], *, dry: bool = False) -> int:
+def _run(
+    config_path: str, overrides: Sequence[str], *, dry: bool = False, progress: str = "auto"
+) -> int:
     config = load_config(config_path, overrides)
     # pyspark is imported only once the config is known good.
     from pipeline.job import check_error_share, dry_run, run_job
@@ -45,7 +47,7 @@ def _run(config_path: str, overrides: Sequence[str], *, dry: bool = False) -> in
         print(dry_run(config).render(), flush=True)
         return 0
 
-    summary = run_job(config)
+    summary = run_job(config, progress=progress)  # type: ignore[arg-type]
     print(summary.render(), flush=True)
     check_error_share(summary, config.limits.max_error_fraction)
     return 0
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="count the requests and tokens a run would send now, without sending any",
+    )
+    run.add_argument(
+        "--progress",
+        choices=("auto", "bar", "log"),
+        default="auto",
+        help="a live bar, or a log line every 30 s (auto: the bar when stderr is a terminal)",
     )
     sample = commands.add_parser("sample", help="write the sample prompt table (Parquet and Delta)")
     sample.add_argument("--out", default="data/sample", help="folder for the tables")

@@ -25,8 +25,10 @@ DELTA_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 # A speculative copy of a task would send every one of its requests again, and pay for them.
-SPECULATION_OFF = {"spark.speculation": "false"}
-JOB_CONF = {**SPECULATION_OFF, **DELTA_CONF}
+# A speculative duplicate task would pay for its requests twice; the job shows its own progress
+# (rows, not stages), so Spark's console bar would only fight with it.
+BASE_CONF = {"spark.speculation": "false", "spark.ui.showConsoleProgress": "false"}
+JOB_CONF = {**BASE_CONF, **DELTA_CONF}
 
 T = TypeVar("T")
 
@@ -47,7 +49,7 @@ def spark_session(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
     with_delta = not under_submit or _delta_on_classpath()
-    settings = {**(JOB_CONF if with_delta else SPECULATION_OFF), **(conf or {})}
+    settings = {**(JOB_CONF if with_delta else BASE_CONF), **(conf or {})}
     if not under_submit:
         settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
     builder = SparkSession.builder.appName(app_name)

@@ -48,7 +48,7 @@ from pipeline.mapper import (
     output_schema,
     parsed_type,
 )
-from pipeline.progress import Board, Tally
+from pipeline.progress import Board, ProgressStyle, Tally
 from pipeline.secrets import Credentials, resolve_credentials
 from pipeline.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
 
@@ -76,7 +76,11 @@ FIRST_SAVE_MODE: dict[str, SaveMode] = {
 
 
 def run_job(
-    config: JobConfig, spark: SparkSession | None = None, env: Mapping[str, str] | None = None
+    config: JobConfig,
+    spark: SparkSession | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    progress: ProgressStyle = "auto",
 ) -> RunSummary:
     """Run the whole job once: plan, then answer and commit chunk after chunk.
 
@@ -100,7 +104,10 @@ def run_job(
         work = plan_work(spark, frame, key_mapper, config.sink)
         try:
             tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
-            totals, progress = _answer_chunks(spark, config, work, credentials, tasks, salt, run_id)
+            board = Board(work.pending_rows, style=progress)
+            totals, seen = _answer_chunks(
+                spark, config, work, credentials, tasks, salt, run_id, board
+            )
         finally:
             work.release()
     counts = totals.counts
@@ -114,7 +121,7 @@ def run_job(
         chunks=work.chunks,
         run_id=run_id,
         config=config.to_dict(),
-        progress=progress,
+        progress=seen,
     )
     where = write_summary(spark, config.sink, summary)
     log.info("run summary written to %s", where)
@@ -197,6 +204,7 @@ def _answer_chunks(
     tasks: int,
     salt: str,
     run_id: str,
+    board: Board,
 ) -> tuple[ChunkTotals, Tally]:
     """Answer and commit every chunk of `work`, in order; the chunks' counts, and what the live
     progress saw."""
@@ -212,7 +220,6 @@ def _answer_chunks(
     )
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
-    board = Board(work.pending_rows)
     with _driver_server(spark, limits, tasks, board, credentials) as server, _showing(board):
         client = replace(client, progress_url=server.progress_url)
         if credentials.renewable:

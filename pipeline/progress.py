@@ -4,7 +4,9 @@ Each task's engine counts its finished rows (`Tally`) and posts what is new ever
 driver (`Reporter`), through the same small server that leases the rate budget. The driver adds
 them up (`Board`) and shows rows done of the total, requests per second, tokens, errors, 429s and
 the time left: a live bar on a terminal, a plain log line every `LOG_EVERY_S` otherwise (job
-logs). Spark's accumulators would only arrive when a task ends, which for a long task is the end.
+logs). Under spark-submit the driver's stderr is a pipe even in a terminal, so whoever knows
+better (`make run`) asks for the bar with `--progress bar`. Spark's accumulators would only
+arrive when a task ends, which for a long task is the end.
 A task that cannot reach the driver keeps working; only its progress goes unseen.
 """
 
@@ -17,13 +19,17 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import aiohttp
 
 from pipeline.chat import RowResult
 
 log = logging.getLogger(__name__)
+
+# bar: a live bar; log: a log line every LOG_EVERY_S; auto: the bar on a terminal.
+ProgressStyle = Literal["auto", "bar", "log"]
+PROGRESS_STYLES: tuple[str, ...] = ("auto", "bar", "log")
 
 REPORT_EVERY_S = 1.0
 REPORT_TIMEOUT_S = 5.0
@@ -117,8 +123,11 @@ class Board:
     `add` is called from the server's thread; `start`/`stop` from the job's.
     """
 
-    def __init__(self, total_rows: int, *, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self, total_rows: int, *, style: ProgressStyle = "auto", stream: IO[str] | None = None
+    ) -> None:
         self.total_rows = total_rows
+        self._style = style
         self.tally = Tally()
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
@@ -126,6 +135,7 @@ class Board:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._show, name="progress", daemon=True)
         self._bar: Any = None
+        self._logs_above: Any = None
 
     def add(self, new: Tally) -> None:
         with self._lock:
@@ -133,11 +143,15 @@ class Board:
 
     def start(self) -> Board:
         self._started = time.monotonic()
-        if self._stream.isatty():
+        if self._style == "bar" or (self._style == "auto" and self._stream.isatty()):
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=self.total_rows, unit="row", file=self._stream,
                              dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+            # Log lines print above the bar instead of through it.
+            self._logs_above = logging_redirect_tqdm()
+            self._logs_above.__enter__()
         self._thread.start()
         return self
 
@@ -147,6 +161,7 @@ class Board:
         self._update_bar()
         if self._bar is not None:
             self._bar.close()
+            self._logs_above.__exit__(None, None, None)
         else:
             log.info("progress: %s", self.line())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -13,6 +14,7 @@ from pyspark.sql import functions as F
 from pipeline.config import JobConfig
 from pipeline.io import read_sink
 from pipeline.job import dry_run, run_job
+from pipeline.progress import Board, Tally
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, save
@@ -108,3 +110,16 @@ def test_dry_run_counts_what_a_run_would_send_and_sends_nothing(
     after = dry_run(config, spark)
     # Error rows are retried by a Delta merge run: only those 5 remain, and they send nothing.
     assert (after.already_answered, after.rows_to_answer, after.requests) == (145, 5, 0)
+
+
+def test_board_draws_a_bar_when_asked_and_logs_otherwise(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()  # not a terminal: `auto` would log
+    bar = Board(4, style="bar", stream=stream).start()
+    bar.add(Tally(rows=4, ok=3, errors=1, requests=4, rate_limited=2))
+    bar.stop()
+    assert "4/4" in stream.getvalue() and "1 err, 2 429" in stream.getvalue()
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        logged = Board(4, stream=stream).start()
+        logged.add(Tally(rows=2, ok=2, requests=2))
+        logged.stop()
+    assert "progress: 2/4 rows (50%)" in caplog.text
