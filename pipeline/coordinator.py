@@ -113,7 +113,8 @@ class BudgetServer:
 
     async def _progress(self, request: web.Request) -> web.Response:
         if self.board is not None:
-            self.board.add(Tally.from_dict(await request.json()))
+            body = await request.json()
+            self.board.report(str(body["reporter"]), int(body["seq"]), Tally.from_dict(body))
         return web.json_response({})
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -63,10 +64,6 @@ class Tally:
         for name, value in dataclasses.asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
 
-    def minus(self, other: Tally) -> Tally:
-        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
-        return Tally(**{name: mine[name] - theirs[name] for name in mine})
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tally:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -74,47 +71,58 @@ class Tally:
 
 
 class Reporter:
-    """Posts a task's new counts to the driver every `REPORT_EVERY_S`; use in the task's loop."""
+    """Posts a task's counts so far to the driver every `REPORT_EVERY_S`; use in the task's
+    loop. Each post carries the totals, its reporter id and a sequence number, so a post that
+    arrives twice or late changes nothing (see `Board.report`)."""
 
     def __init__(self, url: str, tally: Tally) -> None:
         self._url = url
         self._tally = tally
-        self._sent = Tally()
+        self._id = secrets.token_hex(8)
+        self._seq = 0
+        self._posted = Tally()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self._task = asyncio.get_running_loop().create_task(self._every_second())
 
     async def close(self) -> None:
-        """Stop, after posting what is left."""
+        """Stop, after posting what is left.
+
+        Never by cancelling a post under way: the driver may have counted it already, and the
+        counts would be posted twice.
+        """
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._post()
+            await self._task
         if self._session is not None:
             await self._session.close()
 
     async def _every_second(self) -> None:
-        while True:
-            await asyncio.sleep(REPORT_EVERY_S)
-            await self._post()
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), REPORT_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+            await self._post()  # the last one after `close`: what is left
 
     async def _post(self) -> None:
-        new = dataclasses.replace(self._tally).minus(self._sent)
-        if new == Tally() or self._session is None:
+        now = dataclasses.replace(self._tally)
+        if now == self._posted or self._session is None:
             return
+        self._seq += 1
+        body = {"reporter": self._id, "seq": self._seq, **dataclasses.asdict(now)}
         try:
             timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
-            async with self._session.post(
-                self._url, json=dataclasses.asdict(new), timeout=timeout
-            ) as reply:
+            async with self._session.post(self._url, json=body, timeout=timeout) as reply:
                 reply.raise_for_status()
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             log.debug("progress not reported (%s)", type(err).__name__)
             return
-        self._sent.add(new)
+        self._posted = now
 
 
 class Board:
@@ -128,7 +136,7 @@ class Board:
     ) -> None:
         self.total_rows = total_rows
         self._style = style
-        self.tally = Tally()
+        self._reports: dict[str, tuple[int, Tally]] = {}
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
         self._started = time.monotonic()
@@ -137,9 +145,20 @@ class Board:
         self._bar: Any = None
         self._logs_above: Any = None
 
-    def add(self, new: Tally) -> None:
+    def report(self, reporter: str, seq: int, totals: Tally) -> None:
+        """A task's totals so far; an older or repeated report of the same task is ignored."""
         with self._lock:
-            self.tally.add(new)
+            if seq > self._reports.get(reporter, (0, Tally()))[0]:
+                self._reports[reporter] = (seq, totals)
+
+    @property
+    def tally(self) -> Tally:
+        """Every task's latest totals, added up."""
+        total = Tally()
+        with self._lock:
+            for _, totals in self._reports.values():
+                total.add(totals)
+        return total
 
     def start(self) -> Board:
         self._started = time.monotonic()
@@ -167,12 +186,11 @@ class Board:
 
     def line(self) -> str:
         """One line: rows done of the total, rates, tokens, errors, 429s, time left."""
-        with self._lock:
-            done = dataclasses.replace(self.tally)
+        done = self.tally
         elapsed = max(1e-9, time.monotonic() - self._started)
         share = done.rows / self.total_rows if self.total_rows else 1.0
         rate = done.rows / elapsed
-        left = (self.total_rows - done.rows) / rate if rate > 0 else None
+        left = max(0, self.total_rows - done.rows) / rate if rate > 0 else None
         eta = "?" if left is None else _duration(left)
         return (
             f"{done.rows}/{self.total_rows} rows ({share:.0%}), {done.requests / elapsed:.1f} "
@@ -192,8 +210,7 @@ class Board:
     def _update_bar(self) -> None:
         if self._bar is None:
             return
-        with self._lock:
-            done = dataclasses.replace(self.tally)
+        done = self.tally
         self._bar.n = done.rows
         self._bar.set_postfix_str(
             f"{done.errors} err, {done.rate_limited} 429, tok {done.prompt_tokens}/"

@@ -112,14 +112,19 @@ def test_dry_run_counts_what_a_run_would_send_and_sends_nothing(
     assert (after.already_answered, after.rows_to_answer, after.requests) == (145, 5, 0)
 
 
-def test_board_draws_a_bar_when_asked_and_logs_otherwise(caplog: pytest.LogCaptureFixture) -> None:
+def test_board_counts_each_report_once_and_draws_or_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     stream = io.StringIO()  # not a terminal: `auto` would log
     bar = Board(4, style="bar", stream=stream).start()
-    bar.add(Tally(rows=4, ok=3, errors=1, requests=4, rate_limited=2))
+    bar.report("task-a", 1, Tally(rows=1, ok=1, requests=1))
+    bar.report("task-b", 2, Tally(rows=3, ok=2, errors=1, requests=3, rate_limited=2))
+    bar.report("task-a", 1, Tally(rows=1, ok=1, requests=1))  # the same report again
+    bar.report("task-b", 1, Tally(rows=1, ok=1, requests=1))  # an older one, late
     bar.stop()
     assert "4/4" in stream.getvalue() and "1 err, 2 429" in stream.getvalue()
     with caplog.at_level(logging.INFO, logger="pipeline.progress"):
         logged = Board(4, stream=stream).start()
-        logged.add(Tally(rows=2, ok=2, requests=2))
+        logged.report("task-a", 1, Tally(rows=2, ok=2, requests=2))
         logged.stop()
     assert "progress: 2/4 rows (50%)" in caplog.text
