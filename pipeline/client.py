@@ -146,10 +146,20 @@ class ChatClient:
         ).encode("utf-8")
         try:
             self._limits.check(request.estimated_tokens())  # before any attempt: never sent
-            async for attempt in self._policy.retrying(self._sleep):
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    completion, status = await self._attempt(request, body)
+            attempts = 1
+            first: Exception | None = None
+            try:  # most rows are answered at once: the retry controller only for the others
+                completion, status = await self._attempt(request, body)
+            except Exception as err:
+                first = err
+            if first is not None:
+                spent = self._clock() - started
+                async for attempt in self._policy.retrying(self._sleep, spent_s=spent):
+                    with attempt:
+                        attempts = attempt.retry_state.attempt_number
+                        if attempts == 1:
+                            raise first  # judged, and waited for, like any failed attempt
+                        completion, status = await self._attempt(request, body)
         except Exception as err:  # every failure becomes an error row, never a lost row
             if isinstance(err, EndpointError) and self._stops_job(err):
                 self._count_fatal(err)

@@ -52,11 +52,15 @@ class RetryPolicy:
         backoff = wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
         return float(backoff(retry_state))
 
-    def retrying(self, sleep: Sleep = asyncio.sleep) -> AsyncRetrying:
-        """A fresh tenacity controller for one row; re-raises the last error when it gives up."""
+    def retrying(self, sleep: Sleep = asyncio.sleep, *, spent_s: float = 0.0) -> AsyncRetrying:
+        """A fresh tenacity controller for one row; re-raises the last error when it gives up.
+
+        `spent_s`: time the row has already used (its deadline counts from its first attempt).
+        """
         cap = self.retry_after_cap_s
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline_s),
+            stop=stop_after_attempt(self.max_attempts)
+            | stop_after_delay(max(0.0, self.deadline_s - spent_s)),
             wait=self.wait_seconds,
             retry=retry_if_exception(lambda error: should_retry(error, cap)),
             sleep=sleep,

@@ -73,3 +73,25 @@ def test_last_error_is_reraised() -> None:
 
     with pytest.raises(ServerError, match="boom"):
         asyncio.run(scenario())
+
+
+def test_deadline_counts_from_the_rows_first_attempt() -> None:
+    """The client makes a row's first attempt itself; the controller gets what is left."""
+    policy = RetryPolicy.from_limits(LimitsConfig(max_attempts=5, row_deadline_s=30.0))
+    clock = FakeClock()
+    calls = 0
+
+    async def scenario(spent_s: float) -> None:
+        nonlocal calls
+        calls = 0
+        async for attempt in policy.retrying(clock.sleep, spent_s=spent_s):
+            with attempt:
+                calls += 1
+                raise ServerError("503", status=503)
+
+    with pytest.raises(ServerError):
+        asyncio.run(scenario(spent_s=30.0))
+    assert calls == 1  # the whole deadline went on the first attempt
+    with pytest.raises(ServerError):
+        asyncio.run(scenario(spent_s=0.0))
+    assert calls == 5
