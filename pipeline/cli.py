@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, JobAborted
+from pipeline.progress import ProgressStyle
 
 EXIT_CONFIG_ERROR = 2
 EXIT_JOB_ABORTED = 3
@@ -47,7 +49,7 @@ def _run(
         print(dry_run(config).render(), flush=True)
         return 0
 
-    summary = run_job(config, progress=progress)  # type: ignore[arg-type]
+    summary = run_job(config, progress=typing.cast(ProgressStyle, progress))
     print(summary.render(), flush=True)
     check_error_share(summary, config.limits.max_error_fraction)
     return 0
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--progress",
-        choices=("auto", "bar", "log"),
+        choices=typing.get_args(ProgressStyle),
         default="auto",
         help="a live bar, or a log line every 30 s (auto: the bar when stderr is a terminal)",
     )

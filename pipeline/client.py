@@ -213,7 +213,8 @@ class ChatClient:
         estimate = request.estimated_tokens()
         await self._limits.acquire(estimate)
         try:
-            if self._clock() - self._renewed_at >= TOKEN_RENEW_S:
+            renewable = self._settings.token_url is not None
+            if renewable and self._clock() - self._renewed_at >= TOKEN_RENEW_S:
                 await self._renew_token(self._token)
             used = self._token
             status, headers, text = await self._post(body)

@@ -25,8 +25,7 @@ DELTA_CONF = {
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 # A speculative copy of a task would send every one of its requests again, and pay for them.
-# A speculative duplicate task would pay for its requests twice; the job shows its own progress
-# (rows, not stages), so Spark's console bar would only fight with it.
+# The job shows its own progress (rows, not stages): Spark's console bar would fight with it.
 BASE_CONF = {"spark.speculation": "false", "spark.ui.showConsoleProgress": "false"}
 JOB_CONF = {**BASE_CONF, **DELTA_CONF}
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pyspark.sql import Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -98,18 +98,10 @@ def run_job(
     check_sink_writable(spark, config.sink)
     started = time.monotonic()
     salt = request_id_salt(config)
-    key_mapper = make_key_mapper(config.source, config.request, salt)
-    # Small Arrow batches for both Python passes, the keying and the answering.
-    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
-        work = plan_work(spark, frame, key_mapper, config.sink)
-        try:
-            tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
-            board = Board(work.pending_rows, style=progress)
-            totals, seen = _answer_chunks(
-                spark, config, work, credentials, tasks, salt, run_id, board
-            )
-        finally:
-            work.release()
+    with _planned(spark, config, frame, salt) as work:
+        tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
+        board = Board(work.pending_rows, style=progress)
+        totals, seen = _answer_chunks(spark, config, work, credentials, tasks, salt, run_id, board)
     counts = totals.counts
     summary = RunSummary.of(
         totals,
@@ -161,23 +153,18 @@ def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
     frame = read_source(spark, config.source)
     check_columns(frame.schema, config.source)
     salt = request_id_salt(config)
-    key_mapper = make_key_mapper(config.source, config.request, salt)
-    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
-        work = plan_work(spark, frame, key_mapper, config.sink)
-        try:
-            estimate_mapper = make_estimate_mapper(config.source, config.request, salt)
-            built = work.pending.drop("request_id", REQUEST_KEY).mapInPandas(
-                estimate_mapper, ESTIMATE_SCHEMA
-            )
-            sent = built.dropDuplicates(["key"]) if config.request.dedupe else built
-            totals = sent.agg(
-                F.count(F.lit(1)).alias("requests"),
-                F.sum("prompt_tokens").alias("prompt_tokens"),
-                F.sum("output_tokens").alias("output_tokens"),
-            ).first()
-            valid = built.count()
-        finally:
-            work.release()
+    with _planned(spark, config, frame, salt) as work:
+        estimate_mapper = make_estimate_mapper(config.source, config.request, salt)
+        built = work.pending.drop("request_id", REQUEST_KEY).mapInPandas(
+            estimate_mapper, ESTIMATE_SCHEMA
+        )
+        sent = built.dropDuplicates(["key"]) if config.request.dedupe else built
+        totals = sent.agg(
+            F.count(F.lit(1)).alias("requests"),
+            F.sum("prompt_tokens").alias("prompt_tokens"),
+            F.sum("output_tokens").alias("output_tokens"),
+        ).first()
+        valid = built.count()
     assert totals is not None
     prompt_tokens, output_tokens = (
         int(totals["prompt_tokens"] or 0),
@@ -194,6 +181,21 @@ def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
         estimated_cost=config.pricing.cost(prompt_tokens, output_tokens),
         currency=config.pricing.currency,
     )
+
+
+@contextmanager
+def _planned(
+    spark: SparkSession, config: JobConfig, frame: DataFrame, salt: str
+) -> Iterator[WorkPlan]:
+    """The rows a run must answer (see `plan_work`), released on leaving; small Arrow batches
+    for every Python pass over them (keying, answering, estimating)."""
+    key_mapper = make_key_mapper(config.source, config.request, salt)
+    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
+        work = plan_work(spark, frame, key_mapper, config.sink)
+        try:
+            yield work
+        finally:
+            work.release()
 
 
 def _answer_chunks(

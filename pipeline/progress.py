@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 # bar: a live bar; log: a log line every LOG_EVERY_S; auto: the bar on a terminal.
 ProgressStyle = Literal["auto", "bar", "log"]
-PROGRESS_STYLES: tuple[str, ...] = ("auto", "bar", "log")
 
 REPORT_EVERY_S = 1.0
 REPORT_TIMEOUT_S = 5.0
@@ -128,7 +127,7 @@ class Reporter:
 class Board:
     """The driver's sum of every task's counts for one run, shown while it runs.
 
-    `add` is called from the server's thread; `start`/`stop` from the job's.
+    `report` is called from the server's thread; `start`/`stop` from the job's.
     """
 
     def __init__(

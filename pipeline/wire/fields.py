@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.chat import ChatRequest
-from pipeline.structured import OutputFormat
 
 
 def chat_messages(request: ChatRequest) -> list[dict[str, str]]:
@@ -44,11 +43,3 @@ def optional_int(value: Any) -> int | None:
 
 def optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def chat_response_format(output: OutputFormat) -> dict[str, Any]:
-    """`response_format` as Chat Completions (and Databricks invocations) take it."""
-    if output.schema is None:
-        return {"response_format": {"type": "json_object"}}
-    schema = {"name": output.name, "schema": dict(output.schema)}
-    return {"response_format": {"type": "json_schema", "json_schema": schema}}

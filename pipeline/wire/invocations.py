@@ -14,13 +14,7 @@ from pipeline.chat import ChatRequest, Completion
 from pipeline.config import EndpointConfig
 from pipeline.errors import MalformedResponse
 from pipeline.structured import OutputFormat
-from pipeline.wire.fields import (
-    chat_messages,
-    chat_response_format,
-    optional_str,
-    sampling_fields,
-    usage_counts,
-)
+from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 
 def url(endpoint: EndpointConfig) -> str:
@@ -76,4 +70,8 @@ def content_text(content: Any) -> str:
 
 
 def format_fields(output: OutputFormat) -> dict[str, Any]:
-    return chat_response_format(output)
+    """`response_format` as Chat Completions (and Databricks invocations) take it."""
+    if output.schema is None:
+        return {"response_format": {"type": "json_object"}}
+    schema = {"name": output.name, "schema": dict(output.schema)}
+    return {"response_format": {"type": "json_schema", "json_schema": schema}}
