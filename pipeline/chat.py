@@ -30,9 +30,10 @@ class ChatRequest:
     messages: tuple[Message, ...]
     max_tokens: int | None
     temperature: float | None
-    # What makes two requests the same request (messages, parameters, endpoint), whatever
-    # their request_id; identical requests in one task are sent once.
-    key: str | None = None
+    # The request's fingerprint (see `pipeline.identity`): the wire body as sent, the API and
+    # the endpoint name. Identical requests in one task are sent once; the output records it,
+    # so a later run knows whether a row's answer still answers the request asked now.
+    request_hash: str | None = None
 
     def estimated_tokens(self) -> int:
         """Prompt tokens guessed from its length, plus the output tokens it may use."""
@@ -70,6 +71,9 @@ class RowResult:
     latency_ms: float | None = None
     # The answer as JSON, when structured output was asked for and the answer matched.
     parsed: Any = None
+    # The fingerprint of the request this row answers (of its input, when it could not become
+    # a request); see `ChatRequest.request_hash`.
+    request_hash: str | None = None
 
     def copied_to(self, request_id: str) -> RowResult:
         """This result for another row that asked the same request: nothing was sent for it."""

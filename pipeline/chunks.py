@@ -1,40 +1,80 @@
 """What a run still has to send, cut into chunks that are answered and committed one at a time.
 
-Resume and incremental runs are one mechanism, built from Spark's own parts: each input row gets
-its `request_id` (and its request's content key) in a first pass that sends nothing; a left
-anti-join against the `request_id`s already in the sink leaves the rows still to answer; a hash
-of the content key spreads them over chunks of about `sink.chunk_rows` rows, identical requests
-always in the same chunk. Each chunk is one Spark job ending in one commit, so a crash loses at
-most the chunk in flight, and the next run's anti-join skips everything committed before it.
+Resume, incremental runs and change detection are one mechanism, built from Spark's own parts.
+Each input row gets its `request_id` and `request_hash` (see `pipeline.identity`) in a first pass
+that sends nothing. A row is answered when the sink, as it was when the run started, holds an
+`ok` row with the same id and the same hash; when the input holds the same (id, hash) n times,
+the sink must hold it n times (duplicate ids are never dropped: each copy gets its row). The
+rest is sent:
+- `new`: no row of that id in the sink (or fewer copies than the input has);
+- `retry`: the sink holds it as an error (replaced when `sink.retry_errors`);
+- `changed`: the sink answers that id, but a request no longer asked (another prompt, template,
+  parameters, response format, API or endpoint name). Sent again and the old rows replaced
+  (`sink.on_change: resend`), or left as they are (`keep`).
+A hash of the request spreads the rows over chunks of about `sink.chunk_rows` rows, identical
+requests always in the same chunk. Each chunk is one Spark job ending in one commit (after the
+sink rows it replaces are deleted in their own commit), so a crash loses at most the chunk in
+flight, and the next run finds everything committed before it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import MapType
 
 from pipeline.config import SinkConfig
 from pipeline.errors import ConfigError
-from pipeline.io import read_existing_sink
-from pipeline.mapper import REQUEST_KEY, BatchMapper, key_schema
+from pipeline.mapper import IDENTITY_COLUMNS, column
 
 log = logging.getLogger(__name__)
+
+# Planning columns, never written.
+COPY = "_copy"  # which copy of an (id, hash) pair this row is: 1, 2, ...
+KIND = "_kind"  # why a pending row is sent: new | retry | changed
+CHUNK = "_chunk"
+KINDS = ("new", "retry", "changed")
+
+# Computes request_id and request_hash, as this run would, for sink rows written before the
+# sink recorded request_hash (from the input columns they carry).
+Identify = Callable[[DataFrame], DataFrame]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How the rows to send differ from the sink, and the changed rows a run left alone."""
+
+    new: int = 0
+    retry: int = 0
+    changed: int = 0
+    kept: int = 0  # changed, but kept as they are (sink.on_change=keep)
+
+    def describe(self) -> str:
+        parts = [f"{self.new} new", f"{self.changed} changed", f"{self.retry} errors retried"]
+        kept = f"; {self.kept} changed rows kept (sink.on_change=keep)" if self.kept else ""
+        return ", ".join(parts) + kept
 
 
 @dataclass
 class WorkPlan:
     """The rows a run must answer, and how they are cut into chunks."""
 
-    keyed: DataFrame  # the input with request_id and the content key (cached)
-    pending: DataFrame  # the rows of `keyed` the sink does not answer yet
+    keyed: DataFrame  # the input (text as bytes) with request_id and request_hash (cached)
     input_rows: int
     chunk_sizes: list[int]
-    # Delete the sink's earlier error rows for a chunk's request_ids before committing it.
-    replace_errors: bool
+    # The (id, hash, copy) keys still to answer, with their kind; None: every keyed row.
+    todo: DataFrame | None = None
+    # Sink rows each chunk replaces: request_id, request_hash, stale, _chunk (Delta only).
+    replaced: DataFrame | None = None
+    replaced_per_chunk: dict[int, int] = field(default_factory=dict)
+    changes: Changes = field(default_factory=Changes)
+    cached: list[DataFrame] = field(default_factory=list)
 
     @property
     def pending_rows(self) -> int:
@@ -45,81 +85,210 @@ class WorkPlan:
         return len(self.chunk_sizes)
 
     def chunk(self, index: int) -> DataFrame:
-        """The pending rows of chunk `index` (input columns, request_id, content key)."""
+        """The pending rows of chunk `index` (input columns, request_id, request_hash)."""
         if self.chunks == 1:
-            return self.pending
-        return self.pending.filter(chunk_of(self.chunks) == index)
+            return self.pending()
+        rows = self.keyed.filter(chunk_of(self.chunks) == index)
+        if self.todo is None:
+            return rows
+        return _wanted(rows, self.todo.filter(F.col(CHUNK) == index))
+
+    def pending(self) -> DataFrame:
+        """Every row the run must answer, all chunks together."""
+        return self.keyed if self.todo is None else _wanted(self.keyed, self.todo)
+
+    def replaced_in(self, index: int) -> DataFrame | None:
+        """The sink rows to delete before chunk `index` is committed, or None."""
+        if self.replaced is None or not self.replaced_per_chunk.get(index):
+            return None
+        return self.replaced.filter(F.col(CHUNK) == index)
 
     def release(self) -> None:
-        self.keyed.unpersist()
+        for frame in (self.keyed, *self.cached):
+            frame.unpersist()
 
 
 def plan_work(
-    spark: SparkSession, frame: DataFrame, key_mapper: BatchMapper, sink: SinkConfig
+    keyed: DataFrame,
+    input_rows: int,
+    existing: DataFrame | None,
+    sink: SinkConfig,
+    identify: Identify | None,
 ) -> WorkPlan:
-    """Key every input row (`key_mapper`, see `make_key_mapper`), find those the sink lacks
-    and cut them into chunks.
+    """Find which rows of `keyed` (the input with its identity columns, see `make_key_mapper`;
+    cached, `input_rows` of them) the sink snapshot `existing` does not answer yet, and cut them
+    into chunks.
 
     Raises:
-        ConfigError: naming `sink`, when the existing sink is not this job's output.
+        ConfigError: naming `sink`, when the existing sink is not this job's output, or
+            `sink.on_change`, when changed rows would need replacing in a Parquet sink.
     """
-    keyed = _cached(frame.mapInPandas(key_mapper, key_schema(frame.schema)))
-    existing = read_existing_sink(spark, sink) if sink.mode == "merge" else None
-    pending = keyed
-    replace_errors = False
-    if existing is not None:
-        _check_is_output(existing, sink)
-        answered = existing.filter(F.col("status") == "ok") if sink.retries_errors else existing
-        pending = keyed.join(answered.select("request_id").distinct(), "request_id", "left_anti")
-        replace_errors = sink.retries_errors and _has_errors(existing)
-    input_rows = keyed.count()
-    pending_rows = pending.count() if existing is not None else input_rows
-    chunks = math.ceil(pending_rows / sink.chunk_rows)
-    if chunks == 0 and (existing is None or sink.mode != "merge"):
-        chunks = 1  # one empty chunk, so the run still creates (or replaces) the table
-    sizes = _chunk_sizes(pending, chunks, pending_rows)
+    if existing is None:
+        chunks = max(1, math.ceil(input_rows / sink.chunk_rows))
+        sizes = _chunk_sizes(keyed.select("request_hash"), chunks, input_rows)
+        plan = WorkPlan(keyed, input_rows, sizes)
+    else:
+        check_is_output(existing, sink)
+        plan = _against(keyed, input_rows, identified(existing, identify), sink)
+    sizes = plan.chunk_sizes
     log.info(
-        "plan: %d input rows, %d already answered in the sink, %d to send%s",
-        input_rows, input_rows - pending_rows, pending_rows,
-        f" in {len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows" if pending_rows else "",
+        "plan: %d input rows, %d already answered in the sink, %d to send (%s)%s",
+        input_rows, input_rows - plan.pending_rows, plan.pending_rows, plan.changes.describe(),
+        f" in {len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows" if plan.pending_rows else "",
     )  # fmt: skip
-    return WorkPlan(keyed, pending, input_rows, sizes, replace_errors)
+    return plan
+
+
+def _against(
+    keyed: DataFrame, input_rows: int, answers: DataFrame, sink: SinkConfig
+) -> WorkPlan:
+    """The plan for `keyed` against a sink whose rows' identity and status are `answers`."""
+    answers = cached(answers)
+    answered = answers.filter(F.col("status") == "ok") if sink.retries_errors else answers
+    todo = numbered(keyed.select(*IDENTITY_COLUMNS)).join(
+        numbered(answered.select(*IDENTITY_COLUMNS)), [*IDENTITY_COLUMNS, COPY], "left_anti"
+    )
+    todo = cached(_classified(todo, answers))
+    counts = Counter({str(r[KIND]): int(r["count"]) for r in todo.groupBy(KIND).count().collect()})
+    changes = Changes(counts["new"], counts["retry"], counts["changed"])
+    if counts["changed"] and sink.on_change == "keep":
+        todo = todo.filter(F.col(KIND) != "changed")
+        changes = Changes(counts["new"], counts["retry"], 0, kept=counts["changed"])
+    elif counts["changed"] and sink.format == "parquet":
+        raise ConfigError(
+            "sink.on_change",
+            f"is resend, and {counts['changed']} input rows ask another request than the one "
+            f"their row in {sink.table or sink.path} answers; Parquet files cannot replace a "
+            "row: set sink.on_change=keep to keep those answers, sink.mode=overwrite to answer "
+            "everything again, or use sink.format=delta",
+        )
+    pending = sum(counts[k] for k in KINDS) - changes.kept
+    chunks = math.ceil(pending / sink.chunk_rows)
+    todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
+    sizes = _chunk_sizes(todo, chunks, pending)
+    plan = WorkPlan(keyed, input_rows, sizes, todo=todo, changes=changes, cached=[answers, todo])
+    if sink.format == "delta" and pending:
+        replaced = cached(_replaced(keyed, answers, todo, sink))
+        plan.cached.append(replaced)
+        plan.replaced = replaced
+        per_chunk = replaced.groupBy(CHUNK).count().collect()
+        plan.replaced_per_chunk = {int(r[CHUNK]): int(r["count"]) for r in per_chunk}
+    return plan
+
+
+def _wanted(rows: DataFrame, todo: DataFrame) -> DataFrame:
+    # The copies `todo` names of each (id, hash) in `rows` (all copies of one are in one chunk).
+    wanted = todo.select(*IDENTITY_COLUMNS, COPY)
+    return numbered(rows).join(wanted, [*IDENTITY_COLUMNS, COPY], "left_semi").drop(COPY)
+
+
+def identified(existing: DataFrame, identify: Identify | None) -> DataFrame:
+    """`request_id`, `request_hash` and `status` of every sink row. Rows written before the sink
+    recorded `request_hash` get the identity this run would give their input columns (they count
+    as unchanged while those columns still hold what is asked); `identify` None: the sink has
+    no such rows (a Delta sink that records the column: see `pipeline.legacy`)."""
+    columns = [*IDENTITY_COLUMNS, "status"]
+    if "request_hash" not in existing.columns:
+        assert identify is not None
+        return identify(existing).select(*columns)
+    if identify is None:
+        return existing.select(*columns)
+    recorded = existing.filter(F.col("request_hash").isNotNull()).select(*columns)
+    legacy = existing.filter(F.col("request_hash").isNull())
+    return recorded.unionByName(identify(legacy).select(*columns))
+
+
+def numbered(frame: DataFrame) -> DataFrame:
+    """`frame` with `_copy`: 1, 2, ... among its rows of equal (request_id, request_hash).
+
+    The order among such rows is a hash of all their other values, so recomputing a partition
+    numbers them the same way (rows equal in every value are interchangeable anyway)."""
+    others = [
+        column(f.name) for f in frame.schema.fields
+        if f.name not in IDENTITY_COLUMNS and not isinstance(f.dataType, MapType)
+    ]  # fmt: skip
+    order = F.xxhash64(*others) if others else F.lit(0)
+    window = Window.partitionBy(*IDENTITY_COLUMNS).orderBy(order)
+    return frame.withColumn(COPY, F.row_number().over(window))
+
+
+def _classified(todo: DataFrame, answers: DataFrame) -> DataFrame:
+    ids = answers.select("request_id").distinct().withColumn("_known_id", F.lit(True))
+    keys = answers.groupBy(*IDENTITY_COLUMNS).agg(
+        F.max(F.col("status") == "error").alias("_had_error")
+    )
+    kind = (
+        F.when(F.col("_had_error"), "retry")
+        .when(F.col("_known_id") & F.col("_had_error").isNull(), "changed")
+        .otherwise("new")
+    )
+    joined = todo.join(ids, "request_id", "left").join(keys, list(IDENTITY_COLUMNS), "left")
+    return joined.select(*IDENTITY_COLUMNS, COPY, kind.alias(KIND))
+
+
+def _replaced(
+    keyed: DataFrame, answers: DataFrame, todo: DataFrame, sink: SinkConfig
+) -> DataFrame:
+    """Sink rows to delete, each before the chunk that answers its row again: error rows of a
+    request sent again (`sink.retry_errors`), and rows of a changed id whose request is no longer
+    asked (stale)."""
+    keys = list(IDENTITY_COLUMNS)
+    frames = []
+    if sink.retries_errors:
+        retried = todo.filter(F.col(KIND) == "retry").select(*keys, CHUNK).distinct()
+        frames.append(retried.withColumn("stale", F.lit(False)))
+    changed = todo.filter(F.col(KIND) == "changed").groupBy("request_id").agg(
+        F.min(CHUNK).alias(CHUNK)
+    )
+    asked = keyed.select(*keys).distinct()
+    stale = answers.select(*keys).distinct().join(changed, "request_id").join(
+        asked, keys, "left_anti"
+    )
+    frames.append(stale.withColumn("stale", F.lit(True)))
+    replaced = frames[0]
+    for frame in frames[1:]:
+        replaced = replaced.unionByName(frame)
+    return replaced
 
 
 def chunk_of(chunks: int) -> Column:
     """The chunk a row belongs to: identical requests share one (so they are sent once)."""
-    key = F.coalesce(F.col(REQUEST_KEY), F.col("request_id"))
-    return F.pmod(F.xxhash64(key), F.lit(chunks))
+    return F.pmod(F.xxhash64(F.col("request_hash")), F.lit(chunks))
 
 
 def spread(chunk: DataFrame, tasks: int, dedupe: bool) -> DataFrame:
     """A chunk over `tasks` Spark tasks; when deduping, identical requests go to the same
     task, one after the other (so a task needs to remember only recent answers)."""
     if dedupe:
-        spread = chunk.repartition(tasks, REQUEST_KEY).sortWithinPartitions(REQUEST_KEY)
+        spread = chunk.repartition(tasks, "request_hash").sortWithinPartitions("request_hash")
     else:
         spread = chunk.repartition(tasks)
-    return spread.drop("request_id", REQUEST_KEY)
+    return spread.drop(*IDENTITY_COLUMNS)
 
 
-def _chunk_sizes(pending: DataFrame, chunks: int, pending_rows: int) -> list[int]:
+def _chunk_sizes(keys: DataFrame, chunks: int, pending_rows: int) -> list[int]:
     if chunks <= 1:
         return [pending_rows] * chunks
-    counts = pending.groupBy(chunk_of(chunks).alias("chunk")).count().collect()
+    counts = keys.groupBy(chunk_of(chunks).alias("chunk")).count().collect()
     by_chunk = {int(row["chunk"]): int(row["count"]) for row in counts}
     return [by_chunk.get(index, 0) for index in range(chunks)]
 
 
-def _cached(frame: DataFrame) -> DataFrame:
-    # Keying runs Python over every row; keep its result for the counts and every chunk.
+def cached(frame: DataFrame) -> DataFrame:
+    """`frame`, kept in memory when the runtime can (a plan reads it once per chunk)."""
     try:
         return frame.persist()
     except Exception as err:  # e.g. serverless compute, which has no cache
-        log.warning("cannot cache the keyed input (%s); each chunk recomputes it", err)
+        log.warning("cannot cache a planning step (%s); each chunk recomputes it", err)
         return frame
 
 
-def _check_is_output(existing: DataFrame, sink: SinkConfig) -> None:
+def check_is_output(existing: DataFrame, sink: SinkConfig) -> None:
+    """Refuse a sink that holds a table this job did not write.
+
+    Raises:
+        ConfigError: naming `sink`.
+    """
     missing = {"request_id", "status"} - set(existing.columns)
     if missing:
         where = sink.table or sink.path
@@ -128,7 +297,3 @@ def _check_is_output(existing: DataFrame, sink: SinkConfig) -> None:
             f"{where} exists but has no {', '.join(sorted(missing))} column: it is not an output "
             "of this job; choose another sink, or sink.mode=overwrite to replace it",
         )
-
-
-def _has_errors(existing: DataFrame) -> bool:
-    return bool(existing.filter(F.col("status") == "error").limit(1).count())

@@ -2,6 +2,11 @@
 
 The configuration is loaded and validated before Spark starts, so a typo costs a second, not a
 cluster start-up. `jobs/batch_chat.py` (spark-submit, Databricks tasks) calls the same `main`.
+
+Exit status: 0 done; 2 the config or the input is wrong (nothing was sent); 3 the job stopped on
+purpose (answers every row would get, another run holding the sink, too many error rows); 1 any
+other failure. The `batch-chat` entry point raises `SystemExit` with it, because a Databricks
+`python_wheel_task` ignores a returned value and would mark a failed run as succeeded.
 """
 
 from __future__ import annotations
@@ -18,14 +23,27 @@ from pipeline.progress import ProgressStyle
 
 EXIT_CONFIG_ERROR = 2
 EXIT_JOB_ABORTED = 3
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def entry_point() -> None:
+    """The `batch-chat` console script and wheel entry point: `main` on `sys.argv`.
+
+    Raises:
+        SystemExit: with the exit status, whenever it is not 0.
+    """
+    status = main()
+    if status:
+        raise SystemExit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the chosen command; the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its chatter at exit is not ours
     try:
         if args.command == "run":
             return _run(args.config, args.overrides, dry=args.dry_run, progress=args.progress)
@@ -43,7 +61,8 @@ def _run(
 ) -> int:
     config = load_config(config_path, overrides)
     # pyspark is imported only once the config is known good.
-    from pipeline.job import check_error_share, dry_run, run_job
+    from pipeline.dryrun import dry_run
+    from pipeline.job import check_error_share, run_job
 
     if dry:
         print(dry_run(config).render(), flush=True)
@@ -65,8 +84,15 @@ def _sample(out: str, rows: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="debug also shows Spark's traces behind a one-line error",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the batch chat job")
+    run = commands.add_parser("run", help="run the batch chat job", parents=[logging_options])
     run.add_argument("--config", required=True, help="YAML job config, e.g. conf/local.yaml")
     run.add_argument(
         "--set",
@@ -87,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="a live bar, or a log line every 30 s (auto: the bar when stderr is a terminal)",
     )
-    sample = commands.add_parser("sample", help="write the sample prompt table (Parquet and Delta)")
+    sample = commands.add_parser(
+        "sample", help="write the sample prompt tables (Parquet, Delta)", parents=[logging_options]
+    )
     sample.add_argument("--out", default="data/sample", help="folder for the tables")
     sample.add_argument("--rows", type=int, default=300, help="how many prompts")
     return parser

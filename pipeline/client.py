@@ -20,11 +20,12 @@ from pipeline.chat import ChatRequest, Completion, RowResult
 from pipeline.config import EndpointConfig, LimitsConfig
 from pipeline.coordinator import SharedLimits
 from pipeline.errors import (
-    BadRequest,
     ConnectionFailed,
     EndpointError,
+    EndpointUnreachable,
     MalformedResponse,
     RequestTimedOut,
+    Stopped,
     describe,
     error_from_response,
 )
@@ -32,7 +33,7 @@ from pipeline.ratelimit import Clock, RateLimits, Sleep
 from pipeline.retry import RetryPolicy
 from pipeline.secrets import Secret
 from pipeline.structured import InvalidOutput, OutputFormat
-from pipeline.wire import WireFormat, wire_for
+from pipeline.wire import WireFormat, body_fields, wire_for
 
 # A renewable token (see `secrets.Credentials`) is asked for again after this long, and at once
 # when the endpoint answers 401/403.
@@ -40,13 +41,6 @@ TOKEN_RENEW_S = 60.0
 TOKEN_RENEW_TIMEOUT_S = 30.0
 
 log = logging.getLogger(__name__)
-
-# What to check when every request gets the same answer.
-_FATAL_HINTS = {
-    "authentication_error": "check the token in the variable named by endpoint.token_env",
-    "endpoint_not_found": "check endpoint.name and endpoint.host",
-    "bad_request": "check the request section (e.g. max_tokens above the endpoint's limit)",
-}
 
 
 @dataclass(frozen=True)
@@ -85,9 +79,7 @@ class ChatClient:
         self._session = session
         self._wire: WireFormat = wire_for(settings.endpoint.api)
         self._url = self._wire.url(settings.endpoint)
-        self._extra = dict(settings.extra)
-        if settings.output is not None:
-            self._extra.update(self._wire.format_fields(settings.output))
+        self._extra = body_fields(settings.endpoint.api, settings.extra, settings.output)
         self._policy = RetryPolicy.from_limits(settings.limits)
         own_share = RateLimits(
             settings.requests_per_minute,
@@ -137,7 +129,12 @@ class ChatClient:
     async def send(self, request: ChatRequest) -> RowResult:
         """Send `request` under the limits and retry policy; the outcome as a row result."""
         if self.stop_reason is not None:
-            return RowResult(request.request_id, "error", error=f"aborted: {self.stop_reason}")
+            return RowResult(
+                request.request_id,
+                "error",
+                error=f"aborted: {self.stop_reason}",
+                request_hash=request.request_hash,
+            )
         started = self._clock()
         attempts = 0
         body = json.dumps(
@@ -149,20 +146,22 @@ class ChatClient:
             attempts = 1
             first: Exception | None = None
             try:  # most rows are answered at once: the retry controller only for the others
-                completion, status = await self._attempt(request, body)
+                completion, status = await self._counted_attempt(request, body)
             except Exception as err:
                 first = err
             if first is not None:
                 spent = self._clock() - started
-                async for attempt in self._policy.retrying(self._sleep, spent_s=spent):
+                stopping = self._stopping
+                retrying = self._policy.retrying(self._sleep, spent_s=spent, give_up=stopping)
+                async for attempt in retrying:
                     with attempt:
                         attempts = attempt.retry_state.attempt_number
                         if attempts == 1:
                             raise first  # judged, and waited for, like any failed attempt
-                        completion, status = await self._attempt(request, body)
+                        completion, status = await self._counted_attempt(request, body)
         except Exception as err:  # every failure becomes an error row, never a lost row
-            if isinstance(err, EndpointError) and self._stops_job(err):
-                self._count_fatal(err)
+            if isinstance(err, Stopped):
+                attempts -= 1  # the attempt that found the task stopping sent nothing
             return RowResult(
                 request_id=request.request_id,
                 status="error",
@@ -170,6 +169,7 @@ class ChatClient:
                 http_status=err.status if isinstance(err, EndpointError) else None,
                 attempts=attempts,
                 latency_ms=self._elapsed_ms(started),
+                request_hash=request.request_hash,
             )
         self._answered_ok = True
         parsed, problem = None, None
@@ -187,16 +187,35 @@ class ChatClient:
             attempts=attempts,
             latency_ms=self._elapsed_ms(started),
             parsed=parsed,
+            request_hash=request.request_hash,
         )
 
     async def close(self) -> None:
         """Release what the rate limits hold (the lease session to the driver)."""
         await self._limits.close()
 
+    async def _counted_attempt(
+        self, request: ChatRequest, body: bytes
+    ) -> tuple[Completion, int]:
+        """One attempt; an answer that every row would get counts toward stopping the job,
+        and once the job is stopping nothing more is sent."""
+        if self.stop_reason is not None:
+            raise Stopped(self.stop_reason)
+        try:
+            return await self._attempt(request, body)
+        except EndpointError as err:
+            if self._stops_job(err):
+                self._count_fatal(err)
+            raise
+
+    def _stopping(self) -> bool:
+        return self.stop_reason is not None
+
     def _stops_job(self, error: EndpointError) -> bool:
-        # A 400 before any success is most likely the configuration (every row would get it);
-        # once a request has succeeded, a 400 is about its own row and stays an error row.
-        return error.stops_job or (isinstance(error, BadRequest) and not self._answered_ok)
+        # A 400 or an unreachable host before any success is most likely the configuration
+        # (every row would get it); once a request has succeeded, it is about its own row (or
+        # a passing fault) and stays an error row, retried as its class says.
+        return error.stops_job or (error.stops_job_before_success and not self._answered_ok)
 
     def _count_fatal(self, error: EndpointError) -> None:
         self._fatal_answers += 1
@@ -204,9 +223,9 @@ class ChatClient:
             self.stop_reason is None
             and self._fatal_answers >= self._settings.limits.max_fatal_errors
         ):
+            outcome = error.outcome.format(code=error.code)
             self.stop_reason = self._redact(
-                f"{self._fatal_answers} requests to {self._url} were answered "
-                f"{error.code} ({error}); {_FATAL_HINTS.get(error.code, '')}"
+                f"{self._fatal_answers} requests to {self._url} {outcome} ({error}); {error.hint}"
             ).rstrip("; ")
 
     async def _attempt(self, request: ChatRequest, body: bytes) -> tuple[Completion, int]:
@@ -282,6 +301,13 @@ class ChatClient:
                         f"HTTP {response.status}: truncated response body", status=response.status
                     ) from err
                 return response.status, response.headers, text
+        except aiohttp.ConnectionTimeoutError as err:
+            raise EndpointUnreachable(
+                "no connection within "
+                f"limits.connect_timeout_s={self._settings.limits.connect_timeout_s:g}"
+            ) from err
+        except aiohttp.ClientConnectorError as err:
+            raise EndpointUnreachable(f"{type(err).__name__}: {err}") from err
         except (TimeoutError, asyncio.TimeoutError) as err:
             raise RequestTimedOut(
                 f"no complete answer within limits.timeout_s={self._settings.limits.timeout_s:g}"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import posixpath
 import string
 import types
 import typing
@@ -17,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -26,6 +29,8 @@ from pipeline.structured import OutputFormat, check_schema
 ApiName = Literal["invocations", "chat_completions", "responses"]
 TableFormat = Literal["parquet", "delta"]
 WriteMode = Literal["merge", "overwrite", "append", "error"]
+# What a merge run does with a row whose request changed since its answer was written.
+OnChange = Literal["resend", "keep"]
 
 # Body fields the pipeline itself sets; `request.extra` may not override them.
 RESERVED_BODY_FIELDS = frozenset(
@@ -104,10 +109,8 @@ class EndpointConfig:
             )
         for key in ("host", "base_url"):
             value = getattr(self, key)
-            if value is not None and not value.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"endpoint.{key}", f"must start with http:// or https://, got {value!r}"
-                )
+            if value is not None:
+                _check_url(f"endpoint.{key}", value)
 
     @property
     def serving_base_url(self) -> str:
@@ -214,6 +217,11 @@ class LimitsConfig:
                 raise ConfigError(f"limits.{key}", f"must be > 0, got {getattr(self, key)}")
 
 
+# A lease is renewed every third of its time to live; shorter than this, a busy driver could
+# miss a renewal.
+MIN_LEASE_TTL_S = 30.0
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     path: str | None = None
@@ -227,10 +235,22 @@ class SinkConfig:
     # merge: send rows again whose earlier row is an error, replacing that row. Only Delta
     # can replace a row, so the default (null) is true for Delta and false for Parquet.
     retry_errors: bool | None = None
+    # merge: a row whose request changed since its answer (prompt, template, parameters,
+    # response format, API, endpoint name) is sent again and its old row replaced (resend), or
+    # its old answer is kept (keep). A Parquet sink cannot replace rows: resend stops the run
+    # before sending when any row changed.
+    on_change: OnChange = "resend"
+    # One run at a time per sink: a run holds a lease next to the sink, renewed while it runs;
+    # the lease of a run that died without releasing it expires after this long.
+    lease_ttl_s: float = 600.0
 
     def __post_init__(self) -> None:
         _exactly_one("sink", self, ("path", "table"))
         _at_least("sink.chunk_rows", self.chunk_rows, 1)
+        if self.lease_ttl_s < MIN_LEASE_TTL_S:
+            raise ConfigError(
+                "sink.lease_ttl_s", f"must be >= {MIN_LEASE_TTL_S:g}, got {self.lease_ttl_s:g}"
+            )
         if self.mode == "merge" and self.retry_errors and self.format == "parquet":
             raise ConfigError(
                 "sink.retry_errors",
@@ -278,9 +298,54 @@ class JobConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
 
+    def __post_init__(self) -> None:
+        _check_sink_is_not_source(self.source, self.sink)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, safe to log or save: it never holds a token."""
         return dataclasses.asdict(self)
+
+
+def _check_sink_is_not_source(source: SourceConfig, sink: SinkConfig) -> None:
+    # Writing over the input (or inside it, or around it) would destroy it or read the output
+    # back as input; refused whatever the mode or format. Tables are compared again by Spark
+    # (`io.check_sink_is_not_source`), which knows the current catalog and table locations.
+    if source.table is not None and sink.table is not None:
+        if _table_key(source.table) == _table_key(sink.table):
+            raise ConfigError("sink.table", f"is the source table {source.table!r}")
+    if source.path is not None and sink.path is not None:
+        inner, outer = sorted((normal_path(source.path), normal_path(sink.path)), key=len)
+        if outer == inner or outer.startswith(inner.rstrip("/") + "/"):
+            what = "is" if outer == inner else "overlaps"
+            raise ConfigError(
+                "sink.path", f"{what} the source path ({sink.path!r}, source {source.path!r})"
+            )
+
+
+def normal_path(path: str) -> str:
+    """`path` in one spelling: a local path absolute (`file:` dropped), a URI without a trailing
+    slash."""
+    if "://" in path and not path.startswith("file:"):
+        scheme, _, rest = path.partition("://")
+        return f"{scheme.lower()}://{posixpath.normpath(rest)}"
+    local = path.removeprefix("file://").removeprefix("file:")
+    return os.path.abspath(local)
+
+
+def _table_key(name: str) -> str:
+    return name.replace("`", "").lower()
+
+
+def _check_url(key: str, value: str) -> None:
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(key, f"must start with http:// or https://, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError as err:
+        raise ConfigError(key, f"is not a valid URL ({err}): {value!r}") from None
+    if not parts.hostname:
+        raise ConfigError(key, f"has no host name: {value!r}")
 
 
 def template_fields(template: str) -> list[str]:
@@ -404,6 +469,8 @@ def _coerce(hint: Any, value: object, key: str) -> Any:
 def _scalar(hint: Any, value: object, key: str) -> Any:
     # bool is an int in Python; a YAML `true` where a number is expected is still a mistake.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML .nan / .inf: no limit, time or price means that
+            raise ConfigError(key, f"must be a finite number, got {value}")
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -197,12 +197,15 @@ class SharedLimits:
             await self._session.close()
 
     async def _lease(self, estimated_tokens: int) -> Lease | None:
+        # What was seen up to now goes with this ask; what is seen while it is in flight (the
+        # 429s of a busy moment, above all) goes with the next one, never lost.
+        reported = dict(self._seen)
         ask = {
             "requests": self._batch,
             "tokens": float(estimated_tokens * self._batch),
-            "ok": self._seen["ok"],
-            "rate_limited": self._seen["rate_limited"],
-            "token_correction": self._seen["token_correction"],
+            "ok": reported["ok"],
+            "rate_limited": reported["rate_limited"],
+            "token_correction": reported["token_correction"],
             **self._announced,
         }
         if self._session is None:
@@ -222,5 +225,6 @@ class SharedLimits:
                 return None
             return Lease(0, 0.0, LEASE_RETRY_S)
         self._failures = 0
-        self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
+        for name, value in reported.items():
+            self._seen[name] -= value
         return Lease(**body)

@@ -65,8 +65,8 @@ class _Shared:
 class Engine:
     """Use as a context manager; `submit` batches from the task's thread.
 
-    With `dedupe`, a request whose `key` was already submitted in this task is not sent again:
-    its row gets a copy of the first one's result (with its own request_id and `attempts` 0).
+    With `dedupe`, a request whose `request_hash` was already submitted in this task is not sent
+    again: its row gets a copy of the first one's result (with its own request_id, `attempts` 0).
     """
 
     def __init__(self, settings: ClientSettings, *, dedupe: bool = False) -> None:
@@ -125,10 +125,11 @@ class Engine:
         if not pending:
             batch.future.set_result([r for r in batch.results if r is not None])
         for index, request in pending:
-            shared = self._shared.get(request.key) if self._dedupe and request.key else None
+            key = request.request_hash if self._dedupe else None
+            shared = self._shared.get(key) if key else None
             if shared is None:
-                if self._dedupe and request.key:
-                    self._remember(request.key)
+                if key:
+                    self._remember(key)
                 self._queue.put_nowait((batch, index, request))
             elif shared.result is not None:
                 batch.complete(index, shared.result.copied_to(request.request_id))
@@ -163,10 +164,15 @@ class Engine:
             try:
                 result = await self._client.send(request)
             except Exception as err:  # send() answers every failure; this guards the guard
-                result = RowResult(request.request_id, "error", error=describe(err))
+                result = RowResult(
+                    request.request_id,
+                    "error",
+                    error=describe(err),
+                    request_hash=request.request_hash,
+                )
             self._tally.rate_limited = self._client.rate_limited
             batch.complete(index, result)
-            shared = self._shared.get(request.key) if request.key else None
+            shared = self._shared.get(request.request_hash) if request.request_hash else None
             if shared is not None:
                 shared.resolve(result)
 

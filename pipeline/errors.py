@@ -33,6 +33,10 @@ class JobAborted(PipelineError):
     """The job stopped on purpose: an answer that retrying cannot fix came back repeatedly."""
 
 
+class SinkBusy(JobAborted):
+    """Another run holds the sink's lease: this one stops before sending anything."""
+
+
 class InvalidInput(PipelineError):
     """A row cannot become a request; the row is answered with an error and never sent."""
 
@@ -49,7 +53,13 @@ class EndpointError(PipelineError):
     retryable: ClassVar[bool] = False
     # Every other row would get the same answer (bad token, no such endpoint): stop the job.
     stops_job: ClassVar[bool] = False
+    # Before any request of a task succeeded, every row would most likely get it too (a
+    # parameter the endpoint refuses, a host that cannot be reached): stop the job then.
+    stops_job_before_success: ClassVar[bool] = False
     code: ClassVar[str] = "endpoint_error"
+    # How the job-stopping sentence says what happened, and what to check.
+    outcome: ClassVar[str] = "were answered {code}"
+    hint: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -83,22 +93,42 @@ class RetryableClientError(EndpointError):
 
 
 class BadRequest(EndpointError):
+    stops_job_before_success = True
     code = "bad_request"
+    hint = "check the request section (e.g. max_tokens above the endpoint's limit)"
 
 
 class AuthenticationError(EndpointError):
     stops_job = True
     code = "authentication_error"
+    hint = "check the token in the variable named by endpoint.token_env"
 
 
 class EndpointNotFound(EndpointError):
     stops_job = True
     code = "endpoint_not_found"
+    hint = "check endpoint.name and endpoint.host"
 
 
 class ConnectionFailed(EndpointError):
+    """The connection broke while a request was under way (reset, closed early)."""
+
     retryable = True
     code = "connection_error"
+
+
+class EndpointUnreachable(ConnectionFailed):
+    """No connection could be opened: refused, unknown host, or no answer to connect."""
+
+    stops_job_before_success = True
+    outcome = "could not connect"
+    hint = "check endpoint.host (or endpoint.base_url) and that the endpoint is up"
+
+
+class Stopped(EndpointError):
+    """Not sent: the task stopped sending (see `limits.max_fatal_errors`)."""
+
+    code = "aborted"
 
 
 class RequestTimedOut(EndpointError):

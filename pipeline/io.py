@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipeline.config import SinkConfig, SourceConfig
+from pipeline.config import SinkConfig, SourceConfig, normal_path
 from pipeline.errors import ConfigError
+from pipeline.spark_errors import MISSING, NOT_DELTA, has_condition, read_error
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +103,74 @@ def _warn_if_speculative(spark: SparkSession) -> None:
 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
-    """The input rows: `source.table` from the catalog, or `source.path` in `source.format`."""
+    """The input rows: `source.table` from the catalog, or `source.path` in `source.format`.
+
+    Raises:
+        ConfigError: naming `source.path`/`source.table`/`source.format` when the source is
+            missing, is not in the format named, or is a Delta table named as Parquet.
+    """
+    if source.format == "parquet" and source.path is not None and is_delta(spark, source.path):
+        raise ConfigError(
+            "source.format",
+            f"is parquet, but {source.path} is a Delta table (read as Parquet it would include "
+            "the files the table has removed); set source.format=delta",
+        )
     if source.table is not None:
         table = source.table
-        return _delta_hint("source", source.format, lambda: spark.table(table))
-    return _delta_hint(
+        return reading_source(source, lambda: _delta_hint(
+            "source", source.format, lambda: spark.table(table)
+        ))  # fmt: skip
+    return reading_source(source, lambda: _delta_hint(
         "source", source.format, lambda: spark.read.format(source.format).load(source.path)
-    )
+    ))  # fmt: skip
+
+
+def reading_source(source: SourceConfig, action: Callable[[], T]) -> T:
+    """`action`, which reads the source; a failure that is about the source (missing, not the
+    format named, a stray file among the data) becomes one `ConfigError`."""
+    try:
+        return action()
+    except ConfigError:
+        raise
+    except Exception as err:
+        problem = read_error(
+            err, "source", table=source.table, path=source.path, fmt=source.format
+        )
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    """Whether `path` holds a Delta table (False too when Delta is not on the classpath)."""
+    return delta_version(spark, f"delta.{quoted(path)}") is not None
+
+
+def delta_version(spark: SparkSession, table: str) -> int | None:
+    """The latest version of the Delta table `table` (a name, or delta.`path`); None when it is
+    not a Delta table (or does not exist)."""
+    try:
+        rows = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").collect()
+    except Exception as err:
+        if has_condition(err, *MISSING, *NOT_DELTA, "DATA_SOURCE_NOT_FOUND", "PARSE_SYNTAX_ERROR"):
+            return None
+        raise
+    return int(rows[0]["version"]) if rows else None
+
+
+def quoted(name: str) -> str:
+    """`name` as one SQL identifier (a path, or a column with dots or spaces)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sink_ident(sink: SinkConfig) -> str:
+    """The sink as a SQL table reference: its name, or delta.`path`."""
+    return sink.table if sink.table is not None else f"delta.{quoted(sink.path or '')}"
 
 
 SaveMode = Literal["overwrite", "append", "errorifexists"]
+# Characters Delta refuses in a column name unless the table maps column names.
+DELTA_UNSAFE_NAME_CHARS = frozenset(" ,;{}()\n\t=")
 # Delta commits carry this run's metadata (see `DESCRIBE HISTORY`).
 COMMIT_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
@@ -123,8 +183,15 @@ def write_sink(
     `metadata` goes into the Delta commit's `userMetadata`; Parquet has nowhere to keep it.
     """
     writer = frame.write.format(sink.format).mode(mode)
-    if metadata is not None and sink.format == "delta":
-        writer = writer.option("userMetadata", metadata)
+    if sink.format == "delta":
+        # New columns join the table (see `sink_schema`); an overwrite replaces its schema.
+        evolve = "overwriteSchema" if mode == "overwrite" else "mergeSchema"
+        writer = writer.option(evolve, "true")
+        if any(set(name) & DELTA_UNSAFE_NAME_CHARS for name in frame.columns):
+            # Delta keeps such names only with column mapping (set when the table is made).
+            writer = writer.option("delta.columnMapping.mode", "name")
+        if metadata is not None:
+            writer = writer.option("userMetadata", metadata)
     if sink.table is not None:
         table = sink.table
         _delta_hint("sink", sink.format, lambda: writer.saveAsTable(table))
@@ -133,23 +200,27 @@ def write_sink(
         _delta_hint("sink", sink.format, lambda: writer.save(path))
 
 
-def delete_error_rows(
-    spark: SparkSession, sink: SinkConfig, ids: DataFrame, metadata: str | None = None
+def delete_rows(
+    spark: SparkSession, sink: SinkConfig, keys: DataFrame, metadata: str | None = None
 ) -> None:
-    """Delete the Delta sink's `error` rows whose `request_id` is in `ids`: one commit."""
-    from delta.tables import DeltaTable
+    """Delete the Delta sink's rows that `keys` names: one commit, in SQL (so it works under
+    Spark Connect too).
 
-    if sink.table is not None:
-        target = DeltaTable.forName(spark, sink.table)
-    else:
-        assert sink.path is not None  # one of the two, by SinkConfig
-        target = DeltaTable.forPath(spark, sink.path)
-    merge = target.alias("t").merge(
-        ids.select("request_id").distinct().alias("s"),
-        "t.request_id = s.request_id AND t.status = 'error'",
-    )
-    with session_conf(spark, {} if metadata is None else {COMMIT_METADATA_CONF: metadata}):
-        merge.whenMatchedDelete().execute()
+    `keys` has `request_id`, `request_hash` and `stale`: a stale key deletes every row with that
+    id and hash (an answer to a request no longer asked); any other deletes only its `error`
+    rows (about to be answered again).
+    """
+    view = f"batch_chat_delete_{uuid.uuid4().hex[:12]}"
+    keys.select("request_id", "request_hash", "stale").distinct().createOrReplaceTempView(view)
+    try:
+        with session_conf(spark, {} if metadata is None else {COMMIT_METADATA_CONF: metadata}):
+            spark.sql(
+                f"MERGE INTO {sink_ident(sink)} AS t USING {view} AS s "
+                "ON t.request_id = s.request_id AND t.request_hash <=> s.request_hash "
+                "AND (s.stale OR t.status = 'error') WHEN MATCHED THEN DELETE"
+            )
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 @contextmanager
@@ -168,21 +239,6 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.set(key, before)
 
 
-def check_sink_writable(spark: SparkSession, sink: SinkConfig) -> None:
-    """Refuse up front a sink that `mode: error` would refuse only after every request was paid.
-
-    Raises:
-        ConfigError: naming `sink.mode`, when the table or path already exists.
-    """
-    if sink.mode != "error":
-        return
-    where = sink.table or sink.path
-    if sink_exists(spark, sink):
-        raise ConfigError(
-            "sink.mode", f"is 'error' and {where} already exists; use overwrite or append"
-        )
-
-
 def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
     """Whether the sink table or path is already there."""
     if sink.table is not None:
@@ -196,32 +252,76 @@ def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
         return False
 
 
-def read_existing_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
-    """The sink's rows so far, or None when it holds no table yet.
+def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
+    """The sink's rows as they are now, pinned: later commits (this run's chunks) do not change
+    what the returned frame reads. None when the sink holds no table yet (nothing there, or a
+    first write that died before committing: files without a `_delta_log`).
 
-    A path where a first write died before committing holds no table: Delta without a
-    `_delta_log`, or Parquet without data files.
+    Raises:
+        ConfigError: naming `sink`, when the sink cannot be read.
     """
+    if sink.format == "delta":
+        version = delta_version(spark, sink_ident(sink))
+        if version is None:
+            return None
+        return spark.sql(f"SELECT * FROM {sink_ident(sink)} VERSION AS OF {version}")
     if not sink_exists(spark, sink):
         return None
-    if sink.path is not None and sink.format == "delta":
-        from delta.tables import DeltaTable
-
-        if not DeltaTable.isDeltaTable(spark, sink.path):
-            return None
     try:
-        return read_sink(spark, sink)
+        current = read_sink(spark, sink)
+        files = current.inputFiles()
     except Exception as err:
-        if "UNABLE_TO_INFER_SCHEMA" in str(err):
-            return None
-        raise
+        if has_condition(err, "UNABLE_TO_INFER_SCHEMA"):
+            return None  # a folder without data files yet
+        problem = read_error(err, "sink", table=sink.table, path=sink.path, fmt=sink.format)
+        if problem is None:
+            raise
+        raise problem from None
+    if not files:
+        return None
+    # The files listed now, and only those: this run's own appends stay out of the plan.
+    base = sink.path if sink.table is None else _location(spark, sink.table, None)
+    return spark.read.schema(current.schema).option("basePath", base or "").parquet(*files)
 
 
 def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
-    """The output table as written."""
+    """The output table as written (Parquet files written before a column was added read it as
+    null)."""
     if sink.table is not None:
         return spark.table(sink.table)
-    return spark.read.format(sink.format).load(sink.path)
+    return spark.read.format(sink.format).option("mergeSchema", "true").load(sink.path)
+
+
+def check_sink_is_not_source(spark: SparkSession, source: SourceConfig, sink: SinkConfig) -> None:
+    """Refuse a sink that is the source under another name: a table and the path it lives at,
+    or two spellings of one table (`JobConfig` already refuses equal paths and names).
+
+    Raises:
+        ConfigError: naming the sink key.
+    """
+    source_at, sink_at = _location(spark, source.table, source.path), _location(
+        spark, sink.table, sink.path
+    )
+    if source_at is not None and source_at == sink_at:
+        key = "sink.table" if sink.table is not None else "sink.path"
+        raise ConfigError(key, f"is the source ({source.table or source.path}, at {source_at})")
+
+
+def _location(spark: SparkSession, table: str | None, path: str | None) -> str | None:
+    if table is None:
+        return normal_path(path) if path is not None else None
+    try:
+        rows = spark.sql(f"DESCRIBE TABLE EXTENDED {table}").collect()
+    except Exception as err:
+        if has_condition(err, *MISSING):
+            return None  # not there yet: it cannot be the other one
+        raise
+    found = {str(r["col_name"]).strip(): r["data_type"] for r in rows}
+    if found.get("Location"):
+        return normal_path(str(found["Location"]))
+    return str(found.get("Catalog", "")) + "." + str(found.get("Database", "")) + "." + str(
+        found.get("Table", table)
+    )
 
 
 def _delta_hint(section: str, fmt: str, action: Callable[[], T]) -> T:

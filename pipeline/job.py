@@ -15,39 +15,29 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from pyspark.sql import DataFrame, Observation, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import Observation, SparkSession
 from pyspark.sql.types import StructType
 
 from pipeline.budget import JobBudget
-from pipeline.chunks import WorkPlan, plan_work, spread
+from pipeline.chunks import WorkPlan, spread
 from pipeline.client import ClientSettings
-from pipeline.config import JobConfig, LimitsConfig, SourceConfig
+from pipeline.config import JobConfig, LimitsConfig
 from pipeline.coordinator import BudgetServer
-from pipeline.errors import ConfigError, JobAborted
-from pipeline.io import (
-    SaveMode,
-    check_sink_writable,
-    delete_error_rows,
-    driver_host,
-    read_source,
-    session_conf,
-    spark_session,
-    write_sink,
-)
+from pipeline.errors import JobAborted
+from pipeline.io import SaveMode, delete_rows, driver_host, spark_session, write_sink
+from pipeline.lease import SinkLease
 from pipeline.mapper import (
-    ESTIMATE_SCHEMA,
-    REQUEST_KEY,
     TaskPlan,
+    as_text,
     make_batch_mapper,
-    make_estimate_mapper,
-    make_key_mapper,
+    map_in_pandas,
     output_schema,
     parsed_type,
 )
+from pipeline.prepare import planned, read_input
 from pipeline.progress import Board, ProgressStyle, Tally
 from pipeline.secrets import Credentials, resolve_credentials
 from pipeline.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
@@ -60,11 +50,6 @@ _ABORTED = re.compile(r"JobAborted: (.+)")
 # Adaptive rate control starts at this many requests per second per in-flight slot (a guess of
 # 500 ms per answer) and doubles every second until the endpoint answers 429.
 ADAPTIVE_START_PER_SLOT = 2.0
-
-# Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
-# task's memory stays the same whatever the size of the input.
-ARROW_BATCH_ROWS = 500
-ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 # The first chunk's save mode, by `sink.mode`; later chunks append.
 FIRST_SAVE_MODE: dict[str, SaveMode] = {
@@ -93,123 +78,57 @@ def run_job(
     run_id = uuid.uuid4().hex[:12]
     log.info("run %s config: %s", run_id, json.dumps(config.to_dict(), default=str))
     spark = spark or spark_session()
-    frame = read_source(spark, config.source)
-    check_columns(frame.schema, config.source)
-    check_sink_writable(spark, config.sink)
+    frame = read_input(spark, config)
     started = time.monotonic()
-    salt = request_id_salt(config)
-    with _planned(spark, config, frame, salt) as work:
+    metadata = {"batch_chat_run": run_id, "chunk": "adopt", "config": config.to_dict()}
+    with (
+        SinkLease(spark, config.sink, run_id) as lease,
+        planned(spark, config, frame, metadata=metadata) as work,
+    ):
         tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
         board = Board(work.pending_rows, style=progress)
-        totals, seen = _answer_chunks(spark, config, work, credentials, tasks, salt, run_id, board)
-    counts = totals.counts
-    summary = RunSummary.of(
-        totals,
-        config.pricing.cost(counts["prompt_tokens"], counts["completion_tokens"]),
-        seconds=round(time.monotonic() - started, 3),
-        tasks=tasks,
-        sink=config.sink.table or config.sink.path or "",
-        skipped=work.input_rows - work.pending_rows,
-        chunks=work.chunks,
-        run_id=run_id,
-        config=config.to_dict(),
-        progress=seen,
-    )
-    where = write_summary(spark, config.sink, summary)
+        run = _Run(config, run_id, tasks, lease, frame.schema)
+        totals, seen = _answer_chunks(spark, run, work, credentials, board)
+        counts = totals.counts
+        summary = RunSummary.of(
+            totals,
+            config.pricing.cost(counts["prompt_tokens"], counts["completion_tokens"]),
+            seconds=round(time.monotonic() - started, 3),
+            tasks=tasks,
+            sink=config.sink.table or config.sink.path or "",
+            skipped=work.input_rows - work.pending_rows,
+            chunks=work.chunks,
+            run_id=run_id,
+            config=config.to_dict(),
+            progress=seen,
+            changes=asdict(work.changes),
+        )
+        where = write_summary(spark, config.sink, summary)
     log.info("run summary written to %s", where)
     return summary
 
 
 @dataclass(frozen=True)
-class DryRun:
-    """What a run would send now, estimated without calling the endpoint."""
+class _Run:
+    """What every chunk of one run shares."""
 
-    input_rows: int
-    already_answered: int
-    rows_to_answer: int
-    requests: int  # distinct requests among those rows (identical ones are sent once)
-    invalid_rows: int  # rows that cannot become a request: error rows, nothing sent
-    prompt_tokens: int  # estimated from the prompts' length
-    output_tokens: int  # at most: the sum of max_tokens
-    estimated_cost: float | None  # at most, with `pricing`
-    currency: str
-
-    def render(self) -> str:
-        cost = "" if self.estimated_cost is None else (
-            f", estimated cost at most {self.estimated_cost:.4f} {self.currency}"
-        )  # fmt: skip
-        return (
-            f"dry run: {self.input_rows} input rows, {self.already_answered} already answered, "
-            f"{self.rows_to_answer} to answer: {self.requests} requests would be sent "
-            f"({self.invalid_rows} rows cannot become a request); estimated tokens in "
-            f"~{self.prompt_tokens}, out at most {self.output_tokens}{cost}; nothing was sent"
-        )
-
-
-def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
-    """Read the input, apply resume and dedupe as `run_job` would, and count what it would
-    send; the endpoint is not called (and no token is needed)."""
-    spark = spark or spark_session()
-    frame = read_source(spark, config.source)
-    check_columns(frame.schema, config.source)
-    salt = request_id_salt(config)
-    with _planned(spark, config, frame, salt) as work:
-        estimate_mapper = make_estimate_mapper(config.source, config.request, salt)
-        built = work.pending.drop("request_id", REQUEST_KEY).mapInPandas(
-            estimate_mapper, ESTIMATE_SCHEMA
-        )
-        sent = built.dropDuplicates(["key"]) if config.request.dedupe else built
-        totals = sent.agg(
-            F.count(F.lit(1)).alias("requests"),
-            F.sum("prompt_tokens").alias("prompt_tokens"),
-            F.sum("output_tokens").alias("output_tokens"),
-        ).first()
-        valid = built.count()
-    assert totals is not None
-    prompt_tokens, output_tokens = (
-        int(totals["prompt_tokens"] or 0),
-        int(totals["output_tokens"] or 0),
-    )
-    return DryRun(
-        input_rows=work.input_rows,
-        already_answered=work.input_rows - work.pending_rows,
-        rows_to_answer=work.pending_rows,
-        requests=int(totals["requests"]),
-        invalid_rows=work.pending_rows - valid,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        estimated_cost=config.pricing.cost(prompt_tokens, output_tokens),
-        currency=config.pricing.currency,
-    )
-
-
-@contextmanager
-def _planned(
-    spark: SparkSession, config: JobConfig, frame: DataFrame, salt: str
-) -> Iterator[WorkPlan]:
-    """The rows a run must answer (see `plan_work`), released on leaving; small Arrow batches
-    for every Python pass over them (keying, answering, estimating)."""
-    key_mapper = make_key_mapper(config.source, config.request, salt)
-    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
-        work = plan_work(spark, frame, key_mapper, config.sink)
-        try:
-            yield work
-        finally:
-            work.release()
+    config: JobConfig
+    run_id: str
+    tasks: int
+    lease: SinkLease
+    source_schema: StructType  # the input's own types (the chunks carry text as bytes)
 
 
 def _answer_chunks(
     spark: SparkSession,
-    config: JobConfig,
+    run: _Run,
     work: WorkPlan,
     credentials: Credentials,
-    tasks: int,
-    salt: str,
-    run_id: str,
     board: Board,
 ) -> tuple[ChunkTotals, Tally]:
     """Answer and commit every chunk of `work`, in order; the chunks' counts, and what the live
     progress saw."""
+    config, tasks = run.config, run.tasks
     limits = config.limits
     client = ClientSettings(
         endpoint=config.endpoint,
@@ -228,19 +147,20 @@ def _answer_chunks(
             client = replace(client, token_url=server.token_url)
         if server.budget is not None:
             client = replace(client, budget_url=server.url)
-        plan = TaskPlan(config.source, config.request, client, salt)
+        plan = TaskPlan(config.source, config.request, client)
         for index in range(work.chunks):
+            run.lease.check()  # never commit over another run's work
             metadata = json.dumps(
-                {"batch_chat_run": run_id, "chunk": f"{index + 1}/{work.chunks}",
+                {"batch_chat_run": run.run_id, "chunk": f"{index + 1}/{work.chunks}",
                  "config": saved_config},
                 default=str,
             )  # fmt: skip
-            chunk = _commit_chunk(spark, config, work, plan, tasks, index, metadata)
+            chunk = _commit_chunk(spark, run, work, plan, index, metadata)
             totals.add(chunk)
             log.info(
                 "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
-                index + 1, work.chunks, chunk.get("rows"), chunk.get("ok"), chunk.get("attempts"),
-                _rate_note(server.budget),
+                index + 1, work.chunks, int(chunk.get("rows") or 0), int(chunk.get("ok") or 0),
+                int(chunk.get("attempts") or 0), _rate_note(server.budget),
             )  # fmt: skip
     return totals, board.tally
 
@@ -285,30 +205,31 @@ def _rate_note(budget: JobBudget | None) -> str:
 
 def _commit_chunk(
     spark: SparkSession,
-    config: JobConfig,
+    run: _Run,
     work: WorkPlan,
     plan: TaskPlan,
-    tasks: int,
     index: int,
     metadata: str,
 ) -> dict[str, Any]:
     """Answer chunk `index` and commit it; what was observed on its rows."""
-    chunk = work.chunk(index)
-    if work.replace_errors:
+    config = run.config
+    replaced = work.replaced_in(index)
+    if replaced is not None:
         # Its own commit, before the chunk's: a crash in between leaves those rows without
         # any row, so the next run answers them again; nothing is lost or doubled.
-        delete_error_rows(spark, config.sink, chunk, metadata)
-    source_schema = StructType(
-        [f for f in work.keyed.schema.fields if f.name not in ("request_id", REQUEST_KEY)]
-    )
+        delete_rows(spark, config.sink, replaced, metadata)
+    chunk = work.chunk(index)
     parsed = parsed_type(config.request.output_format)
-    answered = spread(chunk, tasks, config.request.dedupe).mapInPandas(
-        make_batch_mapper(plan), output_schema(source_schema, parsed)
+    as_sent = spread(chunk, run.tasks, config.request.dedupe)
+    answered = map_in_pandas(
+        as_sent, make_batch_mapper(plan), output_schema(as_sent.schema, parsed)
     )
+    text_schema = output_schema(run.source_schema, parsed)
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
+    rows = as_text(answered, text_schema).observe(observation, *chunk_metrics())
     try:
-        write_sink(answered.observe(observation, *chunk_metrics()), config.sink, mode, metadata)
+        write_sink(rows, config.sink, mode, metadata)
     except Exception as err:
         _raise_if_aborted(err)
         raise
@@ -339,35 +260,6 @@ def _raise_if_aborted(error: Exception) -> None:
         raise JobAborted(found.group(1).strip()) from None
 
 
-def check_columns(schema: StructType, source: SourceConfig) -> None:
-    """Fail before any request when a configured column is not in the input.
-
-    Raises:
-        ConfigError: naming the config key and the missing column.
-    """
-    present = set(schema.fieldNames())
-    keys = [
-        "id_column",
-        "prompt_column",
-        "messages_column",
-        "max_tokens_column",
-        "temperature_column",
-    ]
-    for key in keys:
-        column = getattr(source, key)
-        if column is not None and column not in present:
-            raise ConfigError(
-                f"source.{key}", f"column {column!r} is not in the input ({_cols(present)})"
-            )
-    for column in source.input_columns():
-        if column not in present:
-            raise ConfigError(
-                "source.template",
-                f"placeholder {{{column}}} is not an input column ({_cols(present)})",
-            )
-    output_schema(schema)  # raises on a column that clashes with a result column
-
-
 def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) -> int:
     """Spark tasks per chunk: `source.partitions`, else the cluster's task slots; never more
     than the largest chunk has rows (an empty task would hold a share of the budgets)."""
@@ -379,25 +271,5 @@ def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) 
     return max(1, min(partitions, largest_chunk))
 
 
-def request_id_salt(config: JobConfig) -> str:
-    """What besides the messages makes two requests different: the endpoint and extra fields."""
-    return json.dumps(
-        [config.endpoint.name, dict(config.request.extra)], sort_keys=True, default=str
-    )
-
-
-def arrow_batch_rows(spark: SparkSession) -> int:
-    """The session's Arrow batch size, lowered to ARROW_BATCH_ROWS."""
-    try:
-        configured = int(spark.conf.get(ARROW_BATCH_CONF, "10000") or 10000)
-    except ValueError:
-        configured = ARROW_BATCH_ROWS
-    return min(configured, ARROW_BATCH_ROWS) if configured > 0 else ARROW_BATCH_ROWS
-
-
 def _share(per_minute: float | None, tasks: int) -> float | None:
     return None if per_minute is None else per_minute / tasks
-
-
-def _cols(names: set[str]) -> str:
-    return "columns: " + ", ".join(sorted(names))

@@ -3,6 +3,10 @@
 Each Spark task runs one `Engine` (one event loop, one HTTP session) across all its Arrow
 batches, reading a little ahead so the request window never drains at a batch boundary.
 Every input row comes out exactly once, with its result columns appended.
+
+Text crosses into Python as bytes (`as_bytes`, and back with `as_text`): Arrow would fail the
+whole task on one value that is not valid UTF-8, where the request builder makes it one
+`invalid_input:` row; the other columns pass through byte for byte.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     BooleanType,
     DataType,
     DoubleType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -29,7 +37,7 @@ from pyspark.sql.types import (
 
 from pipeline.chat import ChatRequest, RowResult
 from pipeline.client import ClientSettings
-from pipeline.config import RequestConfig, SourceConfig
+from pipeline.config import EndpointConfig, RequestConfig, SourceConfig
 from pipeline.engine import Engine
 from pipeline.errors import ConfigError, JobAborted
 from pipeline.prompts import RequestBuilder
@@ -37,6 +45,7 @@ from pipeline.structured import OutputFormat
 
 RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("request_id", StringType()),
+    ("request_hash", StringType()),
     ("completion", StringType()),
     ("finish_reason", StringType()),
     ("prompt_tokens", IntegerType()),
@@ -59,8 +68,8 @@ _JSON_SCALARS: dict[str, DataType] = {
     "number": DoubleType(),
     "boolean": BooleanType(),
 }
-# Planning column: the content key of a row's request (see `ChatRequest.key`); never written.
-REQUEST_KEY = "_request_key"
+# The columns that identify a row's request (see `pipeline.identity`).
+IDENTITY_COLUMNS = ("request_id", "request_hash")
 
 # Read ahead while fewer than this many windows' worth of rows are waiting for answers.
 READ_AHEAD_WINDOWS = 2
@@ -75,7 +84,6 @@ class TaskPlan:
     source: SourceConfig
     request: RequestConfig
     client: ClientSettings
-    request_id_salt: str
 
 
 def to_spark_type(schema: Mapping[str, Any]) -> DataType | None:
@@ -133,7 +141,7 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
     """The function to give `DataFrame.mapInPandas`."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        builder = RequestBuilder(plan.source, plan.request, plan.request_id_salt)
+        builder = RequestBuilder(plan.source, plan.request, plan.client.endpoint)
         parsed = parsed_type(plan.request.output_format)
         window = plan.client.limits.concurrency * READ_AHEAD_WINDOWS
         pending: deque[tuple[pd.DataFrame, Future[list[RowResult]]]] = deque()
@@ -159,24 +167,24 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
 
 
 def key_schema(input_schema: StructType) -> StructType:
-    """The input columns followed by `request_id` and the request's content key."""
-    keys = [StructField(name, StringType(), nullable=True) for name in ("request_id", REQUEST_KEY)]
+    """The input columns followed by `request_id` and `request_hash`."""
+    keys = [StructField(name, StringType(), nullable=True) for name in IDENTITY_COLUMNS]
     return StructType([*input_schema.fields, *keys])
 
 
-def make_key_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> BatchMapper:
-    """A `mapInPandas` function adding each row's `request_id` and content key, sending nothing.
-
-    The key is null for a row that cannot become a request (it is answered without sending).
-    """
+def make_key_mapper(
+    source: SourceConfig, request: RequestConfig, endpoint: EndpointConfig
+) -> BatchMapper:
+    """A `mapInPandas` function adding each row's `request_id` and `request_hash` (see
+    `pipeline.identity`), sending nothing."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        builder = RequestBuilder(source, request, salt)
+        builder = RequestBuilder(source, request, endpoint)
         for frame in frames:
             items = _build(builder, frame)
             out = frame.reset_index(drop=True)
             out["request_id"] = [item.request_id for item in items]
-            out[REQUEST_KEY] = [i.key if isinstance(i, ChatRequest) else None for i in items]
+            out["request_hash"] = [item.request_hash for item in items]
             yield out
 
     return map_batches
@@ -185,16 +193,18 @@ def make_key_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> 
 ESTIMATE_SCHEMA = "key string, prompt_tokens long, output_tokens long"
 
 
-def make_estimate_mapper(source: SourceConfig, request: RequestConfig, salt: str) -> BatchMapper:
-    """A `mapInPandas` function giving, for each row that becomes a request, its content key and
+def make_estimate_mapper(
+    source: SourceConfig, request: RequestConfig, endpoint: EndpointConfig
+) -> BatchMapper:
+    """A `mapInPandas` function giving, for each row that becomes a request, its fingerprint and
     estimated prompt and output tokens (see `ChatRequest.estimated_tokens`); sends nothing."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        builder = RequestBuilder(source, request, salt)
+        builder = RequestBuilder(source, request, endpoint)
         for frame in frames:
             built = [i for i in _build(builder, frame) if isinstance(i, ChatRequest)]
             yield pd.DataFrame({
-                "key": pd.Series([r.key or r.request_id for r in built], dtype=object),
+                "key": pd.Series([r.request_hash for r in built], dtype=object),
                 "prompt_tokens": pd.Series([r.estimated_prompt_tokens() for r in built],
                                            dtype="int64"),
                 "output_tokens": pd.Series([r.estimated_output_tokens() for r in built],
@@ -225,6 +235,7 @@ def with_results(
     done = [r.completion for r in results]
     columns: dict[str, Any] = {
         "request_id": [r.request_id for r in results],
+        "request_hash": [r.request_hash for r in results],
         "completion": [c.text if c else None for c in done],
         "finish_reason": [c.finish_reason if c else None for c in done],
         "prompt_tokens": _ints([c.prompt_tokens if c else None for c in done]),
@@ -253,3 +264,68 @@ def with_results(
 
 def _ints(values: list[int | None]) -> pd.api.extensions.ExtensionArray:
     return pd.array(values, dtype="Int32")
+
+
+def column(name: str) -> Column:
+    """The column called `name`, whatever characters it holds (dots, spaces, backticks)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def bytes_type(dtype: DataType) -> DataType:
+    """`dtype` with every string in it, nested ones too, as binary (the same bytes)."""
+    if isinstance(dtype, StringType):
+        return BinaryType()
+    if isinstance(dtype, ArrayType):
+        return ArrayType(bytes_type(dtype.elementType), dtype.containsNull)
+    if isinstance(dtype, MapType):
+        return MapType(
+            bytes_type(dtype.keyType), bytes_type(dtype.valueType), dtype.valueContainsNull
+        )
+    if isinstance(dtype, StructType):
+        return StructType(
+            [StructField(f.name, bytes_type(f.dataType), f.nullable) for f in dtype.fields]
+        )
+    return dtype
+
+
+def as_bytes(frame: DataFrame) -> DataFrame:
+    """`frame` with its text as UTF-8 bytes (see the module docstring); `as_text` undoes it."""
+    return _cast_to(frame, {f.name: bytes_type(f.dataType) for f in frame.schema.fields})
+
+
+def as_text(frame: DataFrame, schema: StructType) -> DataFrame:
+    """`frame` with the columns of `schema` back in their types there (bytes back to text)."""
+    return _cast_to(frame, {f.name: f.dataType for f in schema.fields})
+
+
+def _cast_to(frame: DataFrame, types: Mapping[str, DataType]) -> DataFrame:
+    current = {f.name: f.dataType for f in frame.schema.fields}
+    return frame.select(*(
+        column(name).cast(types[name]).alias(name)
+        if name in types and types[name] != current[name] else column(name)
+        for name in frame.columns
+    ))  # fmt: skip
+
+
+def map_in_pandas(frame: DataFrame, mapper: BatchMapper, schema: StructType | str) -> DataFrame:
+    """`frame.mapInPandas(mapper, schema)` for columns of any name.
+
+    pyspark hands `mapInPandas` its input columns by their bare names, which a dot or a
+    backtick in a name breaks (`the.prompt` reads as field `prompt` of column `the`): such
+    columns cross under plain names, and `mapper` sees them under their own again.
+    """
+    names = frame.columns
+    if not any("." in name or "`" in name for name in names):
+        return frame.mapInPandas(mapper, schema)
+    plain_names = [f"_batch_chat_{i}" for i in range(len(names))]
+    crossing = frame.select(*(column(n).alias(p) for n, p in zip(names, plain_names, strict=True)))
+
+    def renamed(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in frames:
+            batch.columns = names
+            yield batch
+
+    def map_batches(frames: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+        return mapper(renamed(frames))
+
+    return crossing.mapInPandas(map_batches, schema)

@@ -1,36 +1,54 @@
 """Turn input rows into chat requests: prompt column, messages column or template.
 
 A row that cannot become a valid request is answered here with an `invalid_input:` error row and
-never reaches the endpoint. Pure: rows are plain mappings of column name to Python value.
+never reaches the endpoint. Text columns arrive as UTF-8 bytes (see `mapper.as_bytes`), so a
+value that is not valid UTF-8 is one bad row, not a task that dies converting it. Pure: rows are
+plain mappings of column name to Python value.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pipeline.chat import ROLES, ChatRequest, Message, RowResult
-from pipeline.config import RequestConfig, SourceConfig, template_fields
+from pipeline.config import EndpointConfig, RequestConfig, SourceConfig, template_fields
 from pipeline.errors import InvalidInput
-
-REQUEST_ID_HEX_CHARS = 32
+from pipeline.identity import (
+    canonical,
+    input_fingerprint,
+    plain,
+    request_fingerprint,
+    row_fingerprint,
+)
+from pipeline.wire import body_fields, wire_for
 
 
 class RequestBuilder:
     """Builds one `ChatRequest` per row, from the source and request sections of the config.
 
-    `salt` is mixed into content-derived request ids, so that the same prompt sent to another
-    endpoint or with other body fields gets another id.
+    Each request carries its fingerprint (`pipeline.identity`), built from the body the
+    endpoint's wire format sends; its id is the id column's value, or the fingerprint of the
+    row's input values.
     """
 
-    def __init__(self, source: SourceConfig, request: RequestConfig, salt: str = "") -> None:
+    def __init__(
+        self, source: SourceConfig, request: RequestConfig, endpoint: EndpointConfig
+    ) -> None:
         self._source = source
         self._request = request
-        self._salt = salt
+        self._endpoint = endpoint
+        self._wire = wire_for(endpoint.api)
+        self._extra = body_fields(endpoint.api, request.extra, request.output_format)
         self._template_fields = template_fields(source.template) if source.template else []
+        # What decides whether a row is valid and what it asks, besides its own values.
+        self._signature = canonical(
+            [endpoint.api, endpoint.name, dataclasses.asdict(source), self._extra,
+             request.max_tokens, request.temperature]
+        )  # fmt: skip
 
     @property
     def columns(self) -> list[str]:
@@ -49,20 +67,26 @@ class RequestBuilder:
 
     def build(self, row: Mapping[str, Any]) -> ChatRequest | RowResult:
         """The request for `row`, or an error result naming what is wrong with it."""
+        readable = {name: decoded(value, "", lenient=True) for name, value in row.items()}
+        request_id = self._explicit_id(readable) or row_fingerprint(readable)
         try:
-            messages = self._messages(row)
-            max_tokens = self._max_tokens(row)
-            temperature = self._temperature(row)
+            text_row = {name: decoded(value, f"column {name!r}") for name, value in row.items()}
+            messages = self._messages(text_row)
+            max_tokens = self._max_tokens(text_row)
+            temperature = self._temperature(text_row)
             _check_size(messages, self._source.max_prompt_chars)
         except InvalidInput as err:
             return RowResult(
-                request_id=self._fallback_id(row),
+                request_id=request_id,
                 status="error",
                 error=f"{err.code}: {err}",
                 attempts=0,
+                request_hash=input_fingerprint(readable, self._signature),
             )
-        key = self._content_id(messages, max_tokens, temperature)
-        return ChatRequest(self._explicit_id(row) or key, messages, max_tokens, temperature, key)
+        request = ChatRequest(request_id, messages, max_tokens, temperature)
+        body = self._wire.body(request, self._endpoint, self._extra)
+        fingerprint = request_fingerprint(self._endpoint.api, self._endpoint.name, body)
+        return dataclasses.replace(request, request_hash=fingerprint)
 
     def _messages(self, row: Mapping[str, Any]) -> tuple[Message, ...]:
         source = self._source
@@ -115,21 +139,32 @@ class RequestBuilder:
         column = self._source.id_column
         if column is None or _is_null(row[column]):
             return None
-        return str(row[column])
+        return str(plain(row[column]))  # 7, also when a batch with nulls made it 7.0
 
-    def _content_id(
-        self, messages: tuple[Message, ...], max_tokens: int | None, temperature: float | None
-    ) -> str:
-        canonical = json.dumps(
-            [[[m.role, m.content] for m in messages], max_tokens, temperature, self._salt],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        return _digest(canonical)
 
-    def _fallback_id(self, row: Mapping[str, Any]) -> str:
-        # A stable id even for a row that could not be parsed, so reruns can find it again.
-        return self._explicit_id(row) or _digest(repr(sorted(row.items())) + self._salt)
+def decoded(value: Any, where: str, *, lenient: bool = False) -> Any:
+    """`value` with every UTF-8 byte string in it (nested in lists and structs too) as text.
+
+    Raises:
+        InvalidInput: naming `where`, when bytes are not valid UTF-8 (unless `lenient`, which
+            keeps such bytes as escapes).
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if lenient:
+                return raw.decode("utf-8", errors="backslashreplace")
+            raise InvalidInput(
+                f"{where} is not valid UTF-8 text (byte {err.start} of {len(raw)})"
+            ) from None
+    if isinstance(value, Mapping) or hasattr(value, "asDict"):
+        items = value.items() if isinstance(value, Mapping) else value.asDict().items()
+        return {k: decoded(v, where, lenient=lenient) for k, v in items}
+    if isinstance(value, list | tuple) or type(value).__name__ == "ndarray":
+        return [decoded(v, where, lenient=lenient) for v in value]
+    return value
 
 
 def parse_messages(value: Any, column: str) -> tuple[Message, ...]:
@@ -190,7 +225,3 @@ def _is_null(value: Any) -> bool:
     if value is None or type(value).__name__ == "NAType":
         return True
     return isinstance(value, float) and math.isnan(value)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:REQUEST_ID_HEX_CHARS]

@@ -19,6 +19,7 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from pipeline.config import LimitsConfig
 from pipeline.errors import EndpointError, should_retry
@@ -52,17 +53,35 @@ class RetryPolicy:
         backoff = wait_random_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
         return float(backoff(retry_state))
 
-    def retrying(self, sleep: Sleep = asyncio.sleep, *, spent_s: float = 0.0) -> AsyncRetrying:
+    def retrying(
+        self,
+        sleep: Sleep = asyncio.sleep,
+        *,
+        spent_s: float = 0.0,
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> AsyncRetrying:
         """A fresh tenacity controller for one row; re-raises the last error when it gives up.
 
         `spent_s`: time the row has already used (its deadline counts from its first attempt).
+        `give_up`: asked after each failed attempt; True ends the row there (the task stops).
         """
         cap = self.retry_after_cap_s
         return AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts)
-            | stop_after_delay(max(0.0, self.deadline_s - spent_s)),
+            | stop_after_delay(max(0.0, self.deadline_s - spent_s))
+            | _stop_when(give_up),
             wait=self.wait_seconds,
             retry=retry_if_exception(lambda error: should_retry(error, cap)),
             sleep=sleep,
             reraise=True,
         )
+
+
+class _stop_when(stop_base):
+    """Stop as soon as `predicate` says so."""
+
+    def __init__(self, predicate: Callable[[], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._predicate()

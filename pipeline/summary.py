@@ -104,6 +104,9 @@ class RunSummary:
     config: dict[str, Any] = field(default_factory=dict)
     # What the live progress saw (from the tasks' reports), for comparison.
     progress: Tally | None = None
+    # Why the rows were sent: new, retry (an earlier error), changed (the request differs from
+    # the one their old row answered); kept: changed rows left as they were (on_change=keep).
+    changes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, totals: ChunkTotals, cost: float | None, **fields: Any) -> RunSummary:
@@ -137,6 +140,9 @@ class RunSummary:
             ("run", self.run_id),
             ("rows", f"{self.rows} ({self.ok} ok, {self.errors} error)"),
             ("already answered", f"{self.skipped} (not sent)"),
+            ("sent because", _counts({k: v for k, v in self.changes.items() if k != "kept"})),
+            *([("changed, kept", f"{self.changes['kept']} (sink.on_change=keep)")]
+              if self.changes.get("kept") else []),
             ("finish reasons", _counts(self.finish_reasons)),
             ("requests sent", str(self.attempts)),
             ("attempts per row", _counts(self.attempts_histogram)),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.serving.process import LocalEndpoint
 from tests.test_job import job, run, save
@@ -68,3 +69,48 @@ def test_template_placeholder_null_in_a_row(
         3: "invalid_input: template placeholder {audience} is null in this row",
     }
     assert echo.stats()["requests_total"] == 1
+
+
+def test_invalid_utf8_is_one_error_row_and_other_columns_pass_byte_for_byte(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    rows = spark.createDataFrame([(i, f"question {i}", "note") for i in range(6)],
+                                 "id long, prompt string, note string")  # fmt: skip
+    bad_bytes = F.unhex(F.lit("C328")).cast("string")
+    source = rows.withColumn(
+        "prompt", F.when(F.col("id") == 2, bad_bytes).otherwise(F.col("prompt"))
+    ).withColumn("note", F.when(F.col("id") == 4, bad_bytes).otherwise(F.col("note")))
+    config = job(
+        echo,
+        {"path": save(source, tmp_path / "in"), "id_column": "id", "prompt_column": "prompt"},
+        {"path": str(tmp_path / "out"), "format": "delta"},
+    )
+    summary, out = run(spark, config)
+    assert (summary.rows, summary.ok, summary.errors) == (6, 5, 1)
+    bad = out.filter("id = 2").first()
+    assert bad.error == "invalid_input: column 'prompt' is not valid UTF-8 text (byte 0 of 2)"
+    assert out.filter("id = 4").select(F.hex("note")).first()[0] == "C328"  # untouched
+    assert out.filter("id = 2").select(F.hex("prompt")).first()[0] == "C328"
+    assert echo.stats()["requests_total"] == 5
+
+
+def test_column_names_with_dots_and_spaces(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    rows = [(i, f"question {i}", i % 2 + 1) for i in range(4)]
+    source = spark.createDataFrame(rows, "`my id` long, `the.prompt` string, `max tokens` int")
+    config = job(
+        echo,
+        {"path": save(source, tmp_path / "in"), "id_column": "my id",
+         "prompt_column": "the.prompt", "max_tokens_column": "max tokens"},
+        {"path": str(tmp_path / "out"), "format": "delta", "chunk_rows": 2},
+    )  # fmt: skip
+    summary, out = run(spark, config)
+    assert (summary.rows, summary.ok) == (4, 4)
+    assert out.columns[:3] == ["my id", "the.prompt", "max tokens"]
+    assert {(r["request_id"], r["completion"]) for r in out.collect()} == {
+        (str(i), " ".join(f"question {i}".split()[: i % 2 + 1])) for i in range(4)
+    }
+    echo.reset()
+    again, _ = run(spark, config)
+    assert (again.rows, echo.stats()["requests_total"]) == (0, 0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
 from pipeline.cli import EXIT_CONFIG_ERROR, EXIT_JOB_ABORTED, main
-from pipeline.serving.process import LocalEndpoint
+from pipeline.serving.process import LocalEndpoint, free_port
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +108,168 @@ def test_stopped_job_exits_3_with_one_clear_sentence(
     err = capsys.readouterr().err
     assert "job stopped: 3 requests to" in err and "endpoint.token_env" in err
     assert "dapi-wrong" not in err
+
+
+def overrides_for(source: Path, sink: Path, host: str, *extra: str) -> list[str]:
+    values = [
+        f"source.path={source}",
+        "source.format=parquet",
+        "source.max_tokens_column=null",
+        f"endpoint.host={host}",
+        f"endpoint.name={ENDPOINT_NAME}",
+        f"endpoint.token_env={TOKEN_ENV}",
+        f"sink.path={sink}",
+        *extra,
+    ]
+    return ["run", "--config", str(ROOT / "conf" / "local.yaml"),
+            *(arg for value in values for arg in ("--set", value))]  # fmt: skip
+
+
+def wheel_entry_point() -> object:
+    """`batch-chat` as the installed package declares it (what a python_wheel_task loads)."""
+    (entry,) = entry_points(group="console_scripts", name="batch-chat")
+    return entry.load()
+
+
+def test_the_wheel_entry_point_raises_its_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Databricks python_wheel_task calls the entry point with sys.argv set and ignores what
+    it returns: a failure must be a SystemExit, or the run is marked succeeded."""
+    entry = wheel_entry_point()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: {path: in}\n")
+    monkeypatch.setattr(sys, "argv", ["batch-chat", "run", "--config", str(bad)])
+    with pytest.raises(SystemExit) as exited:
+        entry()  # type: ignore[operator]
+    assert exited.value.code == EXIT_CONFIG_ERROR
+
+
+@pytest.mark.parametrize("host", ["closed-port", "http://no-such-host.invalid:8765"])
+def test_an_unreachable_host_stops_the_job_with_one_sentence(
+    spark: SparkSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    host: str,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}" if host == "closed-port" else host
+    spark.createDataFrame(
+        [(i, f"q {i}") for i in range(200)], "id long, prompt string"
+    ).repartition(2).write.parquet(str(tmp_path / "in"))
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    argv = overrides_for(tmp_path / "in", tmp_path / "out", url, "limits.max_attempts=6")
+    monkeypatch.setattr(sys, "argv", ["batch-chat", *argv])
+    with pytest.raises(SystemExit) as exited:
+        wheel_entry_point()()  # type: ignore[operator]
+    assert exited.value.code == EXIT_JOB_ABORTED
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("job stopped: 3 requests to ") and url in last
+    assert "could not connect" in last and "check endpoint.host" in last
+    assert TOKEN not in last
+    assert not list((tmp_path / "out").glob("_delta_log/*.json"))  # nothing was committed
+
+
+def test_max_error_fraction_fails_the_entry_point_after_writing(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spark.createDataFrame(
+        [(i, None if i < 3 else f"q {i}") for i in range(10)], "id long, prompt string"
+    ).write.parquet(str(tmp_path / "in"))
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    argv = overrides_for(tmp_path / "in", tmp_path / "out", echo.url,
+                         "limits.max_error_fraction=0.1")  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["batch-chat", *argv])
+    with pytest.raises(SystemExit) as exited:
+        wheel_entry_point()()  # type: ignore[operator]
+    assert exited.value.code == EXIT_JOB_ABORTED
+    assert "3 of 10 rows ended in error" in capsys.readouterr().err
+    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 10
+
+
+def write_sources(spark: SparkSession, root: Path) -> dict[str, Path]:
+    """A source of each wrong kind."""
+    frame = spark.createDataFrame([(1, "q")], "id long, prompt string")
+    frame.write.parquet(str(root / "parquet"))
+    frame.write.format("delta").save(str(root / "delta"))
+    (root / "prompts.csv").write_text("id,prompt\n1,q\n")
+    frame.write.parquet(str(root / "stray"))
+    (root / "stray" / "zz-notes.txt").write_text("notes about the data, not Parquet at all")
+    return {"parquet": root / "parquet", "delta": root / "delta",
+            "csv": root / "prompts.csv", "stray": root / "stray"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt", "key", "says"),
+    [
+        ("missing", "parquet", "source.path", "does not exist"),
+        ("csv", "parquet", "source.format", "prompts.csv in"),
+        ("stray", "parquet", "source.format", "zz-notes.txt in"),
+        ("parquet", "delta", "source.format", "is not a Delta table"),
+        ("delta", "parquet", "source.format", "is a Delta table"),
+    ],
+)
+def test_a_source_that_is_not_what_the_config_says_exits_2_with_one_line(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    fmt: str,
+    key: str,
+    says: str,
+) -> None:
+    sources = write_sources(spark, tmp_path)
+    source = sources.get(kind, tmp_path / "missing")
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    argv = overrides_for(source, tmp_path / "out", echo.url, f"source.format={fmt}")
+    assert main(argv) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"config error: {key}: ") and says in last, last
+    assert "Traceback" not in err and "at org.apache" not in err and "Py4J" not in err
+    assert echo.stats()["requests_total"] == 0
+
+
+def test_a_sink_table_at_the_source_path_is_refused(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    location = tmp_path / "shared"
+    spark.createDataFrame([(1, "q")], "id long, prompt string").write.format("delta").save(
+        str(location)
+    )
+    spark.sql(f"CREATE TABLE batch_chat_same_place USING delta LOCATION '{location}'")
+    try:
+        argv = [*overrides_for(location, location, echo.url), "--set", "source.format=delta",
+                "--set", "sink.path=null", "--set", "sink.table=batch_chat_same_place"]
+        assert main(argv) == EXIT_CONFIG_ERROR
+    finally:
+        spark.sql("DROP TABLE batch_chat_same_place")
+    assert "config error: sink.table: is the source" in capsys.readouterr().err
+
+
+def test_an_empty_input_writes_an_empty_table_and_logs_cleanly(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spark.createDataFrame([], "id long, prompt string").write.parquet(str(tmp_path / "in"))
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert main(overrides_for(tmp_path / "in", tmp_path / "out", echo.url)) == 0
+    messages = [record.getMessage() for record in caplog.records]  # raises on a bad %d
+    assert any(m.startswith("chunk 1/1 committed: 0 rows (0 ok, 0 requests sent)")
+               for m in messages)  # fmt: skip
+    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 0

@@ -93,11 +93,45 @@ def test_unknown_endpoint_is_not_retried(echo: LocalEndpoint) -> None:
     assert result.error is not None and "RESOURCE_DOES_NOT_EXIST" in result.error
 
 
-def test_refused_connection_is_retried_then_an_error_row() -> None:
+def test_refused_connection_before_any_success_stops_the_task() -> None:
+    """A host that cannot be reached is configuration: after limits.max_fatal_errors (3)
+    connection attempts the task stops sending, the row ends with the connection error."""
     endpoint = EndpointConfig(name="x", host=f"http://127.0.0.1:{free_port()}", token_env=None)
-    result = send(ClientSettings(endpoint=endpoint, limits=FAST_RETRIES))
-    assert (result.status, result.attempts, result.http_status) == ("error", 4, None)
-    assert result.error is not None and result.error.startswith("connection_error")
+
+    async def scenario() -> tuple[RowResult, RowResult, str | None]:
+        client_settings = ClientSettings(endpoint=endpoint, limits=FAST_RETRIES)
+        async with ChatClient.open_session(client_settings) as session:
+            client = ChatClient(client_settings, session)
+            first, second = await client.send(REQUEST), await client.send(REQUEST)
+            return first, second, client.stop_reason
+
+    first, second, stop_reason = asyncio.run(scenario())
+    assert (first.status, first.attempts, first.http_status) == ("error", 3, None)
+    assert first.error is not None and first.error.startswith("connection_error")
+    assert (second.attempts, second.error) == (0, f"aborted: {stop_reason}")
+    assert stop_reason is not None and "3 requests to http://127.0.0.1:" in stop_reason
+    assert "could not connect" in stop_reason and "endpoint.host" in stop_reason
+
+
+def test_connection_refused_after_a_success_is_retried_to_the_end() -> None:
+    """Once the endpoint has answered, a refused connection is a passing fault: retried up to
+    limits.max_attempts, and the task goes on."""
+    async def scenario(server: LocalEndpoint) -> tuple[RowResult, RowResult, str | None]:
+        endpoint = EndpointConfig(name=ENDPOINT_NAME, host=server.url, token_env=None)
+        client_settings = ClientSettings(endpoint=endpoint, limits=FAST_RETRIES)
+        async with ChatClient.open_session(client_settings) as session:
+            client = ChatClient(client_settings, session)
+            answered = await client.send(REQUEST)
+            await asyncio.to_thread(server.stop)  # nothing listens on its port any more
+            refused = await client.send(replace(REQUEST, request_id="r2"))
+            return answered, refused, client.stop_reason
+
+    with LocalEndpoint("--model", "echo", "--endpoint-name", ENDPOINT_NAME) as server:
+        answered, refused, stop_reason = asyncio.run(scenario(server))
+    assert answered.status == "ok"
+    assert (refused.status, refused.attempts) == ("error", 4)
+    assert refused.error is not None and refused.error.startswith("connection_error")
+    assert stop_reason is None
 
 
 def test_max_tokens_over_endpoint_limit_is_a_fatal_400(echo: LocalEndpoint) -> None:

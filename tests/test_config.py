@@ -143,3 +143,62 @@ def test_parquet_cannot_replace_error_rows_so_merge_keeps_them() -> None:
     err = error_for(minimal(sink={**parquet, "retry_errors": True}))
     assert err.key == "sink.retry_errors" and "sink.format=delta" in str(err)
     assert error_for(minimal(sink={"path": "/tmp/x", "chunk_rows": 0})).key == "sink.chunk_rows"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("limits", "timeout_s", float("nan")),
+        ("limits", "requests_per_minute", float("inf")),
+        ("pricing", "input_per_million", float("nan")),
+        ("request", "temperature", float("nan")),
+    ],
+)
+def test_numbers_must_be_finite(section: str, key: str, value: float) -> None:
+    err = error_for(minimal(**{section: {key: value}}))
+    assert err.key == f"{section}.{key}" and "finite" in str(err)
+
+
+def test_yaml_nan_in_an_override_is_refused() -> None:
+    raw = minimal()
+    apply_override(raw, "limits.timeout_s=.nan")
+    assert error_for(raw).key == "limits.timeout_s"
+
+
+@pytest.mark.parametrize("url", ["http://", "https://:8080", "http:///serving", "http://h:port"])
+def test_a_host_needs_a_name(url: str) -> None:
+    assert error_for(minimal(endpoint={"host": url})).key == "endpoint.host"
+    assert error_for(minimal(endpoint={"base_url": url})).key == "endpoint.base_url"
+
+
+@pytest.mark.parametrize(
+    ("source", "sink", "key"),
+    [
+        ({"path": "data/in"}, {"path": "data/in"}, "sink.path"),
+        ({"path": "data/in"}, {"path": "./data/in/"}, "sink.path"),
+        ({"path": "/abs/in"}, {"path": "file:/abs/in"}, "sink.path"),
+        ({"path": "data/in"}, {"path": "data/in/answers"}, "sink.path"),
+        ({"path": "data/in/prompts"}, {"path": "data/in"}, "sink.path"),
+        ({"path": "s3://b/in"}, {"path": "s3://b/in/"}, "sink.path"),
+        ({"table": "main.s.prompts"}, {"table": "Main.S.`prompts`"}, "sink.table"),
+    ],
+)
+def test_the_sink_may_not_be_the_source(source: dict, sink: dict, key: str) -> None:
+    for mode in ("merge", "overwrite", "append", "error"):
+        for fmt in ("delta", "parquet"):
+            raw = minimal(sink={**sink, "mode": mode, "format": fmt})
+            raw["source"] = {**source, "prompt_column": "prompt"}
+            assert error_for(raw).key == key
+
+
+def test_a_sink_next_to_the_source_is_fine() -> None:
+    raw = minimal(sink={"path": "data/in_answers"})
+    raw["source"] = {"path": "data/in", "prompt_column": "prompt"}
+    assert config_from_dict(raw, env={}).sink.path == "data/in_answers"
+
+
+def test_on_change_and_lease_settings() -> None:
+    config = config_from_dict(minimal(), env={})
+    assert (config.sink.on_change, config.sink.lease_ttl_s) == ("resend", 600.0)
+    assert error_for(minimal(sink={"on_change": "ignore"})).key == "sink.on_change"
+    assert error_for(minimal(sink={"lease_ttl_s": 5})).key == "sink.lease_ttl_s"

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from aiohttp import web
 
 from pipeline.budget import JobBudget
 from pipeline.coordinator import MAX_LEASE_FAILURES, BudgetServer, SharedLimits
@@ -58,3 +59,41 @@ def test_an_unreachable_driver_leaves_each_task_its_static_share(
         asyncio.run(scenario())
     assert len(waits) == MAX_LEASE_FAILURES - 1  # retried, then gave up on the driver
     assert "static share" in caplog.text
+
+
+def test_what_is_seen_while_a_lease_is_in_flight_goes_with_the_next_lease() -> None:
+    """A 429 observed while the driver takes its time to answer a lease is reported later,
+    not lost (the adaptive rate must see exactly the 429s of busy moments)."""
+    asks: list[dict[str, float]] = []
+
+    async def scenario() -> None:
+        asked, answer = asyncio.Event(), asyncio.Event()
+
+        async def lease(request: web.Request) -> web.Response:
+            asks.append(await request.json())
+            asked.set()
+            await answer.wait()  # a slow driver: the task keeps working meanwhile
+            return web.json_response({"requests": 1, "tokens": 0.0, "wait_s": 0.0})
+
+        app = web.Application()
+        app.router.add_post("/lease", lease)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        limits = SharedLimits(f"http://127.0.0.1:{port}/lease", RateLimits(None, None),
+                              batch=1, uses_tokens=False)  # fmt: skip
+        limits.observe(429, {})
+        first = asyncio.create_task(limits.acquire(10))
+        await asked.wait()
+        limits.observe(429, {})  # while the first lease is in flight
+        limits.observe(200, {})
+        answer.set()
+        await first
+        await limits.acquire(10)  # the next lease carries what the first could not
+        await limits.close()
+        await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert [(a["rate_limited"], a["ok"]) for a in asks] == [(1, 0), (1, 1)]

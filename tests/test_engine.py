@@ -61,7 +61,7 @@ def test_identical_requests_are_sent_once_and_memory_is_bounded(
 
     def asking(key: int, row: int) -> ChatRequest:
         prompt = (Message("user", f"prompt number {key}"),)
-        return ChatRequest(f"row{row}", prompt, 16, None, key=f"k{key}")
+        return ChatRequest(f"row{row}", prompt, 16, None, request_hash=f"k{key}")
 
     # Keys 0 0 0 1 1 | 2 3 4 5 | 0: key 0 comes back after 4 other keys, beyond the memory.
     batches = [[asking(k, r) for r, k in enumerate([0, 0, 0, 1, 1])],

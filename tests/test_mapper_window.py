@@ -19,7 +19,7 @@ def plan(echo: LocalEndpoint, concurrency: int) -> TaskPlan:
         token=Secret(TOKEN),
     )
     source = SourceConfig(path="unused", id_column="id", prompt_column="prompt")
-    return TaskPlan(source, RequestConfig(max_tokens=8), client, request_id_salt="")
+    return TaskPlan(source, RequestConfig(max_tokens=8), client)
 
 
 def frames(batches: int, rows: int) -> list[pd.DataFrame]:

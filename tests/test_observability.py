@@ -12,8 +12,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.config import JobConfig
+from pipeline.dryrun import dry_run
 from pipeline.io import read_sink
-from pipeline.job import dry_run, run_job
+from pipeline.job import run_job
 from pipeline.progress import Board, Tally
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import TOKEN, TOKEN_ENV

@@ -38,3 +38,14 @@ _FORMATS: dict[str, WireFormat] = {
 def wire_for(api: ApiName) -> WireFormat:
     """The wire format module for `endpoint.api`."""
     return _FORMATS[api]
+
+
+def body_fields(
+    api: ApiName, extra: Mapping[str, Any], output: OutputFormat | None
+) -> dict[str, Any]:
+    """The body fields every request of a job carries besides the messages and sampling
+    fields: `request.extra`, and the response format as `api` takes it."""
+    fields = dict(extra)
+    if output is not None:
+        fields.update(wire_for(api).format_fields(output))
+    return fields

@@ -1,0 +1,293 @@
+"""One run at a time per sink: a lease kept in a one-row Delta table next to the sink.
+
+Two runs writing one sink would pay for the same requests twice, and one of them would die on a
+conflicting commit after paying. So a run takes the sink's lease before it reads the sink to
+plan, renews it every third of `sink.lease_ttl_s` while it works, and gives it back at the end.
+
+The lease lives where the sink lives (`<sink path>_lease`, or the table `<sink table>_lease`), so
+it works wherever Delta does, object stores included, and needs no JVM API (plain SQL, as under
+Spark Connect). Taking it is a compare-and-swap through Delta's commit protocol: the run reads
+the row, and updates it only where it still holds what was read; of two runs updating it at
+once, one commit wins and the other sees a conflict (or its condition no longer matching), reads
+the row again and finds the winner. A run that died (kill -9, a lost driver) stops renewing: its
+lease expires after `sink.lease_ttl_s`, at once when it ran on this host and its process is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from pyspark.sql import Row, SparkSession
+
+from pipeline.config import SinkConfig
+from pipeline.errors import JobAborted, SinkBusy
+from pipeline.io import quoted, session_conf
+from pipeline.spark_errors import MISSING, NOT_DELTA, has_condition
+
+log = logging.getLogger(__name__)
+
+SLOT = "sink"  # the table's one row
+# A lease is renewed this many times per time to live, so one missed renewal costs nothing.
+RENEWALS_PER_TTL = 3
+# Attempts at taking a free lease when commits keep conflicting.
+TAKE_ATTEMPTS = 3
+# How long a run waits for the lease table another run is creating, and how often it looks.
+CREATE_TIMEOUT_S = 60.0
+CREATE_POLL_S = 0.2
+
+# The lease table has one row and a short log: rebuilding its state in Delta's default 50
+# partitions cost a second per read or update; one does it at once.
+ONE_ROW_TABLE_CONF = {"spark.databricks.delta.snapshotPartitions": "1"}
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds the lease, as the table says (times are Unix seconds)."""
+
+    run_id: str | None
+    host: str | None = None
+    pid: int | None = None
+    started_at: float = 0.0
+    renewed_at: float = 0.0
+    expires_at: float = 0.0
+
+    def describe(self, now: float) -> str:
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at))
+        return (
+            f"run {self.run_id} (host {self.host}, pid {self.pid}) since {started}, renewed "
+            f"{now - self.renewed_at:.0f} s ago; its lease expires in "
+            f"{max(0.0, self.expires_at - now):.0f} s if that run is gone"
+        )
+
+
+def lease_ident(sink: SinkConfig) -> str:
+    """The lease table of `sink`, as a SQL table reference."""
+    if sink.table is not None:
+        return f"{sink.table}_lease"
+    return f"delta.{quoted((sink.path or '').rstrip('/') + '_lease')}"
+
+
+class SinkLease:
+    """Hold `sink`'s lease for `run_id` while the context is open (renewed on a thread).
+
+    Raises (on entering):
+        SinkBusy: another run holds the lease.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        sink: SinkConfig,
+        run_id: str,
+        *,
+        clock: Clock = time.time,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self._spark = spark
+        self._table = lease_ident(sink)
+        self._where = sink.table or sink.path
+        self._ttl_s = sink.lease_ttl_s
+        self._run_id = run_id
+        self._clock = clock
+        self._host = host or socket.gethostname()
+        self._pid = os.getpid() if pid is None else pid
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._lost: str | None = None
+        self.enforced = True
+
+    def __enter__(self) -> SinkLease:
+        try:  # most runs find the lease free: one commit takes it
+            taken = self._claim("run_id IS NULL OR expires_at < :now")
+        except Exception as err:
+            if not has_condition(err, *MISSING, *NOT_DELTA):
+                raise
+            if self._first_look() is None:
+                self.enforced = False
+                return self
+            taken = False
+        if not taken:
+            self._take(self.holder())
+        self._renewer = threading.Thread(target=self._renew_loop, name="sink-lease", daemon=True)
+        self._renewer.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._release()
+
+    def check(self) -> None:
+        """Raise when the lease was lost (not renewed in time, and taken by another run).
+
+        Raises:
+            JobAborted: saying so; what was committed stays committed.
+        """
+        if self._lost is not None:
+            raise JobAborted(self._lost)
+
+    def holder(self) -> Holder:
+        """The lease row as it is now."""
+        rows = self._sql(f"SELECT * FROM {self._table} WHERE slot = :slot", slot=SLOT)
+        if not rows:
+            return Holder(None)
+        row = rows[0].asDict()
+        return Holder(
+            row["run_id"], row["host"], row["pid"],
+            row["started_at"] or 0.0, row["renewed_at"] or 0.0, row["expires_at"] or 0.0,
+        )  # fmt: skip
+
+    def _first_look(self) -> Holder | None:
+        """The lease row, the table created first if there is none; None when Delta is not
+        available (the lease is then not kept, with a warning)."""
+        deadline = time.monotonic() + CREATE_TIMEOUT_S
+        while True:
+            try:
+                return self.holder()
+            except Exception as err:
+                # No table yet, or another run is creating it (its first commit not yet there).
+                if not has_condition(err, *MISSING, *NOT_DELTA) or time.monotonic() > deadline:
+                    raise
+            if not self._create():
+                return None
+            self._stop.wait(CREATE_POLL_S)
+
+    def _create(self) -> bool:
+        try:
+            self._sql(
+                f"CREATE TABLE IF NOT EXISTS {self._table} USING delta "
+                "TBLPROPERTIES ('delta.logRetentionDuration' = 'interval 7 days') AS SELECT "
+                ":slot AS slot, CAST(NULL AS STRING) AS run_id, CAST(NULL AS STRING) AS host, "
+                "CAST(NULL AS BIGINT) AS pid, 0D AS started_at, 0D AS renewed_at, "
+                "0D AS expires_at",
+                slot=SLOT,
+            )
+        except Exception as err:
+            if has_condition(err, "DATA_SOURCE_NOT_FOUND", "PARSE_SYNTAX_ERROR"):
+                log.warning(
+                    "Delta is not on the classpath: one run at a time on %s is not enforced",
+                    self._where,
+                )
+                return False
+            # Another run created it at the same moment (its version 0 won); anything else
+            # shows again when the row is read.
+            log.debug("creating %s failed", self._table, exc_info=True)
+        return True
+
+    def _take(self, seen: Holder) -> None:
+        for _ in range(TAKE_ATTEMPTS):
+            if seen.run_id is not None and not self._abandoned(seen):
+                raise SinkBusy(
+                    f"{self._where} is being written by {seen.describe(self._clock())}; "
+                    "this run sent nothing"
+                )
+            # Where the row still holds what was read: a run that took it meanwhile made this
+            # update match nothing, or made its commit conflict.
+            if self._claim("run_id <=> :seen", seen=seen.run_id):
+                return
+            seen = self.holder()
+        raise SinkBusy(f"{self._where} is being written by {seen.describe(self._clock())}")
+
+    def _claim(self, condition: str, **args: Any) -> bool:
+        """Make the lease this run's where `condition` holds; whether it did (a conflicting
+        commit of another run counts as not)."""
+        now = self._clock()
+        try:
+            return bool(self._update(
+                "run_id = :me, host = :host, pid = :pid, started_at = :now, "
+                "renewed_at = :now, expires_at = :expires",
+                condition,
+                host=self._host, pid=self._pid, now=now, expires=now + self._ttl_s, **args,
+            ))  # fmt: skip
+        except Exception as err:
+            if not _is_conflict(err):
+                raise
+            log.debug("lease commit conflicted; reading it again", exc_info=True)
+            return False
+
+    def _abandoned(self, seen: Holder) -> bool:
+        if seen.expires_at < self._clock():
+            return True
+        return seen.host == self._host and seen.pid is not None and not _alive(seen.pid)
+
+    def renew(self) -> bool:
+        """Push the lease's expiry out by its time to live; False when it is no longer this
+        run's (not renewed in time, and taken by another run: `check` raises from then on)."""
+        now = self._clock()
+        renewed = self._update(
+            "renewed_at = :now, expires_at = :expires", "run_id = :me",
+            now=now, expires=now + self._ttl_s,
+        )  # fmt: skip
+        if not renewed:
+            self._lost = (
+                f"this run's lease on {self._where} expired and another run took it "
+                f"({self.holder().describe(self._clock())}); stopped before committing more"
+            )
+            log.error(self._lost)
+        return bool(renewed)
+
+    def _renew_loop(self) -> None:
+        every = self._ttl_s / RENEWALS_PER_TTL
+        while not self._stop.wait(every):
+            try:
+                if not self.renew():
+                    return
+            except Exception as err:  # a passing failure: the next renewal may succeed
+                log.warning("could not renew the lease on %s (%s)", self._where, err)
+
+    def _release(self) -> None:
+        try:
+            self._update("run_id = NULL, expires_at = 0D", "run_id = :me")
+        except Exception as err:  # it expires by itself
+            log.warning("could not release the lease on %s (%s)", self._where, err)
+
+    def _update(self, assignments: str, condition: str, **args: Any) -> int:
+        rows = self._sql(
+            f"UPDATE {self._table} SET {assignments} WHERE slot = :slot AND {condition}",
+            slot=SLOT, me=self._run_id, **args,
+        )  # fmt: skip
+        return int(rows[0][0]) if rows else 0
+
+    def _sql(self, statement: str, **args: Any) -> list[Row]:
+        with session_conf(self._spark, ONE_ROW_TABLE_CONF):
+            return self._spark.sql(statement, args=args).collect()
+
+
+def _is_conflict(error: BaseException) -> bool:
+    return has_condition(
+        error,
+        "DELTA_CONCURRENT_APPEND",
+        "DELTA_CONCURRENT_DELETE_READ",
+        "DELTA_CONCURRENT_DELETE_DELETE",
+        "DELTA_CONCURRENT_TRANSACTION",
+        "DELTA_METADATA_CHANGED",
+        "DELTA_PROTOCOL_CHANGED",
+        "DELTA_CONCURRENT_WRITE",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,174 @@
+"""Everything a run settles before its first request: the input read and checked, the sink
+checked against it, and the work planned. A run and a dry run share it.
+
+The order matters for the promises: the sink must not be the source, the configured columns must
+be in the input, the sink must be able to take this run's rows (see `sink_schema`), and what the
+sink already answers is read once, pinned, before anything is sent or written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from pipeline.chunks import WorkPlan, cached, check_is_output, plan_work
+from pipeline.config import JobConfig, SourceConfig
+from pipeline.errors import ConfigError
+from pipeline.io import (
+    check_sink_is_not_source,
+    read_source,
+    reading_source,
+    session_conf,
+    sink_exists,
+    sink_snapshot,
+)
+from pipeline.legacy import adopt, identify_rows
+from pipeline.mapper import (
+    as_bytes,
+    key_schema,
+    make_key_mapper,
+    map_in_pandas,
+    output_schema,
+    parsed_type,
+)
+from pipeline.sink_schema import check_appendable
+
+# Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
+# task's memory stays the same whatever the size of the input.
+ARROW_BATCH_ROWS = 500
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+def read_input(spark: SparkSession, config: JobConfig) -> DataFrame:
+    """The source, checked against the config and the sink.
+
+    Raises:
+        ConfigError: the source cannot be read as configured, lacks a configured column, or is
+            the sink.
+    """
+    check_sink_is_not_source(spark, config.source, config.sink)
+    frame = read_source(spark, config.source)
+    check_columns(frame.schema, config.source)
+    output_schema(frame.schema)  # raises on an input column named like a result column
+    return frame
+
+
+def result_schema(frame: DataFrame, config: JobConfig) -> StructType:
+    """The sink's schema for rows of `frame`."""
+    return output_schema(frame.schema, parsed_type(config.request.output_format))
+
+
+@contextmanager
+def planned(
+    spark: SparkSession, config: JobConfig, frame: DataFrame, *, metadata: dict[str, Any] | None
+) -> Iterator[WorkPlan]:
+    """The rows a run must answer (see `plan_work`), released on leaving; small Arrow batches
+    for every Python pass over them. `metadata` (None in a dry run, which writes nothing) goes
+    with the one commit planning may make: filling in `request_hash` on an older Delta sink.
+
+    Raises:
+        ConfigError: the sink cannot take this run's rows, or is not an output of this job.
+    """
+    sink = config.sink
+    key_mapper = make_key_mapper(config.source, config.request, config.endpoint)
+
+    def identify(rows: DataFrame) -> DataFrame:
+        return identify_rows(rows, key_mapper, config.source, sink)
+
+    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
+        existing = _existing(spark, config, frame)
+        if existing is not None and sink.mode == "merge" and sink.format == "delta":
+            if metadata is not None and adopt(
+                spark, sink, existing, key_mapper, config.source, json.dumps(metadata, default=str)
+            ):
+                existing = sink_snapshot(spark, sink)
+        as_sent = as_bytes(frame)
+        keyed = cached(map_in_pandas(as_sent, key_mapper, key_schema(as_sent.schema)))
+        input_rows = reading_source(config.source, keyed.count)
+        # A Delta sink with the column records it in every row (see `pipeline.legacy`).
+        recorded = sink.format == "delta" and existing is not None and (
+            "request_hash" in existing.columns
+        )
+        work = plan_work(
+            keyed,
+            input_rows,
+            existing if sink.mode == "merge" else None,
+            sink,
+            None if recorded else identify,
+        )
+        try:
+            yield work
+        finally:
+            work.release()
+
+
+def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> DataFrame | None:
+    """The sink's rows now (pinned), after checking it can take this run's rows; None when
+    there is no sink yet, or the run replaces it."""
+    sink = config.sink
+    if sink.mode == "error" and sink_exists(spark, sink):
+        raise ConfigError(
+            "sink.mode",
+            f"is 'error' and {sink.table or sink.path} already exists; use overwrite or append",
+        )
+    if sink.mode in ("overwrite", "error"):
+        return None
+    existing = sink_snapshot(spark, sink)
+    if existing is None:
+        return None
+    if sink.mode == "merge":
+        check_is_output(existing, sink)
+    check_appendable(
+        existing.schema,
+        result_schema(frame, config),
+        sink.table or sink.path or "",
+        can_add_columns=sink.format == "delta" or sink.table is None,
+    )
+    return existing
+
+
+def check_columns(schema: StructType, source: SourceConfig) -> None:
+    """Fail before any request when a configured column is not in the input.
+
+    Raises:
+        ConfigError: naming the config key and the missing column.
+    """
+    present = set(schema.fieldNames())
+    keys = [
+        "id_column",
+        "prompt_column",
+        "messages_column",
+        "max_tokens_column",
+        "temperature_column",
+    ]
+    for key in keys:
+        column = getattr(source, key)
+        if column is not None and column not in present:
+            raise ConfigError(
+                f"source.{key}", f"column {column!r} is not in the input ({_cols(present)})"
+            )
+    for column in source.input_columns():
+        if column not in present:
+            raise ConfigError(
+                "source.template",
+                f"placeholder {{{column}}} is not an input column ({_cols(present)})",
+            )
+
+
+def arrow_batch_rows(spark: SparkSession) -> int:
+    """The session's Arrow batch size, lowered to ARROW_BATCH_ROWS."""
+    try:
+        configured = int(spark.conf.get(ARROW_BATCH_CONF, "10000") or 10000)
+    except ValueError:
+        configured = ARROW_BATCH_ROWS
+    return min(configured, ARROW_BATCH_ROWS) if configured > 0 else ARROW_BATCH_ROWS
+
+
+def _cols(names: set[str]) -> str:
+    return "columns: " + ", ".join(sorted(names))
+

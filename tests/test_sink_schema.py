@@ -1,0 +1,56 @@
+"""Which runs a sink can take, decided from Spark types alone (no session needed)."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql.types import (
+    ArrayType,
+    DataType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from pipeline.errors import ConfigError
+from pipeline.sink_schema import added_columns, check_appendable, type_changes
+
+TEXT, INT, LONG = StringType(), IntegerType(), LongType()
+
+
+def schema(*fields: tuple[str, DataType]) -> StructType:
+    return StructType([StructField(name, dtype) for name, dtype in fields])
+
+
+def test_new_and_dropped_columns_can_be_appended() -> None:
+    old = schema(("id", LONG), ("prompt", TEXT), ("completion", TEXT))
+    new = schema(("id", LONG), ("prompt", TEXT), ("request_hash", TEXT), ("completion", TEXT))
+    assert type_changes(old, new) == []
+    assert type_changes(new, old) == []
+    assert added_columns(old, new) == ["request_hash"]
+
+
+def test_changed_types_are_named_with_both_types() -> None:
+    old = schema(("id", TEXT), ("parsed", TEXT), ("meta", schema(("a", INT), ("b", TEXT))),
+                 ("tags", ArrayType(TEXT)))  # fmt: skip
+    new = schema(("ID", LONG), ("parsed", schema(("label", TEXT),)),
+                 ("meta", schema(("a", LONG), ("c", INT))), ("tags", ArrayType(INT)))  # fmt: skip
+    assert type_changes(old, new) == [
+        "ID (sink: string, now: bigint)",
+        "parsed (sink: string, now: struct<label:string>)",
+        "meta.a (sink: int, now: bigint)",
+        "tags[] (sink: string, now: int)",
+    ]
+
+
+def test_a_refusal_names_the_sink_key_and_every_problem() -> None:
+    old = schema(("id", TEXT), ("completion", TEXT))
+    new = schema(("id", LONG), ("completion", TEXT), ("request_hash", TEXT))
+    with pytest.raises(ConfigError) as caught:
+        check_appendable(old, new, "main.s.answers", can_add_columns=False)
+    assert caught.value.key == "sink"
+    message = str(caught.value)
+    assert "main.s.answers cannot take this run's rows" in message
+    assert "id (sink: string, now: bigint)" in message and "new column(s) request_hash" in message
+    check_appendable(old, schema(("id", TEXT), ("request_hash", TEXT)), "out")  # Delta: fine
