@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import posixpath
+import re
 import string
 import types
 import typing
@@ -29,6 +30,8 @@ from pipeline.structured import OutputFormat, check_schema
 ApiName = Literal["invocations", "chat_completions", "responses"]
 TableFormat = Literal["parquet", "delta"]
 WriteMode = Literal["merge", "overwrite", "append", "error"]
+# A path that starts with a scheme (s3://, abfss://, dbfs:/, file:) is a URI, not a local path.
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 # What a merge run does with a row whose request changed since its answer was written.
 OnChange = Literal["resend", "keep"]
 
@@ -325,9 +328,9 @@ def _check_sink_is_not_source(source: SourceConfig, sink: SinkConfig) -> None:
 def normal_path(path: str) -> str:
     """`path` in one spelling: a local path absolute (`file:` dropped), a URI without a trailing
     slash."""
-    if "://" in path and not path.startswith("file:"):
-        scheme, _, rest = path.partition("://")
-        return f"{scheme.lower()}://{posixpath.normpath(rest)}"
+    if _URI_SCHEME.match(path) and not path.startswith("file:"):
+        scheme, _, rest = path.partition(":")
+        return f"{scheme.lower()}:{posixpath.normpath(rest)}"
     local = path.removeprefix("file://").removeprefix("file:")
     return os.path.abspath(local)
 
@@ -411,7 +414,24 @@ def config_from_dict(raw: Mapping[str, Any], env: Mapping[str, str]) -> JobConfi
         host = env.get("DATABRICKS_HOST") or _sdk_host(env)
         if host:
             raw = {**raw, "endpoint": {**endpoint, "host": host}}
-    return typing.cast(JobConfig, _build(JobConfig, raw, ""))
+    config = typing.cast(JobConfig, _build(JobConfig, raw, ""))
+    return dataclasses.replace(
+        config,
+        source=dataclasses.replace(config.source, path=absolute(config.source.path)),
+        sink=dataclasses.replace(config.sink, path=absolute(config.sink.path)),
+    )
+
+
+def absolute(path: str | None) -> str | None:
+    """A relative path made absolute against the working directory; others as they are.
+
+    Spark reads a relative path against the working directory (on a local file system), but
+    Delta's SQL (`delta.`path``, used for the lease, deletes and history) only knows absolute
+    ones: one spelling serves both. On a cluster, give a full URI (s3://, abfss://, dbfs:/).
+    """
+    if path is None or _URI_SCHEME.match(path) or path.startswith("/"):
+        return path
+    return os.path.abspath(path)
 
 
 def _sdk_host(env: Mapping[str, str]) -> str | None:

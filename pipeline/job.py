@@ -67,12 +67,16 @@ def run_job(
     *,
     progress: ProgressStyle = "auto",
 ) -> RunSummary:
-    """Run the whole job once: plan, then answer and commit chunk after chunk.
+    """Run the whole job once: take the sink's lease, plan, then answer and commit chunk after
+    chunk.
 
     Raises:
-        ConfigError: the token is missing, or a configured column is not in the source.
-        JobAborted: a task stopped on answers that every row would get (chunks committed
-            before it stay committed).
+        ConfigError: before anything is sent: the token is missing, the source cannot be read
+            as configured or lacks a configured column, the sink is the source or cannot take
+            this run's rows.
+        SinkBusy: another run holds the sink's lease (nothing was sent).
+        JobAborted: a task stopped on answers that every row would get, or the lease was lost
+            (chunks committed before stay committed).
     """
     credentials = resolve_credentials(config.endpoint, os.environ if env is None else env)
     run_id = uuid.uuid4().hex[:12]

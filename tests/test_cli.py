@@ -273,3 +273,26 @@ def test_an_empty_input_writes_an_empty_table_and_logs_cleanly(
     assert any(m.startswith("chunk 1/1 committed: 0 rows (0 ok, 0 requests sent)")
                for m in messages)  # fmt: skip
     assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 0
+
+
+def test_relative_paths_are_read_from_where_the_job_starts(
+    spark: SparkSession,
+    echo: LocalEndpoint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sink.path=out` (a Delta sink: its lease and history are read through Delta's SQL, which
+    takes only absolute paths) works, and lands under the working directory."""
+    rows = spark.createDataFrame([(i, f"q {i}") for i in range(5)], "id long, prompt string")
+    rows.write.parquet(str(tmp_path / "in"))
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    monkeypatch.chdir(tmp_path)
+    argv = overrides_for(Path("in"), Path("out"), echo.url)
+    assert main(argv) == 0
+    echo.reset()
+    assert main(argv) == 0
+    assert re.search(r"^already answered +5 \(not sent\)$", capsys.readouterr().out, re.M)
+    assert echo.stats()["requests_total"] == 0
+    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 5
+    assert (tmp_path / "out_lease" / "_delta_log").is_dir()

@@ -180,6 +180,7 @@ def test_a_host_needs_a_name(url: str) -> None:
         ({"path": "data/in"}, {"path": "data/in/answers"}, "sink.path"),
         ({"path": "data/in/prompts"}, {"path": "data/in"}, "sink.path"),
         ({"path": "s3://b/in"}, {"path": "s3://b/in/"}, "sink.path"),
+        ({"path": "dbfs:/mnt/in"}, {"path": "dbfs:/mnt/in/out"}, "sink.path"),
         ({"table": "main.s.prompts"}, {"table": "Main.S.`prompts`"}, "sink.table"),
     ],
 )
@@ -194,7 +195,14 @@ def test_the_sink_may_not_be_the_source(source: dict, sink: dict, key: str) -> N
 def test_a_sink_next_to_the_source_is_fine() -> None:
     raw = minimal(sink={"path": "data/in_answers"})
     raw["source"] = {"path": "data/in", "prompt_column": "prompt"}
-    assert config_from_dict(raw, env={}).sink.path == "data/in_answers"
+    assert config_from_dict(raw, env={}).sink.path == str(Path("data/in_answers").absolute())
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/answers", "dbfs:/mnt/answers", "file:/tmp/answers"])
+def test_relative_paths_are_made_absolute_and_uris_kept(uri: str) -> None:
+    config = config_from_dict(minimal(sink={"path": uri}), env={})
+    assert config.source.path == str(Path("in").absolute())
+    assert config.sink.path == uri
 
 
 def test_on_change_and_lease_settings() -> None:
