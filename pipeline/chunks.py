@@ -126,7 +126,7 @@ def plan_work(
     if existing is None:
         chunks = max(1, math.ceil(input_rows / sink.chunk_rows))
         sizes = _chunk_sizes(keyed.select("request_hash"), chunks, input_rows)
-        plan = WorkPlan(keyed, input_rows, sizes)
+        plan = WorkPlan(keyed, input_rows, sizes, changes=Changes(new=input_rows))
     else:
         check_is_output(existing, sink)
         plan = _against(keyed, input_rows, identified(existing, identify), sink)
@@ -148,7 +148,7 @@ def _against(
     todo = numbered(keyed.select(*IDENTITY_COLUMNS)).join(
         numbered(answered.select(*IDENTITY_COLUMNS)), [*IDENTITY_COLUMNS, COPY], "left_anti"
     )
-    todo = cached(_classified(todo, answers))
+    classified = todo = cached(_classified(todo, answers))
     counts = Counter({str(r[KIND]): int(r["count"]) for r in todo.groupBy(KIND).count().collect()})
     changes = Changes(counts["new"], counts["retry"], counts["changed"])
     if counts["changed"] and sink.on_change == "keep":
@@ -166,7 +166,9 @@ def _against(
     chunks = math.ceil(pending / sink.chunk_rows)
     todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
     sizes = _chunk_sizes(todo, chunks, pending)
-    plan = WorkPlan(keyed, input_rows, sizes, todo=todo, changes=changes, cached=[answers, todo])
+    plan = WorkPlan(
+        keyed, input_rows, sizes, todo=todo, changes=changes, cached=[answers, classified]
+    )
     if sink.format == "delta" and pending:
         replaced = cached(_replaced(keyed, answers, todo, sink))
         plan.cached.append(replaced)

@@ -108,17 +108,19 @@ class SinkLease:
         self.enforced = True
 
     def __enter__(self) -> SinkLease:
+        # Created first when missing (a no-op when it exists): a query that fails on a missing
+        # table would have Spark's listeners log its trace in a long-lived session.
+        if not self._create():
+            self.enforced = False
+            return self
         try:  # most runs find the lease free: one commit takes it
             taken = self._claim("run_id IS NULL OR expires_at < :now")
         except Exception as err:
             if not has_condition(err, *MISSING, *NOT_DELTA):
                 raise
-            if self._first_look() is None:
-                self.enforced = False
-                return self
-            taken = False
+            taken = False  # another run is creating it: its row shows in a moment
         if not taken:
-            self._take(self.holder())
+            self._take(self._first_look())
         self._renewer = threading.Thread(target=self._renew_loop, name="sink-lease", daemon=True)
         self._renewer.start()
         return self
@@ -154,22 +156,21 @@ class SinkLease:
             row["started_at"] or 0.0, row["renewed_at"] or 0.0, row["expires_at"] or 0.0,
         )  # fmt: skip
 
-    def _first_look(self) -> Holder | None:
-        """The lease row, the table created first if there is none; None when Delta is not
-        available (the lease is then not kept, with a warning)."""
+    def _first_look(self) -> Holder:
+        """The lease row, waiting for it while another run creates the table."""
         deadline = time.monotonic() + CREATE_TIMEOUT_S
         while True:
             try:
                 return self.holder()
             except Exception as err:
-                # No table yet, or another run is creating it (its first commit not yet there).
                 if not has_condition(err, *MISSING, *NOT_DELTA) or time.monotonic() > deadline:
                     raise
-            if not self._create():
-                return None
+            self._create()
             self._stop.wait(CREATE_POLL_S)
 
     def _create(self) -> bool:
+        """Create the lease table with its free row, unless it exists; False when Delta is not
+        available (the lease is then not kept, with a warning)."""
         try:
             self._sql(
                 f"CREATE TABLE IF NOT EXISTS {self._table} USING delta "
