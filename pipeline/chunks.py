@@ -155,6 +155,8 @@ def _against(
         todo = todo.filter(F.col(KIND) != "changed")
         changes = Changes(counts["new"], counts["retry"], 0, kept=counts["changed"])
     elif counts["changed"] and sink.format == "parquet":
+        answers.unpersist()
+        classified.unpersist()
         raise ConfigError(
             "sink.on_change",
             f"is resend, and {counts['changed']} input rows ask another request than the one "

@@ -143,7 +143,7 @@ def reading_source(source: SourceConfig, action: Callable[[], T]) -> T:
 
 def is_delta(spark: SparkSession, path: str) -> bool:
     """Whether `path` holds a Delta table (False too when Delta is not on the classpath)."""
-    return delta_version(spark, f"delta.{quoted(path)}") is not None
+    return delta_version(spark, delta_path(path)) is not None
 
 
 def delta_version(spark: SparkSession, table: str) -> int | None:
@@ -163,9 +163,14 @@ def quoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def delta_path(path: str) -> str:
+    """The Delta table at `path` (absolute: see `config.absolute`) as a SQL table reference."""
+    return f"delta.{quoted(path)}"
+
+
 def sink_ident(sink: SinkConfig) -> str:
     """The sink as a SQL table reference: its name, or delta.`path`."""
-    return sink.table if sink.table is not None else f"delta.{quoted(sink.path or '')}"
+    return sink.table if sink.table is not None else delta_path(sink.path or "")
 
 
 SaveMode = Literal["overwrite", "append", "errorifexists"]

@@ -29,7 +29,7 @@ from pyspark.sql import Row, SparkSession
 
 from pipeline.config import SinkConfig
 from pipeline.errors import JobAborted, SinkBusy
-from pipeline.io import quoted, session_conf
+from pipeline.io import delta_path, session_conf
 from pipeline.spark_errors import MISSING, NOT_DELTA, has_condition
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def lease_ident(sink: SinkConfig) -> str:
     """The lease table of `sink`, as a SQL table reference."""
     if sink.table is not None:
         return f"{sink.table}_lease"
-    return f"delta.{quoted((sink.path or '').rstrip('/') + '_lease')}"
+    return delta_path((sink.path or "").rstrip("/") + "_lease")
 
 
 class SinkLease:

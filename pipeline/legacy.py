@@ -17,15 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pipeline.config import SinkConfig, SourceConfig
 from pipeline.errors import ConfigError
 from pipeline.io import write_sink
-from pipeline.mapper import (
-    IDENTITY_COLUMNS,
-    BatchMapper,
-    as_bytes,
-    as_text,
-    column,
-    key_schema,
-    map_in_pandas,
-)
+from pipeline.mapper import IDENTITY_COLUMNS, BatchMapper, as_text, column, with_identity
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +40,7 @@ def identify_rows(
             "sink.mode=overwrite to answer everything again",
         )
     rows = frame.drop(*(name for name in IDENTITY_COLUMNS if name in frame.columns))
-    as_sent = as_bytes(rows)
-    keyed = map_in_pandas(as_sent, key_mapper, key_schema(as_sent.schema))
-    return as_text(keyed, rows.schema)
+    return as_text(with_identity(rows, key_mapper), rows.schema)
 
 
 def adopt(

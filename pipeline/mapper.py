@@ -172,6 +172,13 @@ def key_schema(input_schema: StructType) -> StructType:
     return StructType([*input_schema.fields, *keys])
 
 
+def with_identity(frame: DataFrame, key_mapper: BatchMapper) -> DataFrame:
+    """`frame` as bytes (see `as_bytes`) with each row's `request_id` and `request_hash` from
+    `key_mapper` (see `make_key_mapper`) appended."""
+    as_sent = as_bytes(frame)
+    return map_in_pandas(as_sent, key_mapper, key_schema(as_sent.schema))
+
+
 def make_key_mapper(
     source: SourceConfig, request: RequestConfig, endpoint: EndpointConfig
 ) -> BatchMapper:

@@ -28,14 +28,7 @@ from pipeline.io import (
     sink_snapshot,
 )
 from pipeline.legacy import adopt, identify_rows
-from pipeline.mapper import (
-    as_bytes,
-    key_schema,
-    make_key_mapper,
-    map_in_pandas,
-    output_schema,
-    parsed_type,
-)
+from pipeline.mapper import make_key_mapper, output_schema, parsed_type, with_identity
 from pipeline.sink_schema import check_appendable
 
 # Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
@@ -87,20 +80,23 @@ def planned(
                 spark, sink, existing, key_mapper, config.source, json.dumps(metadata, default=str)
             ):
                 existing = sink_snapshot(spark, sink)
-        as_sent = as_bytes(frame)
-        keyed = cached(map_in_pandas(as_sent, key_mapper, key_schema(as_sent.schema)))
+        keyed = cached(with_identity(frame, key_mapper))
         input_rows = reading_source(config.source, keyed.count)
         # A Delta sink with the column records it in every row (see `pipeline.legacy`).
         recorded = sink.format == "delta" and existing is not None and (
             "request_hash" in existing.columns
         )
-        work = plan_work(
-            keyed,
-            input_rows,
-            existing if sink.mode == "merge" else None,
-            sink,
-            None if recorded else identify,
-        )
+        try:
+            work = plan_work(
+                keyed,
+                input_rows,
+                existing if sink.mode == "merge" else None,
+                sink,
+                None if recorded else identify,
+            )
+        except BaseException:  # refused before sending: nothing stays cached in the session
+            keyed.unpersist()
+            raise
         try:
             yield work
         finally:

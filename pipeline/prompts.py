@@ -67,26 +67,34 @@ class RequestBuilder:
 
     def build(self, row: Mapping[str, Any]) -> ChatRequest | RowResult:
         """The request for `row`, or an error result naming what is wrong with it."""
-        readable = {name: decoded(value, "", lenient=True) for name, value in row.items()}
-        request_id = self._explicit_id(readable) or row_fingerprint(readable)
         try:
             text_row = {name: decoded(value, f"column {name!r}") for name, value in row.items()}
+        except InvalidInput as err:  # bytes that are not UTF-8: identified by their escapes
+            lenient = {name: decoded(value, "", lenient=True) for name, value in row.items()}
+            return self._invalid(lenient, err)
+        try:
             messages = self._messages(text_row)
             max_tokens = self._max_tokens(text_row)
             temperature = self._temperature(text_row)
             _check_size(messages, self._source.max_prompt_chars)
         except InvalidInput as err:
-            return RowResult(
-                request_id=request_id,
-                status="error",
-                error=f"{err.code}: {err}",
-                attempts=0,
-                request_hash=input_fingerprint(readable, self._signature),
-            )
-        request = ChatRequest(request_id, messages, max_tokens, temperature)
+            return self._invalid(text_row, err)
+        request = ChatRequest(self._request_id(text_row), messages, max_tokens, temperature)
         body = self._wire.body(request, self._endpoint, self._extra)
         fingerprint = request_fingerprint(self._endpoint.api, self._endpoint.name, body)
         return dataclasses.replace(request, request_hash=fingerprint)
+
+    def _invalid(self, row: Mapping[str, Any], problem: InvalidInput) -> RowResult:
+        return RowResult(
+            request_id=self._request_id(row),
+            status="error",
+            error=f"{problem.code}: {problem}",
+            attempts=0,
+            request_hash=input_fingerprint(row, self._signature),
+        )
+
+    def _request_id(self, row: Mapping[str, Any]) -> str:
+        return self._explicit_id(row) or row_fingerprint(row)
 
     def _messages(self, row: Mapping[str, Any]) -> tuple[Message, ...]:
         source = self._source

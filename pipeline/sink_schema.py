@@ -75,11 +75,6 @@ def _changes(old: DataType, new: DataType, name: str) -> list[str]:
             *_changes(old.keyType, new.keyType, name + "{key}"),
             *_changes(old.valueType, new.valueType, name + "{value}"),
         ]
-    if _plain(old) == _plain(new):
+    if old.simpleString() == new.simpleString():  # nullability does not matter to an append
         return []
     return [f"{name} (sink: {old.simpleString()}, now: {new.simpleString()})"]
-
-
-def _plain(dtype: DataType) -> str:
-    # Nullability does not matter for an append; the type's name does.
-    return dtype.simpleString()
