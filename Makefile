@@ -24,7 +24,7 @@ run: $(STAMP) $(SAMPLE)
 	$(PY) jobs/local_run.py --model $(MODEL) $(ARGS)
 
 # The sample prompt table (Parquet and Delta), rebuilt only when its generator changes.
-$(SAMPLE): pipeline/sample.py $(STAMP)
+$(SAMPLE): pipeline/spark/sample.py $(STAMP)
 	$(PY) -m pipeline sample --out data/sample
 	touch $(SAMPLE)
 

@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.io import DELTA_PACKAGE
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.tables import DELTA_PACKAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "DATABRICKS_TOKEN"

@@ -17,9 +17,9 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, JobAborted
-from pipeline.progress import ProgressStyle
+from pipeline.control.progress import ProgressStyle
+from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError, JobAborted
 
 EXIT_CONFIG_ERROR = 2
 EXIT_JOB_ABORTED = 3
@@ -61,8 +61,8 @@ def _run(
 ) -> int:
     config = load_config(config_path, overrides)
     # pyspark is imported only once the config is known good.
-    from pipeline.dryrun import dry_run
-    from pipeline.job import check_error_share, run_job
+    from pipeline.spark.dryrun import dry_run
+    from pipeline.spark.job import check_error_share, run_job
 
     if dry:
         print(dry_run(config).render(), flush=True)
@@ -75,7 +75,7 @@ def _run(
 
 
 def _sample(out: str, rows: int) -> int:
-    from pipeline.sample import write_sample
+    from pipeline.spark.sample import write_sample
 
     for path in write_sample(out, rows):
         print(f"wrote {path}")

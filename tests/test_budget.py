@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.budget import (
+from pipeline.control.budget import (
     ADAPT_PERIOD_S,
     BACKOFF,
     DECREASE_COOLDOWN_S,

@@ -12,9 +12,9 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.dryrun import dry_run
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.dryrun import dry_run
 from tests.test_job import job, prompts, run, save
 
 DELTA = {"format": "delta", "mode": "merge"}

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.chat import ChatRequest, Message, RowResult
-from pipeline.client import ChatClient, ClientSettings
-from pipeline.config import ApiName, EndpointConfig, LimitsConfig
-from pipeline.secrets import Secret
+from pipeline.core.chat import ChatRequest, Message, RowResult
+from pipeline.core.config import ApiName, EndpointConfig, LimitsConfig
+from pipeline.core.secrets import Secret
+from pipeline.http.client import ChatClient, ClientSettings
 from pipeline.serving.process import LocalEndpoint, free_port
 from tests.conftest import ENDPOINT_NAME, TOKEN
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import JobConfig, apply_override, config_from_dict, load_config
-from pipeline.errors import ConfigError
+from pipeline.core.config import JobConfig, apply_override, config_from_dict, load_config
+from pipeline.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

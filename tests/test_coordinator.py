@@ -8,9 +8,9 @@ import logging
 import pytest
 from aiohttp import web
 
-from pipeline.budget import JobBudget
-from pipeline.coordinator import MAX_LEASE_FAILURES, BudgetServer, SharedLimits
-from pipeline.ratelimit import RateLimits
+from pipeline.control.budget import JobBudget
+from pipeline.control.coordinator import MAX_LEASE_FAILURES, BudgetServer, SharedLimits
+from pipeline.http.ratelimit import RateLimits
 from pipeline.serving.process import free_port
 
 
@@ -55,7 +55,7 @@ def test_an_unreachable_driver_leaves_each_task_its_static_share(
             await limits.acquire(10)  # never blocks: the fallback has no limits
         await limits.close()
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.coordinator"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.control.coordinator"):
         asyncio.run(scenario())
     assert len(waits) == MAX_LEASE_FAILURES - 1  # retried, then gave up on the driver
     assert "static share" in caplog.text

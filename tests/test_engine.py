@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import engine as engine_module
-from pipeline.chat import ChatRequest, Message, RowResult
-from pipeline.client import ClientSettings
-from pipeline.config import EndpointConfig, LimitsConfig
-from pipeline.engine import Engine
-from pipeline.secrets import Secret
+from pipeline.http import engine as engine_module
+from pipeline.core.chat import ChatRequest, Message, RowResult
+from pipeline.core.config import EndpointConfig, LimitsConfig
+from pipeline.core.secrets import Secret
+from pipeline.http.client import ClientSettings
+from pipeline.http.engine import Engine
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     AuthenticationError,
     BadRequest,
     EndpointNotFound,

@@ -11,13 +11,13 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.config import JobConfig, config_from_dict
-from pipeline.errors import ConfigError, JobAborted
-from pipeline.io import read_sink
-from pipeline.job import check_error_share, run_job
-from pipeline.mapper import RESULT_COLUMNS
+from pipeline.core.config import JobConfig, config_from_dict
+from pipeline.core.errors import ConfigError, JobAborted
 from pipeline.serving.process import LocalEndpoint
-from pipeline.summary import RunSummary
+from pipeline.spark.job import check_error_share, run_job
+from pipeline.spark.mapper import RESULT_COLUMNS
+from pipeline.spark.summary import RunSummary
+from pipeline.spark.tables import read_sink
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 PROMPTS_SCHEMA = "id long, prompt string, topic string, max_tokens int"

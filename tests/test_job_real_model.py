@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline.config import config_from_dict
-from pipeline.io import read_sink
-from pipeline.job import run_job
+from pipeline.core.config import config_from_dict
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.job import run_job
+from pipeline.spark.tables import read_sink
 from tests.conftest import TOKEN, TOKEN_ENV
 
 ROWS = [

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline.config import SinkConfig
-from pipeline.errors import JobAborted, SinkBusy
-from pipeline.lease import SinkLease
+from pipeline.core.config import SinkConfig
+from pipeline.core.errors import JobAborted, SinkBusy
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.lease import SinkLease
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-from pipeline.chat import Completion, RowResult
-from pipeline.errors import ConfigError
-from pipeline.mapper import RESULT_COLUMNS, output_schema, with_results
+from pipeline.core.chat import Completion, RowResult
+from pipeline.core.errors import ConfigError
+from pipeline.spark.mapper import RESULT_COLUMNS, output_schema, with_results
 
 INPUT = StructType([StructField("id", LongType()), StructField("prompt", StringType())])
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.client import ClientSettings
-from pipeline.config import EndpointConfig, LimitsConfig, RequestConfig, SourceConfig
-from pipeline.mapper import TaskPlan, make_batch_mapper
-from pipeline.secrets import Secret
+from pipeline.core.config import EndpointConfig, LimitsConfig, RequestConfig, SourceConfig
+from pipeline.core.secrets import Secret
+from pipeline.http.client import ClientSettings
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.mapper import TaskPlan, make_batch_mapper
 from tests.conftest import ENDPOINT_NAME, TOKEN
 
 

@@ -11,12 +11,12 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.config import JobConfig
-from pipeline.dryrun import dry_run
-from pipeline.io import read_sink
-from pipeline.job import run_job
-from pipeline.progress import Board, Tally
+from pipeline.control.progress import Board, Tally
+from pipeline.core.config import JobConfig
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.dryrun import dry_run
+from pipeline.spark.job import run_job
+from pipeline.spark.tables import read_sink
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, save
 
@@ -51,7 +51,7 @@ def test_progress_and_summary_match_the_output_table(
     spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = config_for(echo, source(spark, tmp_path), tmp_path / "out")
-    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+    with caplog.at_level(logging.INFO, logger="pipeline.control.progress"):
         summary = run_job(config, spark, env={TOKEN_ENV: TOKEN})
     out = read_sink(spark, config.sink)
     paid = (
@@ -124,7 +124,7 @@ def test_board_counts_each_report_once_and_draws_or_logs(
     bar.report("task-b", 1, Tally(rows=1, ok=1, requests=1))  # an older one, late
     bar.stop()
     assert "4/4" in stream.getvalue() and "1 err, 2 429" in stream.getvalue()
-    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+    with caplog.at_level(logging.INFO, logger="pipeline.control.progress"):
         logged = Board(4, stream=stream).start()
         logged.report("task-a", 1, Tally(rows=2, ok=2, requests=2))
         logged.stop()

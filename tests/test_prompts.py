@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.chat import ChatRequest, Message, RowResult
-from pipeline.config import EndpointConfig, RequestConfig, SourceConfig
-from pipeline.prompts import RequestBuilder
+from pipeline.core.chat import ChatRequest, Message, RowResult
+from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig
+from pipeline.core.prompts import RequestBuilder
 
 REQUEST = RequestConfig(max_tokens=50, temperature=0.2)
 ENDPOINT = EndpointConfig(name="echo", host="http://127.0.0.1:1")

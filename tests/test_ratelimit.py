@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from pipeline.errors import TokenBudgetExceeded
-from pipeline.ratelimit import RateLimits, TokenBucket
+from pipeline.core.errors import TokenBudgetExceeded
+from pipeline.http.ratelimit import RateLimits, TokenBucket
 from tests.clock import FakeClock
 
 

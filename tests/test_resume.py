@@ -11,9 +11,9 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.errors import ConfigError, JobAborted
-from pipeline.job import run_job
+from pipeline.core.errors import ConfigError, JobAborted
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.job import run_job
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, prompts, run, save
 

@@ -2,9 +2,9 @@ import asyncio
 
 import pytest
 
-from pipeline.config import LimitsConfig
-from pipeline.errors import BadRequest, EndpointError, RateLimited, ServerError
-from pipeline.retry import RetryPolicy
+from pipeline.core.config import LimitsConfig
+from pipeline.core.errors import BadRequest, EndpointError, RateLimited, ServerError
+from pipeline.http.retry import RetryPolicy
 from tests.clock import FakeClock
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import EndpointConfig, config_from_dict
-from pipeline.errors import ConfigError
-from pipeline.secrets import Secret, resolve_token
+from pipeline.core.config import EndpointConfig, config_from_dict
+from pipeline.core.errors import ConfigError
+from pipeline.core.secrets import Secret, resolve_token
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN
 

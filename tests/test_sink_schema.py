@@ -13,8 +13,8 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from pipeline.errors import ConfigError
-from pipeline.sink_schema import added_columns, check_appendable, type_changes
+from pipeline.core.errors import ConfigError
+from pipeline.spark.sink_schema import added_columns, check_appendable, type_changes
 
 TEXT, INT, LONG = StringType(), IntegerType(), LongType()
 

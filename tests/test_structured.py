@@ -10,14 +10,14 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from pipeline.chat import ChatRequest, Message
-from pipeline.config import EndpointConfig, RequestConfig
-from pipeline.errors import ConfigError
-from pipeline.io import read_sink
-from pipeline.job import run_job
-from pipeline.mapper import parsed_type
+from pipeline.core.chat import ChatRequest, Message
+from pipeline.core.config import EndpointConfig, RequestConfig
+from pipeline.core.errors import ConfigError
+from pipeline.core.structured import InvalidOutput, OutputFormat
 from pipeline.serving.process import LocalEndpoint
-from pipeline.structured import InvalidOutput, OutputFormat
+from pipeline.spark.job import run_job
+from pipeline.spark.mapper import parsed_type
+from pipeline.spark.tables import read_sink
 from pipeline.wire import wire_for
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, save

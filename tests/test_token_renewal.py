@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline.io import read_sink
-from pipeline.job import run_job
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.job import run_job
+from pipeline.spark.tables import read_sink
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, prompts, save
 

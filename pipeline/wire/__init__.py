@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pipeline.chat import ChatRequest, Completion
-from pipeline.config import ApiName, EndpointConfig
-from pipeline.structured import OutputFormat
+from pipeline.core.chat import ChatRequest, Completion
+from pipeline.core.config import ApiName, EndpointConfig
+from pipeline.core.structured import OutputFormat
 from pipeline.wire import chat_completions, invocations, responses
 
 

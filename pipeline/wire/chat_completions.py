@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.chat import ChatRequest
-from pipeline.config import EndpointConfig
+from pipeline.core.chat import ChatRequest
+from pipeline.core.config import EndpointConfig
 from pipeline.wire.fields import chat_messages, sampling_fields
 from pipeline.wire.invocations import format_fields, parse
 

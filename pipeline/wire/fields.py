@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.chat import ChatRequest
+from pipeline.core.chat import ChatRequest
 
 
 def chat_messages(request: ChatRequest) -> list[dict[str, str]]:

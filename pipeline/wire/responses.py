@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.chat import ChatRequest, Completion
-from pipeline.config import EndpointConfig
-from pipeline.errors import MalformedResponse
-from pipeline.structured import OutputFormat
+from pipeline.core.chat import ChatRequest, Completion
+from pipeline.core.config import EndpointConfig
+from pipeline.core.errors import MalformedResponse
+from pipeline.core.structured import OutputFormat
 from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 # Responses `incomplete_details.reason` → the Chat Completions finish reason it corresponds to.

@@ -1,5 +1,5 @@
-from pipeline.chat import ChatRequest, Message
-from pipeline.config import EndpointConfig
+from pipeline.core.chat import ChatRequest, Message
+from pipeline.core.config import EndpointConfig
 from pipeline.wire import chat_completions
 
 ENDPOINT = EndpointConfig(name="databricks-claude", host="https://ws.example.com")

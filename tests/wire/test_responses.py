@@ -1,8 +1,8 @@
 import pytest
 
-from pipeline.chat import ChatRequest, Message
-from pipeline.config import EndpointConfig
-from pipeline.errors import MalformedResponse
+from pipeline.core.chat import ChatRequest, Message
+from pipeline.core.config import EndpointConfig
+from pipeline.core.errors import MalformedResponse
 from pipeline.wire import responses
 
 ENDPOINT = EndpointConfig(name="databricks-gpt-5", host="https://ws.example.com")

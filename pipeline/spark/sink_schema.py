@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pyspark.sql.types import ArrayType, DataType, MapType, NullType, StructType
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def type_changes(existing: StructType, new: StructType) -> list[str]:

@@ -21,8 +21,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from pipeline.config import LimitsConfig
-from pipeline.errors import EndpointError, should_retry
+from pipeline.core.config import LimitsConfig
+from pipeline.core.errors import EndpointError, should_retry
 
 Sleep = Callable[[float], Awaitable[None]]
 

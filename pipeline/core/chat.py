@@ -30,7 +30,7 @@ class ChatRequest:
     messages: tuple[Message, ...]
     max_tokens: int | None
     temperature: float | None
-    # The request's fingerprint (see `pipeline.identity`): the wire body as sent, the API and
+    # The request's fingerprint (see `pipeline.core.identity`): the wire body as sent, the API and
     # the endpoint name. Identical requests in one task are sent once; the output records it,
     # so a later run knows whether a row's answer still answers the request asked now.
     request_hash: str | None = None

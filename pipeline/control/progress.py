@@ -24,7 +24,7 @@ from typing import IO, Any, Literal
 
 import aiohttp
 
-from pipeline.chat import RowResult
+from pipeline.core.chat import RowResult
 
 log = logging.getLogger(__name__)
 

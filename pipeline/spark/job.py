@@ -1,6 +1,6 @@
 """The batch chat job: read the source, answer every row inside `mapInPandas`, write the sink.
 
-The rows still to answer are planned first (see `pipeline.chunks`), then answered and committed
+The rows still to answer are planned first (see `spark.chunks`), then answered and committed
 chunk after chunk. The run summary comes from a Spark `Observation` on each chunk's output,
 computed by the executors while the chunk is written, so it counts exactly what was written.
 """
@@ -21,15 +21,16 @@ from typing import Any
 from pyspark.sql import Observation, SparkSession
 from pyspark.sql.types import StructType
 
-from pipeline.budget import JobBudget
-from pipeline.chunks import WorkPlan, spread
-from pipeline.client import ClientSettings
-from pipeline.config import JobConfig, LimitsConfig
-from pipeline.coordinator import BudgetServer
-from pipeline.errors import JobAborted
-from pipeline.io import SaveMode, delete_rows, driver_host, spark_session, write_sink
-from pipeline.lease import SinkLease
-from pipeline.mapper import (
+from pipeline.control.budget import JobBudget
+from pipeline.control.coordinator import BudgetServer
+from pipeline.control.progress import Board, ProgressStyle, Tally
+from pipeline.core.config import JobConfig, LimitsConfig
+from pipeline.core.errors import JobAborted
+from pipeline.core.secrets import Credentials, resolve_credentials
+from pipeline.http.client import ClientSettings
+from pipeline.spark.chunks import WorkPlan, spread
+from pipeline.spark.lease import SinkLease
+from pipeline.spark.mapper import (
     TaskPlan,
     as_text,
     make_batch_mapper,
@@ -37,10 +38,9 @@ from pipeline.mapper import (
     output_schema,
     parsed_type,
 )
-from pipeline.prepare import planned, read_input
-from pipeline.progress import Board, ProgressStyle, Tally
-from pipeline.secrets import Credentials, resolve_credentials
-from pipeline.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
+from pipeline.spark.prepare import planned, read_input
+from pipeline.spark.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
+from pipeline.spark.tables import SaveMode, delete_rows, driver_host, spark_session, write_sink
 
 log = logging.getLogger(__name__)
 

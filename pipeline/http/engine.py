@@ -17,11 +17,11 @@ from types import TracebackType
 
 import aiohttp
 
-from pipeline.chat import ChatRequest, RowResult
-from pipeline.client import ChatClient, ClientSettings
-from pipeline.errors import describe
-from pipeline.loopthread import LoopThread
-from pipeline.progress import Reporter, Tally
+from pipeline.control.progress import Reporter, Tally
+from pipeline.core.chat import ChatRequest, RowResult
+from pipeline.core.errors import describe
+from pipeline.http.client import ChatClient, ClientSettings
+from pipeline.http.loopthread import LoopThread
 
 # Distinct requests whose answers a task keeps for identical requests that come later.
 DEDUPE_MEMORY = 4096

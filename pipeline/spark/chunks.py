@@ -1,7 +1,7 @@
 """What a run still has to send, cut into chunks that are answered and committed one at a time.
 
 Resume, incremental runs and change detection are one mechanism, built from Spark's own parts.
-Each input row gets its `request_id` and `request_hash` (see `pipeline.identity`) in a first pass
+Each input row gets its `request_id` and `request_hash` (see `core.identity`) in a first pass
 that sends nothing. A row is answered when the sink, as it was when the run started, holds an
 `ok` row with the same id and the same hash; when the input holds the same (id, hash) n times,
 the sink must hold it n times (duplicate ids are never dropped: each copy gets its row). The
@@ -29,9 +29,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType
 
-from pipeline.config import SinkConfig
-from pipeline.errors import ConfigError
-from pipeline.mapper import IDENTITY_COLUMNS, column
+from pipeline.core.config import SinkConfig
+from pipeline.core.errors import ConfigError
+from pipeline.spark.mapper import IDENTITY_COLUMNS, column
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def identified(existing: DataFrame, identify: Identify | None) -> DataFrame:
     """`request_id`, `request_hash` and `status` of every sink row. Rows written before the sink
     recorded `request_hash` get the identity this run would give their input columns (they count
     as unchanged while those columns still hold what is asked); `identify` None: the sink has
-    no such rows (a Delta sink that records the column: see `pipeline.legacy`)."""
+    no such rows (a Delta sink that records the column: see `pipeline.spark.legacy`)."""
     columns = [*IDENTITY_COLUMNS, "status"]
     if "request_hash" not in existing.columns:
         assert identify is not None

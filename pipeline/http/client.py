@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.chat import ChatRequest, Completion, RowResult
-from pipeline.config import EndpointConfig, LimitsConfig
-from pipeline.coordinator import SharedLimits
-from pipeline.errors import (
+from pipeline.control.coordinator import SharedLimits
+from pipeline.core.chat import ChatRequest, Completion, RowResult
+from pipeline.core.config import EndpointConfig, LimitsConfig
+from pipeline.core.errors import (
     ConnectionFailed,
     EndpointError,
     EndpointUnreachable,
@@ -29,10 +29,10 @@ from pipeline.errors import (
     describe,
     error_from_response,
 )
-from pipeline.ratelimit import Clock, RateLimits, Sleep
-from pipeline.retry import RetryPolicy
-from pipeline.secrets import Secret
-from pipeline.structured import InvalidOutput, OutputFormat
+from pipeline.core.secrets import Secret
+from pipeline.core.structured import InvalidOutput, OutputFormat
+from pipeline.http.ratelimit import Clock, RateLimits, Sleep
+from pipeline.http.retry import RetryPolicy
 from pipeline.wire import WireFormat, body_fields, wire_for
 
 # A renewable token (see `secrets.Credentials`) is asked for again after this long, and at once
@@ -54,9 +54,9 @@ class ClientSettings:
     # This task's share of the job's per-minute budgets (used alone without `budget_url`).
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
-    # The job's shared budget on the driver (see `pipeline.coordinator`).
+    # The job's shared budget on the driver (see `pipeline.control.coordinator`).
     budget_url: str | None = None
-    # Where the driver collects the tasks' progress (see `pipeline.progress`).
+    # Where the driver collects the tasks' progress (see `pipeline.control.progress`).
     progress_url: str | None = None
     # Structured output: asked for on the wire, and every answer checked.
     output: OutputFormat | None = None

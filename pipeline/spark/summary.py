@@ -21,8 +21,8 @@ from typing import Any
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.config import SinkConfig
-from pipeline.progress import Tally
+from pipeline.control.progress import Tally
+from pipeline.core.config import SinkConfig
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 MAX_ATTEMPTS_BUCKET = 5  # attempts 5 and more share a bucket

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.errors import ConfigError
-from pipeline.structured import OutputFormat, check_schema
+from pipeline.core.errors import ConfigError
+from pipeline.core.structured import OutputFormat, check_schema
 
 ApiName = Literal["invocations", "chat_completions", "responses"]
 TableFormat = Literal["parquet", "delta"]
@@ -131,7 +131,7 @@ class RequestConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Identical requests in one run are sent once; every row that asked gets the answer.
     dedupe: bool = True
-    # Structured output (see `pipeline.structured`): json_object, or json_schema + json_schema.
+    # Structured output (see `pipeline.core.structured`): json_object, or json_schema + json_schema.
     response_format: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: Mapping[str, Any] | None = None
     schema_name: str = "output"
@@ -436,7 +436,7 @@ def absolute(path: str | None) -> str | None:
 
 def _sdk_host(env: Mapping[str, str]) -> str | None:
     # Inside a Databricks job, or with a ~/.databrickscfg profile, the SDK knows the workspace.
-    from pipeline.secrets import sdk_host, sdk_may_have_credentials
+    from pipeline.core.secrets import sdk_host, sdk_may_have_credentials
 
     return sdk_host(env.get("DATABRICKS_CONFIG_PROFILE")) if sdk_may_have_credentials(env) else None
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import EndpointConfig
-from pipeline.errors import ConfigError
+from pipeline.core.config import EndpointConfig
+from pipeline.core.errors import ConfigError
 
 REDACTED = "***"
 # How long the Databricks SDK may retry reaching the workspace while looking for credentials.

@@ -4,7 +4,7 @@ A bucket refills at `rate` units per second up to `capacity`. `acquire(n)` waits
 covers `min(n, capacity)` and then takes all `n`, so a request larger than the burst can still go
 once the bucket is full, leaving the level negative (a debt the next callers wait out). `adjust`
 corrects a reservation once the real cost is known. `Bucket` is the same arithmetic without the
-waiting, for the job-wide budget (`pipeline.budget`) that leases instead of waits. Time and
+waiting, for the job-wide budget (`pipeline.control.budget`) that leases instead of waits. Time and
 sleeping are injected so tests drive the clock instead of waiting.
 """
 
@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from pipeline.errors import TokenBudgetExceeded
+from pipeline.core.errors import TokenBudgetExceeded
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

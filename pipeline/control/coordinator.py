@@ -19,11 +19,11 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
-from pipeline.budget import JobBudget, Lease, LeaseAsk
-from pipeline.loopthread import LoopThread
-from pipeline.progress import Board, Tally
-from pipeline.ratelimit import RateLimits, Sleep
-from pipeline.secrets import Credentials
+from pipeline.control.budget import JobBudget, Lease, LeaseAsk
+from pipeline.control.progress import Board, Tally
+from pipeline.core.secrets import Credentials
+from pipeline.http.loopthread import LoopThread
+from pipeline.http.ratelimit import RateLimits, Sleep
 
 log = logging.getLogger(__name__)
 

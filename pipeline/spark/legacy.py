@@ -14,10 +14,10 @@ import logging
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipeline.config import SinkConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.io import write_sink
-from pipeline.mapper import IDENTITY_COLUMNS, BatchMapper, as_text, column, with_identity
+from pipeline.core.config import SinkConfig, SourceConfig
+from pipeline.core.errors import ConfigError
+from pipeline.spark.mapper import IDENTITY_COLUMNS, BatchMapper, as_text, column, with_identity
+from pipeline.spark.tables import write_sink
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,13 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-from pipeline.chunks import WorkPlan, cached, check_is_output, plan_work
-from pipeline.config import JobConfig, SourceConfig
-from pipeline.errors import ConfigError
-from pipeline.io import (
+from pipeline.core.config import JobConfig, SourceConfig
+from pipeline.core.errors import ConfigError
+from pipeline.spark.chunks import WorkPlan, cached, check_is_output, plan_work
+from pipeline.spark.legacy import adopt, identify_rows
+from pipeline.spark.mapper import make_key_mapper, output_schema, parsed_type, with_identity
+from pipeline.spark.sink_schema import check_appendable
+from pipeline.spark.tables import (
     check_sink_is_not_source,
     read_source,
     reading_source,
@@ -27,9 +30,6 @@ from pipeline.io import (
     sink_exists,
     sink_snapshot,
 )
-from pipeline.legacy import adopt, identify_rows
-from pipeline.mapper import make_key_mapper, output_schema, parsed_type, with_identity
-from pipeline.sink_schema import check_appendable
 
 # Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
 # task's memory stays the same whatever the size of the input.
@@ -82,7 +82,7 @@ def planned(
                 existing = sink_snapshot(spark, sink)
         keyed = cached(with_identity(frame, key_mapper))
         input_rows = reading_source(config.source, keyed.count)
-        # A Delta sink with the column records it in every row (see `pipeline.legacy`).
+        # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
         recorded = sink.format == "delta" and existing is not None and (
             "request_hash" in existing.columns
         )

@@ -35,13 +35,13 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from pipeline.chat import ChatRequest, RowResult
-from pipeline.client import ClientSettings
-from pipeline.config import EndpointConfig, RequestConfig, SourceConfig
-from pipeline.engine import Engine
-from pipeline.errors import ConfigError, JobAborted
-from pipeline.prompts import RequestBuilder
-from pipeline.structured import OutputFormat
+from pipeline.core.chat import ChatRequest, RowResult
+from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig
+from pipeline.core.errors import ConfigError, JobAborted
+from pipeline.core.prompts import RequestBuilder
+from pipeline.core.structured import OutputFormat
+from pipeline.http.client import ClientSettings
+from pipeline.http.engine import Engine
 
 RESULT_FIELDS: tuple[tuple[str, DataType], ...] = (
     ("request_id", StringType()),
@@ -68,7 +68,7 @@ _JSON_SCALARS: dict[str, DataType] = {
     "number": DoubleType(),
     "boolean": BooleanType(),
 }
-# The columns that identify a row's request (see `pipeline.identity`).
+# The columns that identify a row's request (see `pipeline.core.identity`).
 IDENTITY_COLUMNS = ("request_id", "request_hash")
 
 # Read ahead while fewer than this many windows' worth of rows are waiting for answers.
@@ -183,7 +183,7 @@ def make_key_mapper(
     source: SourceConfig, request: RequestConfig, endpoint: EndpointConfig
 ) -> BatchMapper:
     """A `mapInPandas` function adding each row's `request_id` and `request_hash` (see
-    `pipeline.identity`), sending nothing."""
+    `pipeline.core.identity`), sending nothing."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         builder = RequestBuilder(source, request, endpoint)

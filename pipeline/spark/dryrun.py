@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.chunks import Changes
-from pipeline.config import JobConfig
-from pipeline.io import spark_session
-from pipeline.mapper import (
+from pipeline.core.config import JobConfig
+from pipeline.spark.chunks import Changes
+from pipeline.spark.mapper import (
     ESTIMATE_SCHEMA,
     IDENTITY_COLUMNS,
     make_estimate_mapper,
     map_in_pandas,
 )
-from pipeline.prepare import planned, read_input
+from pipeline.spark.prepare import planned, read_input
+from pipeline.spark.tables import spark_session
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pipeline.chat import ROLES, ChatRequest, Message, RowResult
-from pipeline.config import EndpointConfig, RequestConfig, SourceConfig, template_fields
-from pipeline.errors import InvalidInput
-from pipeline.identity import (
+from pipeline.core.chat import ROLES, ChatRequest, Message, RowResult
+from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig, template_fields
+from pipeline.core.errors import InvalidInput
+from pipeline.core.identity import (
     canonical,
     input_fingerprint,
     plain,
@@ -30,7 +30,7 @@ from pipeline.wire import body_fields, wire_for
 class RequestBuilder:
     """Builds one `ChatRequest` per row, from the source and request sections of the config.
 
-    Each request carries its fingerprint (`pipeline.identity`), built from the body the
+    Each request carries its fingerprint (`pipeline.core.identity`), built from the body the
     endpoint's wire format sends; its id is the id column's value, or the fingerprint of the
     row's input values.
     """

@@ -1,6 +1,6 @@
 """The job-wide request and token budgets, one for all tasks, kept on the driver.
 
-Tasks lease permits in small batches (see `pipeline.coordinator`): a task that finished stops
+Tasks lease permits in small batches (see `control.coordinator`): a task that finished stops
 asking, so the tasks still running get its share at once. The request rate also adapts to the
 endpoint: it starts at a guess and doubles every busy second until the endpoint answers 429,
 then halves; later 429s take 15 % off, and quiet seconds search back towards the rate that drew
@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from pipeline.ratelimit import Bucket, Clock, burst_capacity
+from pipeline.http.ratelimit import Bucket, Clock, burst_capacity
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from pyspark.sql import Row, SparkSession
 
-from pipeline.config import SinkConfig
-from pipeline.errors import JobAborted, SinkBusy
-from pipeline.io import delta_path, session_conf
-from pipeline.spark_errors import MISSING, NOT_DELTA, has_condition
+from pipeline.core.config import SinkConfig
+from pipeline.core.errors import JobAborted, SinkBusy
+from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition
+from pipeline.spark.tables import delta_path, session_conf
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipeline.config import SinkConfig, SourceConfig, normal_path
-from pipeline.errors import ConfigError
-from pipeline.spark_errors import MISSING, NOT_DELTA, has_condition, read_error
+from pipeline.core.config import SinkConfig, SourceConfig, normal_path
+from pipeline.core.errors import ConfigError
+from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition, read_error
 
 log = logging.getLogger(__name__)
 
