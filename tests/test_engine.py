@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.http import engine as engine_module
 from pipeline.core.chat import ChatRequest, Message, RowResult
 from pipeline.core.config import EndpointConfig, LimitsConfig
 from pipeline.core.secrets import Secret
+from pipeline.http import engine as engine_module
 from pipeline.http.client import ClientSettings
 from pipeline.http.engine import Engine
 from pipeline.serving.process import LocalEndpoint

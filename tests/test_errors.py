@@ -12,6 +12,10 @@ from pipeline.core.errors import (
     parse_retry_after,
     should_retry,
 )
+from pipeline.wire import wire_for
+
+# The error bodies every built-in format reads (Databricks and OpenAI shapes).
+READ_BODY = wire_for("invocations").error_body
 
 
 @pytest.mark.parametrize(
@@ -30,7 +34,7 @@ from pipeline.core.errors import (
     ],
 )
 def test_class_and_retryability_follow_status(status: int, cls: type, retryable: bool) -> None:
-    error = error_from_response(status, {}, "")
+    error = error_from_response(status, {}, "", READ_BODY)
     assert type(error) is cls
     assert error.retryable is retryable
     assert error.status == status
@@ -38,7 +42,7 @@ def test_class_and_retryability_follow_status(status: int, cls: type, retryable:
 
 def test_databricks_body_is_understood() -> None:
     body = '{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Exceeded workspace rate limit"}'
-    error = error_from_response(429, {"Retry-After": "3"}, body)
+    error = error_from_response(429, {"Retry-After": "3"}, body, READ_BODY)
     assert error.error_code == "REQUEST_LIMIT_EXCEEDED"
     assert str(error) == "HTTP 429 REQUEST_LIMIT_EXCEEDED: Exceeded workspace rate limit"
     assert error.retry_after == 3.0
@@ -47,13 +51,13 @@ def test_databricks_body_is_understood() -> None:
 
 def test_openai_body_is_understood() -> None:
     body = '{"error": {"type": "invalid_request_error", "message": "bad max_tokens"}}'
-    error = error_from_response(400, {}, body)
+    error = error_from_response(400, {}, body, READ_BODY)
     assert error.error_code == "invalid_request_error"
     assert "bad max_tokens" in str(error)
 
 
 def test_non_json_body_is_kept_short() -> None:
-    error = error_from_response(502, {}, "<html>" + "x" * 5000 + "</html>")
+    error = error_from_response(502, {}, "<html>" + "x" * 5000 + "</html>", READ_BODY)
     assert len(str(error)) < 400
 
 
@@ -66,9 +70,9 @@ def test_retry_after_forms() -> None:
 
 
 def test_retry_after_beyond_cap_is_not_retried() -> None:
-    short = error_from_response(429, {"Retry-After": "5"}, "")
-    long = error_from_response(429, {"Retry-After": "500"}, "")
+    short = error_from_response(429, {"Retry-After": "5"}, "", READ_BODY)
+    long = error_from_response(429, {"Retry-After": "500"}, "", READ_BODY)
     assert should_retry(short, retry_after_cap_s=60)
     assert not should_retry(long, retry_after_cap_s=60)
-    assert not should_retry(error_from_response(401, {}, ""), retry_after_cap_s=60)
+    assert not should_retry(error_from_response(401, {}, "", READ_BODY), retry_after_cap_s=60)
     assert not should_retry(ValueError("x"), retry_after_cap_s=60)

@@ -77,7 +77,7 @@ def test_config_mistakes_name_their_key(fields: dict[str, Any], key: str) -> Non
     ],
 )  # fmt: skip
 def test_each_wire_format_asks_for_the_schema(api: str, expected: dict[str, Any]) -> None:
-    wire = wire_for(api)  # type: ignore[arg-type]
+    wire = wire_for(api)
     fields = wire.format_fields(OutputFormat("json_schema", LABEL))
     assert fields == expected
     request = ChatRequest("r1", (Message("user", "hi"),), 8, None)

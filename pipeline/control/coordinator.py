@@ -24,6 +24,7 @@ from pipeline.control.progress import Board, Tally
 from pipeline.core.secrets import Credentials
 from pipeline.http.loopthread import LoopThread
 from pipeline.http.ratelimit import RateLimits, Sleep
+from pipeline.wire import WireFormat
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ SERVER_TIMEOUT_S = 30.0
 LEASE_RETRY_S = 0.5
 # How many failed leases in a row make a task give up on the driver.
 MAX_LEASE_FAILURES = 3
-ENDPOINT_LIMIT_HEADERS = {
-    "x-ratelimit-limit-requests": "endpoint_requests_per_minute",
-    "x-ratelimit-limit-tokens": "endpoint_tokens_per_minute",
-}
 
 
 class BudgetServer:
@@ -132,9 +129,12 @@ class SharedLimits:
         *,
         batch: int,
         uses_tokens: bool,
+        limit_headers: Mapping[str, str] = WireFormat.limit_headers,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._url = url
+        # Response header → the endpoint limit it announces (the wire format's own names).
+        self._limit_headers = limit_headers
         # Its own session: the chat session's headers carry the endpoint's token.
         self._session: aiohttp.ClientSession | None = None
         self._fallback = fallback
@@ -184,7 +184,7 @@ class SharedLimits:
             self._seen["rate_limited"] += 1
         elif 200 <= status < 300:
             self._seen["ok"] += 1
-        for header, name in ENDPOINT_LIMIT_HEADERS.items():
+        for header, name in self._limit_headers.items():
             value = headers.get(header)
             if value is not None:
                 try:

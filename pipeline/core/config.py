@@ -26,29 +26,17 @@ import yaml
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.structured import OutputFormat, check_schema
+from pipeline.wire import WireFormat, wire_for
+from pipeline.wire import names as wire_names
 
-ApiName = Literal["invocations", "chat_completions", "responses"]
+# A registered wire format (see `pipeline.wire`): invocations, chat_completions, responses, ...
+ApiName = str
 TableFormat = Literal["parquet", "delta"]
 WriteMode = Literal["merge", "overwrite", "append", "error"]
 # A path that starts with a scheme (s3://, abfss://, dbfs:/, file:) is a URI, not a local path.
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 # What a merge run does with a row whose request changed since its answer was written.
 OnChange = Literal["resend", "keep"]
-
-# Body fields the pipeline itself sets; `request.extra` may not override them.
-RESERVED_BODY_FIELDS = frozenset(
-    {
-        "messages",
-        "input",
-        "model",
-        "max_tokens",
-        "max_output_tokens",
-        "temperature",
-        "stream",
-        "response_format",
-    }
-)
-
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -102,10 +90,18 @@ class EndpointConfig:
     # Environment variable holding the bearer token; null sends no Authorization header.
     token_env: str | None = "DATABRICKS_TOKEN"
     verify_tls: bool = True
+    # The format `api` names, resolved here on the driver: Spark ships it to the executors with
+    # the config, so a format registered in the driver's process works there too.
+    wire: WireFormat = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ConfigError("endpoint.name", "must not be empty")
+        if self.api not in wire_names():
+            raise ConfigError(
+                "endpoint.api", f"must be one of {', '.join(wire_names())}, got {self.api!r}"
+            )
+        object.__setattr__(self, "wire", wire_for(self.api))
         if self.base_url is None and self.host is None:
             raise ConfigError(
                 "endpoint.host", "missing: set endpoint.host, endpoint.base_url or DATABRICKS_HOST"
@@ -156,11 +152,6 @@ class RequestConfig:
         elif self.json_schema is not None:
             raise ConfigError(
                 "request.json_schema", "is only used with response_format json_schema"
-            )
-        clash = sorted(RESERVED_BODY_FIELDS & set(self.extra))
-        if clash:
-            raise ConfigError(
-                f"request.extra.{clash[0]}", "is set by the pipeline; use request.* or source.*"
             )
 
     @property
@@ -303,10 +294,19 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         _check_sink_is_not_source(self.source, self.sink)
+        clash = sorted(self.endpoint.wire.reserved_fields & set(self.request.extra))
+        if clash:
+            raise ConfigError(
+                f"request.extra.{clash[0]}",
+                f"is set by the pipeline for endpoint.api {self.endpoint.api}; "
+                "use request.* or source.*",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, safe to log or save: it never holds a token."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["endpoint"]["wire"]
+        return data
 
 
 def _check_sink_is_not_source(source: SourceConfig, sink: SinkConfig) -> None:
@@ -446,7 +446,7 @@ def _build(cls: type[Any], raw: object, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(where, f"must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)

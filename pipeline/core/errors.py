@@ -8,9 +8,8 @@ token: server text is cut short, and the client redacts the token from it before
 from __future__ import annotations
 
 import email.utils
-import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 # Server-provided text kept in an error message, at most (bodies can be whole HTML pages).
@@ -171,14 +170,16 @@ def error_class_for_status(status: int) -> type[EndpointError]:
 
 
 def error_from_response(
-    status: int, headers: Mapping[str, str], body: str, *, now: float | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: str,
+    error_body: Callable[[str], tuple[str | None, str | None]],
+    *,
+    now: float | None = None,
 ) -> EndpointError:
-    """Build the error for a non-2xx answer from its status, headers and body.
-
-    Understands Databricks bodies (`{"error_code": ..., "message": ...}`) and OpenAI bodies
-    (`{"error": {"code"|"type": ..., "message": ...}}`); anything else is kept as short text.
-    """
-    error_code, message = _parse_error_body(body)
+    """Build the error for a non-2xx answer from its status, headers and body, read by the
+    wire format's `error_body` into (code, message)."""
+    error_code, message = error_body(body)
     text = f"HTTP {status}"
     if error_code:
         text += f" {error_code}"
@@ -188,25 +189,6 @@ def error_from_response(
     return cls(
         text, status=status, error_code=error_code, retry_after=parse_retry_after(headers, now=now)
     )
-
-
-def _parse_error_body(body: str) -> tuple[str | None, str | None]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None, body.strip() or None
-    if not isinstance(payload, dict):
-        return None, body.strip() or None
-    nested = payload.get("error")
-    if isinstance(nested, dict):
-        code = nested.get("code") or nested.get("type")
-        return (str(code) if code else None), _str_or_none(nested.get("message"))
-    code = payload.get("error_code")
-    return (str(code) if code else None), _str_or_none(payload.get("message") or nested)
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

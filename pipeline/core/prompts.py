@@ -24,7 +24,6 @@ from pipeline.core.identity import (
     request_fingerprint,
     row_fingerprint,
 )
-from pipeline.wire import body_fields, wire_for
 
 
 class RequestBuilder:
@@ -41,8 +40,8 @@ class RequestBuilder:
         self._source = source
         self._request = request
         self._endpoint = endpoint
-        self._wire = wire_for(endpoint.api)
-        self._extra = body_fields(endpoint.api, request.extra, request.output_format)
+        self._wire = endpoint.wire
+        self._extra = self._wire.extra_fields(request.extra, request.output_format)
         self._template_fields = template_fields(source.template) if source.template else []
         # What decides whether a row is valid and what it asks, besides its own values.
         self._signature = canonical(

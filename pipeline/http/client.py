@@ -33,7 +33,7 @@ from pipeline.core.secrets import Secret
 from pipeline.core.structured import InvalidOutput, OutputFormat
 from pipeline.http.ratelimit import Clock, RateLimits, Sleep
 from pipeline.http.retry import RetryPolicy
-from pipeline.wire import WireFormat, body_fields, wire_for
+from pipeline.wire import WireFormat
 
 # A renewable token (see `secrets.Credentials`) is asked for again after this long, and at once
 # when the endpoint answers 401/403.
@@ -77,9 +77,9 @@ class ChatClient:
     ) -> None:
         self._settings = settings
         self._session = session
-        self._wire: WireFormat = wire_for(settings.endpoint.api)
+        self._wire: WireFormat = settings.endpoint.wire
         self._url = self._wire.url(settings.endpoint)
-        self._extra = body_fields(settings.endpoint.api, settings.extra, settings.output)
+        self._extra = self._wire.extra_fields(settings.extra, settings.output)
         self._policy = RetryPolicy.from_limits(settings.limits)
         own_share = RateLimits(
             settings.requests_per_minute,
@@ -95,6 +95,7 @@ class ChatClient:
                 own_share,
                 batch=settings.limits.concurrency,
                 uses_tokens=settings.limits.tokens_per_minute is not None,
+                limit_headers=self._wire.limit_headers,
                 sleep=sleep,
             )
         self._clock = clock
@@ -247,7 +248,7 @@ class ChatClient:
             self.rate_limited += 1
         if not 200 <= status < 300:
             self._limits.settle(estimate, None)
-            raise error_from_response(status, headers, text)
+            raise error_from_response(status, headers, text, self._wire.error_body)
         try:
             completion = self._wire.parse(json.loads(text))
         except ValueError as err:  # json.JSONDecodeError, or a non-UTF-8 body
@@ -291,7 +292,7 @@ class ChatClient:
     async def _post(self, body: bytes) -> tuple[int, Mapping[str, str], str]:
         headers = None
         if self._token is not None:
-            headers = {"Authorization": f"Bearer {self._token.reveal()}"}
+            headers = self._wire.auth_headers(self._token.reveal())
         try:
             async with self._session.post(self._url, data=body, headers=headers) as response:
                 try:

@@ -8,24 +8,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.core.chat import ChatRequest
-from pipeline.core.config import EndpointConfig
+from pipeline.core.chat import ChatRequest, Completion
+from pipeline.core.structured import OutputFormat
+from pipeline.wire import invocations
+from pipeline.wire.base import Endpoint, WireFormat
 from pipeline.wire.fields import chat_messages, sampling_fields
-from pipeline.wire.invocations import format_fields, parse
-
-__all__ = ["body", "format_fields", "parse", "url"]
 
 
-def url(endpoint: EndpointConfig) -> str:
-    return f"{endpoint.serving_base_url}/chat/completions"
+class ChatCompletions(WireFormat):
+    name = "chat_completions"
+    reserved_fields = invocations.Invocations.reserved_fields | {"model"}
 
+    def url(self, endpoint: Endpoint) -> str:
+        return f"{endpoint.serving_base_url}/chat/completions"
 
-def body(
-    request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        **extra,
-        "model": endpoint.name,
-        "messages": chat_messages(request),
-        **sampling_fields(request, "max_tokens"),
-    }
+    def body(
+        self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **extra,
+            "model": endpoint.name,
+            "messages": chat_messages(request),
+            **sampling_fields(request, "max_tokens"),
+        }
+
+    def parse(self, payload: Any) -> Completion:
+        return invocations.parse(payload)
+
+    def format_fields(self, output: OutputFormat) -> dict[str, Any]:
+        return invocations.format_fields(output)

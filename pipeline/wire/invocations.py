@@ -11,20 +11,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.core.chat import ChatRequest, Completion
-from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import MalformedResponse
 from pipeline.core.structured import OutputFormat
+from pipeline.wire.base import Endpoint, WireFormat
 from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 
-def url(endpoint: EndpointConfig) -> str:
-    return f"{endpoint.serving_base_url}/{endpoint.name}/invocations"
+class Invocations(WireFormat):
+    name = "invocations"
+    reserved_fields = frozenset(
+        {"messages", "max_tokens", "temperature", "stream", "response_format"}
+    )
 
+    def url(self, endpoint: Endpoint) -> str:
+        return f"{endpoint.serving_base_url}/{endpoint.name}/invocations"
 
-def body(
-    request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {**extra, "messages": chat_messages(request), **sampling_fields(request, "max_tokens")}
+    def body(
+        self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **extra,
+            "messages": chat_messages(request),
+            **sampling_fields(request, "max_tokens"),
+        }
+
+    def parse(self, payload: Any) -> Completion:
+        return parse(payload)
+
+    def format_fields(self, output: OutputFormat) -> dict[str, Any]:
+        return format_fields(output)
 
 
 def parse(payload: Any) -> Completion:

@@ -11,28 +11,39 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.core.chat import ChatRequest, Completion
-from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import MalformedResponse
 from pipeline.core.structured import OutputFormat
+from pipeline.wire.base import Endpoint, WireFormat
 from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
 
 # Responses `incomplete_details.reason` → the Chat Completions finish reason it corresponds to.
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
-def url(endpoint: EndpointConfig) -> str:
-    return f"{endpoint.serving_base_url}/responses"
+class Responses(WireFormat):
+    name = "responses"
+    reserved_fields = frozenset(
+        {"model", "input", "max_output_tokens", "temperature", "stream", "text"}
+    )
 
+    def url(self, endpoint: Endpoint) -> str:
+        return f"{endpoint.serving_base_url}/responses"
 
-def body(
-    request: ChatRequest, endpoint: EndpointConfig, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        **extra,
-        "model": endpoint.name,
-        "input": chat_messages(request),
-        **sampling_fields(request, "max_output_tokens"),
-    }
+    def body(
+        self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **extra,
+            "model": endpoint.name,
+            "input": chat_messages(request),
+            **sampling_fields(request, "max_output_tokens"),
+        }
+
+    def parse(self, payload: Any) -> Completion:
+        return parse(payload)
+
+    def format_fields(self, output: OutputFormat) -> dict[str, Any]:
+        return format_fields(output)
 
 
 def parse(payload: Any) -> Completion:

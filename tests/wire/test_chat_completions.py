@@ -1,6 +1,8 @@
 from pipeline.core.chat import ChatRequest, Message
 from pipeline.core.config import EndpointConfig
-from pipeline.wire import chat_completions
+from pipeline.wire import wire_for
+
+chat_completions = wire_for("chat_completions")
 
 ENDPOINT = EndpointConfig(name="databricks-claude", host="https://ws.example.com")
 

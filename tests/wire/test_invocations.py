@@ -3,7 +3,9 @@ import pytest
 from pipeline.core.chat import ChatRequest, Message
 from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import MalformedResponse
-from pipeline.wire import invocations
+from pipeline.wire import wire_for
+
+invocations = wire_for("invocations")
 
 ENDPOINT = EndpointConfig(name="databricks-claude", host="https://ws.example.com/")
 REQUEST = ChatRequest("r1", (Message("user", "What is a mixture of experts model?"),), 100, 0.1)

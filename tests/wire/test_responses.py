@@ -3,7 +3,9 @@ import pytest
 from pipeline.core.chat import ChatRequest, Message
 from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import MalformedResponse
-from pipeline.wire import responses
+from pipeline.wire import wire_for
+
+responses = wire_for("responses")
 
 ENDPOINT = EndpointConfig(name="databricks-gpt-5", host="https://ws.example.com")
 

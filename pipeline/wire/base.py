@@ -1,0 +1,107 @@
+"""What a wire format is: everything format-specific about talking to one kind of endpoint.
+
+A format owns its URL, its auth header, the body fields it sets itself (which `request.extra`
+may not override), how it asks for structured output, how it reads a 2xx answer and an error
+body, and which response headers announce the endpoint's limits. Nothing else in the package
+knows any of these; a new format is one subclass plus `pipeline.wire.register` (see the README's
+"Where to change what"). Pure: no HTTP, no Spark.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+from pipeline.core.chat import ChatRequest, Completion
+from pipeline.core.structured import OutputFormat
+
+
+class Endpoint(Protocol):
+    """What a format needs to know of `endpoint` (an `EndpointConfig`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def serving_base_url(self) -> str: ...
+
+
+class WireFormat:
+    """One wire format. Subclasses set `name` and implement `url`, `body` and `parse`; the
+    rest has the defaults most chat APIs share (Bearer token, Databricks/OpenAI error bodies,
+    `x-ratelimit-limit-*` headers). Instances are stateless and picklable: Spark ships them to
+    the executors inside the task's settings, so a format registered on the driver works there.
+    """
+
+    name: ClassVar[str]
+    # Body fields the format sets itself; `request.extra` may not override them.
+    reserved_fields: ClassVar[frozenset[str]] = frozenset()
+    # Response header → the endpoint limit it announces (per minute).
+    limit_headers: ClassVar[Mapping[str, str]] = {
+        "x-ratelimit-limit-requests": "endpoint_requests_per_minute",
+        "x-ratelimit-limit-tokens": "endpoint_tokens_per_minute",
+    }
+
+    def url(self, endpoint: Endpoint) -> str:
+        raise NotImplementedError
+
+    def body(
+        self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, payload: Any) -> Completion:
+        """A 2xx JSON answer → Completion.
+
+        Raises:
+            MalformedResponse: the answer lacks what a completion needs.
+        """
+        raise NotImplementedError
+
+    def format_fields(self, output: OutputFormat) -> dict[str, Any]:
+        """The body fields that ask for structured output `output`."""
+        raise NotImplementedError
+
+    def auth_headers(self, token: str) -> dict[str, str]:
+        """The headers that carry `token` (sent with each request: a renewed token replaces it)."""
+        return {"Authorization": f"Bearer {token}"}
+
+    def error_body(self, text: str) -> tuple[str | None, str | None]:
+        """(error code, message) from a non-2xx body: Databricks `{"error_code", "message"}`,
+        OpenAI `{"error": {"code"|"type", "message"}}`, anything else as short text."""
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return None, text.strip() or None
+        if not isinstance(payload, dict):
+            return None, text.strip() or None
+        nested = payload.get("error")
+        if isinstance(nested, dict):
+            code = nested.get("code") or nested.get("type")
+            return (str(code) if code else None), _str_or_none(nested.get("message"))
+        code = payload.get("error_code")
+        return (str(code) if code else None), _str_or_none(payload.get("message") or nested)
+
+    def extra_fields(
+        self, extra: Mapping[str, Any], output: OutputFormat | None
+    ) -> dict[str, Any]:
+        """The fields every request of a job carries besides messages and sampling fields:
+        `request.extra`, and the structured-output ask as this format takes it."""
+        fields = dict(extra)
+        if output is not None:
+            fields.update(self.format_fields(output))
+        return fields
+
+    def __repr__(self) -> str:
+        return f"<wire format {self.name}>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
