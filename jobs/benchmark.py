@@ -31,11 +31,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from pipeline.core.config import config_from_dict
+from pipeline.core.loader import config_from_dict
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.job import run_job
+from pipeline.spark.session import spark_session
 from pipeline.spark.summary import RunSummary
-from pipeline.spark.tables import spark_session
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV, TOKEN = "BENCH_TOKEN", "bench-token"

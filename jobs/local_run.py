@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.serving.process import LocalEndpoint
-from pipeline.spark.tables import DELTA_PACKAGE
+from pipeline.spark.session import DELTA_PACKAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "DATABRICKS_TOKEN"

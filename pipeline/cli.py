@@ -18,8 +18,8 @@ import typing
 from collections.abc import Sequence
 
 from pipeline.control.progress import ProgressStyle
-from pipeline.core.config import load_config
 from pipeline.core.errors import ConfigError, JobAborted
+from pipeline.core.loader import load_config
 
 EXIT_CONFIG_ERROR = 2
 EXIT_JOB_ABORTED = 3

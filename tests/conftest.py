@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
-from pipeline.spark.tables import spark_session
+from pipeline.spark.session import spark_session
 
 # The token the shared endpoint requires; tests check it never leaks into output or logs.
 TOKEN_ENV = "PIPELINE_TEST_TOKEN"

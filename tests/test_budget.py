@@ -12,16 +12,11 @@ from pipeline.control.budget import (
     LEASE_SECONDS,
     Allowance,
     JobBudget,
-    LeaseAsk,
 )
+from pipeline.control.protocol import LeaseAsk
+from tests.clock import FakeClock
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+START = 100.0
 
 
 def drain(budget: JobBudget, clock: FakeClock, seconds: float, tasks: int, step: float = 0.01,
@@ -40,7 +35,7 @@ def drain(budget: JobBudget, clock: FakeClock, seconds: float, tasks: int, step:
 
 
 def test_allowance_starts_empty_and_never_exceeds_its_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     allowance = Allowance(10.0, clock)
     assert allowance.take(1, 1) == 0  # no burst at the start
     assert allowance.wait_s(1) == pytest.approx(0.1)
@@ -51,14 +46,14 @@ def test_allowance_starts_empty_and_never_exceeds_its_rate() -> None:
 
 def test_job_rate_holds_whatever_the_number_of_tasks() -> None:
     for tasks in (1, 2, 7):
-        clock = FakeClock()
+        clock = FakeClock(START)
         budget = JobBudget(600, None, adaptive=False, start_rate_per_s=1, clock=clock)
         granted = sum(drain(budget, clock, 30.0, tasks))
         assert 0.97 * 300 <= granted <= 300 + 10  # 10/s for 30 s, within one lease of it
 
 
 def test_a_task_left_alone_gets_the_whole_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(1200, None, adaptive=False, start_rate_per_s=1, clock=clock)
     together = drain(budget, clock, 10.0, tasks=2)
     assert together[0] == pytest.approx(together[1], rel=0.1)  # fair while both run
@@ -67,7 +62,7 @@ def test_a_task_left_alone_gets_the_whole_rate() -> None:
 
 
 def test_leases_are_small_slices_of_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(60_000, None, adaptive=False, start_rate_per_s=1, clock=clock)
     clock.now += 10
     lease = budget.lease(LeaseAsk(requests=10_000))
@@ -75,14 +70,14 @@ def test_leases_are_small_slices_of_the_rate() -> None:
 
 
 def test_nothing_granted_says_how_long_to_wait() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(60, None, adaptive=False, start_rate_per_s=1, clock=clock)
     lease = budget.lease(LeaseAsk(requests=1))
     assert (lease.requests, lease.wait_s) == (0, pytest.approx(1.0))
 
 
 def test_token_budget_is_reserved_then_corrected() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(None, 120_000, adaptive=False, start_rate_per_s=1, clock=clock)
     clock.now += 1  # 2000 tokens/s: the burst holds 40
     first = budget.lease(LeaseAsk(requests=1, tokens=20))
@@ -94,7 +89,7 @@ def test_token_budget_is_reserved_then_corrected() -> None:
 
 
 def test_slow_start_doubles_until_429_then_halves_and_searches_back() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, start_rate_per_s=10, clock=clock)
     rates = []
     for _ in range(4):
@@ -119,7 +114,7 @@ def test_slow_start_doubles_until_429_then_halves_and_searches_back() -> None:
 
 
 def test_later_429s_take_a_smaller_step_off() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, start_rate_per_s=100, clock=clock)
     clock.now += DECREASE_COOLDOWN_S
     budget.lease(LeaseAsk(requests=1, rate_limited=1))  # the first: halve
@@ -131,7 +126,7 @@ def test_later_429s_take_a_smaller_step_off() -> None:
 
 
 def test_an_unused_rate_does_not_grow() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, start_rate_per_s=100, clock=clock)
     for _ in range(5):  # one request a second: far under the rate
         clock.now += ADAPT_PERIOD_S
@@ -140,7 +135,7 @@ def test_an_unused_rate_does_not_grow() -> None:
 
 
 def test_configured_rate_is_a_ceiling_and_headers_lower_it() -> None:
-    clock = FakeClock()
+    clock = FakeClock(START)
     budget = JobBudget(600, None, adaptive=True, start_rate_per_s=1000, clock=clock)
     assert budget.rate_per_s == 10
     drain(budget, clock, 5 * ADAPT_PERIOD_S, tasks=2)

@@ -13,7 +13,7 @@ import yaml
 from databricks.bundles.jobs import DataSecurityMode, Job, PauseStatus
 
 from pipeline.cli import build_parser
-from pipeline.core.config import load_config
+from pipeline.core.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())

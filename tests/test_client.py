@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import aiohttp
 import pytest
 
 from pipeline.core.chat import ChatRequest, Message, RowResult
 from pipeline.core.config import ApiName, EndpointConfig, LimitsConfig
+from pipeline.core.errors import AuthenticationError, BadRequest, ServerError, Stopped
 from pipeline.core.secrets import Secret
-from pipeline.http.client import ChatClient, ClientSettings
+from pipeline.http.client import ChatClient
+from pipeline.http.engine import open_session
+from pipeline.http.guard import FatalAnswerGuard
+from pipeline.http.limiter import build_limiter
+from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint, free_port
 from tests.conftest import ENDPOINT_NAME, TOKEN
 
@@ -30,10 +36,15 @@ def settings(
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def client_for(client_settings: ClientSettings, session: aiohttp.ClientSession) -> ChatClient:
+    """The client as the engine builds it: with the limiter its settings call for."""
+    return ChatClient(client_settings, session, build_limiter(client_settings))
+
+
 def send(client_settings: ClientSettings, request: ChatRequest = REQUEST) -> RowResult:
     async def scenario() -> RowResult:
-        async with ChatClient.open_session(client_settings) as session:
-            return await ChatClient(client_settings, session).send(request)
+        async with open_session(client_settings) as session:
+            return await client_for(client_settings, session).send(request)
 
     return asyncio.run(scenario())
 
@@ -100,8 +111,8 @@ def test_refused_connection_before_any_success_stops_the_task() -> None:
 
     async def scenario() -> tuple[RowResult, RowResult, str | None]:
         client_settings = ClientSettings(endpoint=endpoint, limits=FAST_RETRIES)
-        async with ChatClient.open_session(client_settings) as session:
-            client = ChatClient(client_settings, session)
+        async with open_session(client_settings) as session:
+            client = client_for(client_settings, session)
             first, second = await client.send(REQUEST), await client.send(REQUEST)
             return first, second, client.stop_reason
 
@@ -119,8 +130,8 @@ def test_connection_refused_after_a_success_is_retried_to_the_end() -> None:
     async def scenario(server: LocalEndpoint) -> tuple[RowResult, RowResult, str | None]:
         endpoint = EndpointConfig(name=ENDPOINT_NAME, host=server.url, token_env=None)
         client_settings = ClientSettings(endpoint=endpoint, limits=FAST_RETRIES)
-        async with ChatClient.open_session(client_settings) as session:
-            client = ChatClient(client_settings, session)
+        async with open_session(client_settings) as session:
+            client = client_for(client_settings, session)
             answered = await client.send(REQUEST)
             await asyncio.to_thread(server.stop)  # nothing listens on its port any more
             refused = await client.send(replace(REQUEST, request_id="r2"))
@@ -155,8 +166,8 @@ def test_repeated_fatal_answers_stop_sending(echo: LocalEndpoint) -> None:
     bad = settings(echo, limits=limits, token=Secret("dapi-wrong-token"))
 
     async def scenario() -> list[RowResult]:
-        async with ChatClient.open_session(bad) as session:
-            client = ChatClient(bad, session)
+        async with open_session(bad) as session:
+            client = client_for(bad, session)
             results = [await client.send(replace(REQUEST, request_id=f"r{i}")) for i in range(5)]
             assert client.stop_reason is not None
             assert "2 requests to" in client.stop_reason
@@ -176,8 +187,8 @@ def test_400s_stop_sending_only_before_any_success(echo: LocalEndpoint) -> None:
     too_long = replace(REQUEST, max_tokens=50)  # above the limit set below: a 400
 
     async def scenario(first: ChatRequest | None) -> ChatClient:
-        async with ChatClient.open_session(client_settings) as session:
-            client = ChatClient(client_settings, session)
+        async with open_session(client_settings) as session:
+            client = client_for(client_settings, session)
             if first is not None:
                 assert (await client.send(first)).status == "ok"
             for i in range(3):
@@ -203,3 +214,20 @@ def test_retry_after_above_the_cap_ends_the_row_instead_of_waiting(echo: LocalEn
     assert (result.status, result.attempts, result.http_status) == ("error", 1, 429)
     assert result.error is not None and result.error.startswith("rate_limited: HTTP 429")
     assert echo.stats()["requests_total"] == 1
+
+
+def test_the_guard_counts_only_answers_every_row_would_get() -> None:
+    token = Secret("dapi-guarded")
+    guard = FatalAnswerGuard(2, url="http://host/serving-endpoints/e", redact=token.redact)
+    guard.judge(ServerError("HTTP 503", status=503))  # a passing fault: never counted
+    guard.judge(BadRequest("HTTP 400", status=400))  # before any success: configuration
+    assert not guard.stopping
+    guard.judge(AuthenticationError("HTTP 403: dapi-guarded refused", status=403))
+    assert guard.stop_reason is not None and "dapi-guarded" not in guard.stop_reason
+    assert guard.stop_reason.startswith("2 requests to http://host/serving-endpoints/e")
+    with pytest.raises(Stopped):
+        guard.raise_if_stopping()
+    after_success = FatalAnswerGuard(1, url="http://host")
+    after_success.answered_ok()
+    after_success.judge(BadRequest("HTTP 400", status=400))  # about its own row now
+    assert after_success.stop_reason is None

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import JobConfig, apply_override, config_from_dict, load_config
+from pipeline.core.config import JobConfig
 from pipeline.core.errors import ConfigError
+from pipeline.core.loader import apply_override, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,3 +211,4 @@ def test_on_change_and_lease_settings() -> None:
     assert (config.sink.on_change, config.sink.lease_ttl_s) == ("resend", 600.0)
     assert error_for(minimal(sink={"on_change": "ignore"})).key == "sink.on_change"
     assert error_for(minimal(sink={"lease_ttl_s": 5})).key == "sink.lease_ttl_s"
+

@@ -1,16 +1,22 @@
-"""The driver's budget server and the tasks' leasing client, over real HTTP."""
+"""The driver's budget server (`control.server`) and the tasks' leasing client
+(`control.agents`), over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
 from aiohttp import web
 
+from pipeline.control.agents import MAX_LEASE_FAILURES, SharedLimits
 from pipeline.control.budget import JobBudget
-from pipeline.control.coordinator import MAX_LEASE_FAILURES, BudgetServer, SharedLimits
-from pipeline.http.ratelimit import RateLimits
+from pipeline.control.progress import Tally
+from pipeline.control.protocol import LeaseAsk, LeaseGrant, ProgressReport, TokenReply
+from pipeline.control.server import DriverServer
+from pipeline.core.ratelimit import RateLimits
+from pipeline.core.secrets import Secret
 from pipeline.serving.process import free_port
 
 
@@ -31,7 +37,7 @@ def test_tasks_share_the_drivers_budget_and_report_what_they_saw() -> None:
 
         await asyncio.gather(*(task(t) for t in tasks))
 
-    with BudgetServer(budget, bind="127.0.0.1", advertise="127.0.0.1") as server:
+    with DriverServer(budget, bind="127.0.0.1", advertise="127.0.0.1") as server:
         assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/lease")
         asyncio.run(two_tasks(server.url))
     assert budget.rate_limited == 2
@@ -55,7 +61,7 @@ def test_an_unreachable_driver_leaves_each_task_its_static_share(
             await limits.acquire(10)  # never blocks: the fallback has no limits
         await limits.close()
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.control.coordinator"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.control.agents"):
         asyncio.run(scenario())
     assert len(waits) == MAX_LEASE_FAILURES - 1  # retried, then gave up on the driver
     assert "static share" in caplog.text
@@ -97,3 +103,17 @@ def test_what_is_seen_while_a_lease_is_in_flight_goes_with_the_next_lease() -> N
 
     asyncio.run(scenario())
     assert [(a["rate_limited"], a["ok"]) for a in asks] == [(1, 0), (1, 1)]
+
+
+def test_every_message_reads_back_as_sent_and_ignores_fields_it_does_not_know() -> None:
+    """Both sides use `control.protocol`: a field one side adds never breaks the other."""
+    messages: list[LeaseAsk | LeaseGrant | ProgressReport | TokenReply] = [
+        LeaseAsk(requests=8, tokens=80.0, rate_limited=2, endpoint_requests_per_minute=600.0),
+        LeaseGrant(3, 30.0, 0.0),
+        ProgressReport("task-a", 4, Tally(rows=3, ok=2, errors=1, requests=5)),
+        TokenReply(Secret("dapi-driver-token")),
+    ]
+    for message in messages:
+        sent = json.loads(json.dumps({**message.to_json(), "added_later": 1}))
+        assert type(message).from_json(sent) == message
+    assert "dapi-driver-token" not in repr(messages[-1])

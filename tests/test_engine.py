@@ -8,8 +8,8 @@ from pipeline.core.chat import ChatRequest, Message, RowResult
 from pipeline.core.config import EndpointConfig, LimitsConfig
 from pipeline.core.secrets import Secret
 from pipeline.http import engine as engine_module
-from pipeline.http.client import ClientSettings
 from pipeline.http.engine import Engine
+from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN
 

@@ -11,11 +11,12 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.core.config import JobConfig, config_from_dict
+from pipeline.core.config import JobConfig
 from pipeline.core.errors import ConfigError, JobAborted
+from pipeline.core.loader import config_from_dict
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.columns import RESULT_COLUMNS
 from pipeline.spark.job import check_error_share, run_job
-from pipeline.spark.mapper import RESULT_COLUMNS
 from pipeline.spark.summary import RunSummary
 from pipeline.spark.tables import read_sink
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline.core.config import config_from_dict
+from pipeline.core.loader import config_from_dict
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.job import run_job
 from pipeline.spark.tables import read_sink

@@ -6,7 +6,8 @@ from pyspark.sql.types import IntegerType, LongType, StringType, StructField, St
 
 from pipeline.core.chat import Completion, RowResult
 from pipeline.core.errors import ConfigError
-from pipeline.spark.mapper import RESULT_COLUMNS, output_schema, with_results
+from pipeline.spark.columns import RESULT_COLUMNS, output_schema
+from pipeline.spark.mapper import with_results
 
 INPUT = StructType([StructField("id", LongType()), StructField("prompt", StringType())])
 

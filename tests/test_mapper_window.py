@@ -6,9 +6,9 @@ import pandas as pd
 
 from pipeline.core.config import EndpointConfig, LimitsConfig, RequestConfig, SourceConfig
 from pipeline.core.secrets import Secret
-from pipeline.http.client import ClientSettings
+from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
-from pipeline.spark.mapper import TaskPlan, make_batch_mapper
+from pipeline.spark.mapper import TaskPlan, make_batch_mapper, make_key_mapper
 from tests.conftest import ENDPOINT_NAME, TOKEN
 
 
@@ -18,17 +18,23 @@ def plan(echo: LocalEndpoint, concurrency: int) -> TaskPlan:
         limits=LimitsConfig(concurrency=concurrency),
         token=Secret(TOKEN),
     )
-    source = SourceConfig(path="unused", id_column="id", prompt_column="prompt")
-    return TaskPlan(source, RequestConfig(max_tokens=8), client)
+    return TaskPlan(REQUEST, client)
+
+
+SOURCE = SourceConfig(path="unused", id_column="id", prompt_column="prompt")
+REQUEST = RequestConfig(max_tokens=8)
 
 
 def frames(batches: int, rows: int) -> list[pd.DataFrame]:
-    return [
+    """Keyed batches, as the answering pass gets them (see `make_key_mapper`)."""
+    raw = [
         pd.DataFrame(
             {"id": range(b * rows, (b + 1) * rows), "prompt": [f"p {b} {i}" for i in range(rows)]}
         )
         for b in range(batches)
     ]
+    endpoint = EndpointConfig(name=ENDPOINT_NAME, host="http://127.0.0.1:9")
+    return list(make_key_mapper(SOURCE, REQUEST, endpoint)(iter(raw)))
 
 
 def test_window_spans_batch_boundaries(echo: LocalEndpoint) -> None:

@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from pipeline.core.errors import TokenBudgetExceeded
-from pipeline.http.ratelimit import RateLimits, TokenBucket
+from pipeline.core.ratelimit import RateLimits, TokenBucket
 from tests.clock import FakeClock
 
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import EndpointConfig, config_from_dict
+from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import ConfigError
+from pipeline.core.loader import config_from_dict
 from pipeline.core.secrets import Secret, resolve_token
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN

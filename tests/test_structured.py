@@ -15,8 +15,8 @@ from pipeline.core.config import EndpointConfig, RequestConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.structured import InvalidOutput, OutputFormat
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.columns import parsed_type
 from pipeline.spark.job import run_job
-from pipeline.spark.mapper import parsed_type
 from pipeline.spark.tables import read_sink
 from pipeline.wire import wire_for
 from tests.conftest import TOKEN, TOKEN_ENV

@@ -1,6 +1,6 @@
 """The job-wide request and token budgets, one for all tasks, kept on the driver.
 
-Tasks lease permits in small batches (see `control.coordinator`): a task that finished stops
+Tasks lease permits in small batches (see `agents.SharedLimits`): a task that finished stops
 asking, so the tasks still running get its share at once. The request rate also adapts to the
 endpoint: it starts at a guess and doubles every busy second until the endpoint answers 429,
 then halves; later 429s take 15 % off, and quiet seconds search back towards the rate that drew
@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 
-from pipeline.http.ratelimit import Bucket, Clock, burst_capacity
+from pipeline.control.protocol import LeaseAsk, LeaseGrant
+from pipeline.core.ratelimit import Bucket, burst_capacity
+from pipeline.core.timing import Clock
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +55,6 @@ class Allowance(Bucket):
         self.reset_rate(rate_per_s, burst_capacity(rate_per_s, BURST_SECONDS))
 
 
-@dataclass(frozen=True)
-class LeaseAsk:
-    """A task's request for permits, with what it saw since its last lease."""
-
-    requests: int
-    tokens: float = 0.0
-    ok: int = 0
-    rate_limited: int = 0
-    # Real minus estimated tokens of the requests settled since the last lease.
-    token_correction: float = 0.0
-    # The endpoint's own limits, from x-ratelimit-limit-* headers (per minute).
-    endpoint_requests_per_minute: float | None = None
-    endpoint_tokens_per_minute: float | None = None
-
-
-@dataclass(frozen=True)
-class Lease:
-    requests: int
-    tokens: float
-    # When nothing was granted: how long to wait before asking again.
-    wait_s: float
-
-
 class JobBudget:
     """Requests and tokens per second for the whole job, leased to its tasks."""
 
@@ -112,7 +90,7 @@ class JobBudget:
     def rate_per_s(self) -> float | None:
         return None if self._requests is None else self._requests.rate_per_s
 
-    def lease(self, ask: LeaseAsk) -> Lease:
+    def lease(self, ask: LeaseAsk) -> LeaseGrant:
         """Grant what the budgets allow now, after learning from what the task saw."""
         self._learn(ask)
         requests = self._take_requests(ask.requests)
@@ -124,8 +102,8 @@ class JobBudget:
                 requests = 0
         if requests:
             self._granted_since_change += requests
-            return Lease(requests, tokens, 0.0)
-        return Lease(0, 0.0, self._wait_s(ask))
+            return LeaseGrant(requests, tokens, 0.0)
+        return LeaseGrant(0, 0.0, self._wait_s(ask))
 
     def _take_requests(self, want: int) -> int:
         if self._requests is None:

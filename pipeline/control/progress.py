@@ -1,28 +1,26 @@
 """Live progress of a run: counted by the tasks as rows finish, shown by the driver.
 
-Each task's engine counts its finished rows (`Tally`) and posts what is new every second to the
-driver (`Reporter`), through the same small server that leases the rate budget. The driver adds
-them up (`Board`) and shows rows done of the total, requests per second, tokens, errors, 429s and
-the time left: a live bar on a terminal, a plain log line every `LOG_EVERY_S` otherwise (job
-logs). Under spark-submit the driver's stderr is a pipe even in a terminal, so whoever knows
-better (`make run`) asks for the bar with `--progress bar`. Spark's accumulators would only
-arrive when a task ends, which for a long task is the end.
+Each task's engine counts its finished rows (`Tally`) and its `agents.Reporter` posts the totals
+every second to the driver, through the same small server that leases the rate budget (the
+message is `protocol.ProgressReport`). The driver adds them up (`Board`) and shows rows done of
+the total, requests per second, tokens, errors, 429s and the time left: a live bar on a
+terminal, a plain log line every `LOG_EVERY_S` otherwise (job logs). Under spark-submit the
+driver's stderr is a pipe even in a terminal, so whoever knows better (`make run`) asks for the
+bar with `--progress bar`. Spark's accumulators would only arrive when a task ends, which for a
+long task is the end.
 A task that cannot reach the driver keeps working; only its progress goes unseen.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import secrets
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal
-
-import aiohttp
 
 from pipeline.core.chat import RowResult
 
@@ -31,8 +29,8 @@ log = logging.getLogger(__name__)
 # bar: a live bar; log: a log line every LOG_EVERY_S; auto: the bar on a terminal.
 ProgressStyle = Literal["auto", "bar", "log"]
 
+# How often the bar (or the log check) refreshes; the tasks report as often (`agents.Reporter`).
 REPORT_EVERY_S = 1.0
-REPORT_TIMEOUT_S = 5.0
 LOG_EVERY_S = 30.0
 
 
@@ -60,68 +58,17 @@ class Tally:
             self.completion_tokens += result.completion.completion_tokens or 0
 
     def add(self, other: Tally) -> None:
-        for name, value in dataclasses.asdict(other).items():
+        for name, value in other.to_dict().items():
             setattr(self, name, getattr(self, name) + value)
 
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Tally:
+    def from_dict(cls, data: Mapping[str, Any]) -> Tally:
+        """The counts in `data`; keys that are not counts are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: int(v) for k, v in data.items() if k in names})
-
-
-class Reporter:
-    """Posts a task's counts so far to the driver every `REPORT_EVERY_S`; use in the task's
-    loop. Each post carries the totals, its reporter id and a sequence number, so a post that
-    arrives twice or late changes nothing (see `Board.report`)."""
-
-    def __init__(self, url: str, tally: Tally) -> None:
-        self._url = url
-        self._tally = tally
-        self._id = secrets.token_hex(8)
-        self._seq = 0
-        self._posted = Tally()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-
-    def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self._task = asyncio.get_running_loop().create_task(self._every_second())
-
-    async def close(self) -> None:
-        """Stop, after posting what is left.
-
-        Never by cancelling a post under way: the driver may have counted it already, and the
-        counts would be posted twice.
-        """
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-        if self._session is not None:
-            await self._session.close()
-
-    async def _every_second(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self._stopping.wait(), REPORT_EVERY_S)
-            except asyncio.TimeoutError:
-                pass
-            await self._post()  # the last one after `close`: what is left
-
-    async def _post(self) -> None:
-        now = dataclasses.replace(self._tally)
-        if now == self._posted or self._session is None:
-            return
-        self._seq += 1
-        body = {"reporter": self._id, "seq": self._seq, **dataclasses.asdict(now)}
-        try:
-            timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
-            async with self._session.post(self._url, json=body, timeout=timeout) as reply:
-                reply.raise_for_status()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            log.debug("progress not reported (%s)", type(err).__name__)
-            return
-        self._posted = now
 
 
 class Board:

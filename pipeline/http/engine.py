@@ -4,7 +4,8 @@ The loop runs on its own thread for the life of the task, so requests keep flowi
 task's Python thread reads the next Arrow batch or hands a finished one back to Spark. A fixed
 pool of `concurrency` workers pulls from one queue that every submitted batch feeds: when the
 slowest requests of one batch are still running, the next batch's requests already fill the free
-slots. The aiohttp session and the rate limits are created inside that loop, once per task.
+slots. The engine builds what the client borrows (the aiohttp session and the limiter) inside
+that loop, once per task, and closes them when the task ends.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from types import TracebackType
 
 import aiohttp
 
-from pipeline.control.progress import Reporter, Tally
+from pipeline.control.agents import Reporter
+from pipeline.control.progress import Tally
 from pipeline.core.chat import ChatRequest, RowResult
 from pipeline.core.errors import describe
-from pipeline.http.client import ChatClient, ClientSettings
-from pipeline.http.loopthread import LoopThread
+from pipeline.core.loopthread import LoopThread
+from pipeline.http.client import ChatClient
+from pipeline.http.limiter import Limiter, build_limiter
+from pipeline.http.settings import ClientSettings
 
 # Distinct requests whose answers a task keeps for identical requests that come later.
 DEDUPE_MEMORY = 4096
@@ -78,6 +82,7 @@ class Engine:
         self._queue: asyncio.Queue[tuple[_Batch, int, ChatRequest]] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._limiter: Limiter | None = None
         self._client: ChatClient | None = None
         # Rows finished so far (touched on the loop's thread), reported to the driver.
         self._tally = Tally()
@@ -148,8 +153,9 @@ class Engine:
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
-        self._session = ChatClient.open_session(self._settings)
-        self._client = ChatClient(self._settings, self._session)
+        self._session = open_session(self._settings)
+        self._limiter = build_limiter(self._settings)
+        self._client = ChatClient(self._settings, self._session, self._limiter)
         self._workers = [
             asyncio.create_task(self._work()) for _ in range(self._settings.limits.concurrency)
         ]
@@ -182,7 +188,21 @@ class Engine:
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._reporter is not None:
             await self._reporter.close()
-        if self._client is not None:
-            await self._client.close()
+        if self._limiter is not None:
+            await self._limiter.close()
         if self._session is not None:
             await self._session.close()
+
+
+def open_session(settings: ClientSettings) -> aiohttp.ClientSession:
+    """A session sized for the task's concurrency, with the configured timeouts."""
+    limits = settings.limits
+    connector = aiohttp.TCPConnector(
+        limit=limits.concurrency,
+        ssl=settings.endpoint.verify_tls,  # True: verify certificates
+        ttl_dns_cache=300,
+    )
+    # The Authorization header goes with each request: a renewed token replaces it.
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=limits.timeout_s, sock_connect=limits.connect_timeout_s)
+    return aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)

@@ -8,7 +8,7 @@ errors whose class is retryable are retried. The sleeper is injected so tests re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import (
@@ -23,8 +23,7 @@ from tenacity.stop import stop_base
 
 from pipeline.core.config import LimitsConfig
 from pipeline.core.errors import EndpointError, should_retry
-
-Sleep = Callable[[float], Awaitable[None]]
+from pipeline.core.timing import Sleep
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ class ApiError(Exception):
         self.message = message
 
 
-class BadRequest(ApiError):
+class InvalidRequest(ApiError):
     """The request body is not what the route accepts."""
 
     status = 400

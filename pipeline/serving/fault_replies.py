@@ -9,8 +9,8 @@
 - malformed: 200, `Content-Type: application/json`, and a body that is not JSON.
 - truncated: 200 whose Content-Length promises the whole body, then the connection closes after
   half of it.
-- empty_choices: 200 with a valid chat.completion whose `choices` is `[]` (on the Responses
-  route, a response whose `output` is `[]`).
+- empty_choices: 200 with the format's empty body (see `formats/`): a valid chat.completion
+  whose `choices` is `[]`, or on the Responses route a response whose `output` is `[]`.
 
 Statuses recorded in /stats for replies that never reach the client whole: 444 for a reset
 (nginx's "closed without response"); a truncated reply counts as the 200 it started as.
@@ -21,36 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import hdrs, web
 
 from pipeline.serving.faults import BrokenReply, Fault
-from pipeline.serving.models import Completion
-from pipeline.serving.shapes import (
-    WireFormat,
-    chat_completion,
-    error_body,
-    error_code_for_status,
-    new_id,
-    response_object,
-    retry_after_header,
-)
+from pipeline.serving.formats import ServedFormat
+from pipeline.serving.shapes import error_body, error_code_for_status, retry_after_header
 
 CONNECTION_CLOSED_WITHOUT_RESPONSE = 444
 GATEWAY_TIMEOUT = 504
 # A JSON document cut off after its first array bracket: what a crashed proxy might pass on.
 MALFORMED_BODY = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": ['
-_EMPTY = Completion(text="", finish_reason="stop", prompt_tokens=0, completion_tokens=0)
 
 
 async def fault_reply(
     request: web.Request,
     fault: Fault | BrokenReply,
     *,
-    wire_format: WireFormat,
+    served: ServedFormat,
     endpoint: str,
     headers: Mapping[str, str],
     shutting_down: asyncio.Event,
@@ -78,7 +67,7 @@ async def fault_reply(
         return web.Response(status=CONNECTION_CLOSED_WITHOUT_RESPONSE)
     if fault.kind == "malformed":
         return web.Response(body=MALFORMED_BODY, content_type="application/json", headers=headers)
-    body = json.dumps(_empty_body(wire_format, endpoint)).encode()
+    body = json.dumps(served.empty_body(endpoint)).encode()
     if fault.kind == "truncated":
         return await _truncated(request, body, headers)
     return web.Response(body=body, content_type="application/json", headers=headers)
@@ -109,21 +98,3 @@ async def _truncated(
     if request.transport is not None:
         request.transport.close()
     return response
-
-
-def _empty_body(wire_format: WireFormat, endpoint: str) -> dict[str, Any]:
-    now = int(time.time())
-    if wire_format == "responses":
-        body = response_object(
-            _EMPTY,
-            model=endpoint,
-            response_id=new_id("resp_"),
-            message_id=new_id("msg_"),
-            reasoning_id=None,
-            created_at=now,
-        )
-        body["output"] = []
-        return body
-    body = chat_completion(_EMPTY, model=endpoint, completion_id=new_id("chatcmpl-"), created=now)
-    body["choices"] = []
-    return body

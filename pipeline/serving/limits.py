@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pipeline.serving.models import Message
+from pipeline.serving.chat_model import Message
 from pipeline.serving.settings import ServingSettings
 from pipeline.serving.window import SlidingWindowLog, WindowEntry
 

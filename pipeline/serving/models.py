@@ -1,38 +1,16 @@
-"""Chat models the local endpoint can serve, behind one small protocol.
+"""The chat models the local endpoint can serve, by name: the instant `EchoModel` and SmolLM2.
 
-A model turns validated messages into a `Completion`; it knows nothing of HTTP, wire formats or
-faults. `EchoModel` is deterministic and instant so tests can predict every token count.
+A model turns validated messages into a `ModelOutput` (see `chat_model.py`); it knows nothing of
+HTTP, wire formats or faults. `EchoModel` is deterministic and instant so tests can predict every
+token count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
 
+from pipeline.serving.chat_model import ChatModel, Message, ModelOutput
 from pipeline.serving.settings import ServingSettings, SettingsError
-
-# A validated chat message: exactly {"role": "system"|"user"|"assistant", "content": str}.
-Message = dict[str, str]
-FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class Completion:
-    """What a model produced; token counts are in the model's own tokens."""
-
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class ChatModel(Protocol):
-    """Anything that completes a conversation within a token budget."""
-
-    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
-        """Answer the conversation with at most `max_tokens` tokens."""
-        ...
 
 
 class EchoModel:
@@ -42,13 +20,13 @@ class EchoModel:
     user message's words cut to `max_tokens`, and finish_reason says whether it was cut.
     """
 
-    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+    def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
         """Echo the last user message, truncated to `max_tokens` words."""
         prompt_tokens = sum(len(message["content"].split()) for message in messages)
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         words = last_user.split()
         kept = words[:max_tokens]
-        return Completion(
+        return ModelOutput(
             text=" ".join(kept),
             finish_reason="length" if len(words) > max_tokens else "stop",
             prompt_tokens=prompt_tokens,
@@ -58,7 +36,8 @@ class EchoModel:
 
 # Model name -> factory. A factory takes the settings so a heavier model can read its own knobs.
 def _smollm2(settings: ServingSettings) -> ChatModel:
-    # Imported on demand: llama-cpp-python is an optional extra.
+    # Imported on demand: llama-cpp-python is an optional extra. llama.py never imports this
+    # module, so the dependency stays one-way.
     from pipeline.serving.llama import load_smollm2
 
     return load_smollm2(settings)

@@ -2,19 +2,21 @@
 
 Settings arrive three ways: CLI flags at start, a JSON object posted to `/control`, and
 `dataclasses.replace` in code. JSON goes through `from_dict`/`with_changes`, which check each
-value's type against the field annotation; every way ends in `__post_init__`, which checks
+value's type against the field annotation with the job config's mechanism
+(`pipeline.core.coerce`), worded for JSON; every way ends in `__post_init__`, which checks
 ranges. Either check raises `SettingsError` naming the key, so a bad value never half-applies.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from pipeline.core.coerce import Dialect, field_values
 
 # Marks fields that only mean something when the process starts (the socket is bound, the model
 # loaded, the token read): `/control` refuses them instead of pretending to apply them.
@@ -190,51 +192,44 @@ def _jsonable(value: object) -> object:
 
 
 def _coerce_all(data: Mapping[str, Any], *, allow_startup_only: bool) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(ServingSettings)}
-    hints = typing.get_type_hints(ServingSettings)
-    coerced: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise SettingsError(key, f"unknown setting; known: {', '.join(sorted(fields))}")
-        if fields[key].metadata.get("startup_only") and not allow_startup_only:
-            raise SettingsError(key, "can only be set when the server starts")
-        coerced[key] = _coerce(key, hints[key], value)
-    return coerced
+    refuse = None if allow_startup_only else _refuse_startup_only
+    return field_values(ServingSettings, data, _JSON, refuse=refuse)
 
 
-def _coerce(key: str, hint: Any, value: object) -> Any:
-    """Check a JSON value against a field annotation; ints widen to float, lists to tuples."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union) and type(None) in args:
-        if value is None:
-            return None
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return _coerce(key, inner, value)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if isinstance(value, list | tuple):
-            return tuple(_coerce(f"{key}[{i}]", args[0], item) for i, item in enumerate(value))
-        raise SettingsError(key, f"expected a list, got {_json_type(value)}")
-    if origin is Literal:
-        if isinstance(value, str) and value in args:
-            return value
+def _refuse_startup_only(spec: dataclasses.Field[Any]) -> str | None:
+    return "can only be set when the server starts" if spec.metadata.get("startup_only") else None
+
+
+class _JsonDialect(Dialect):
+    """Refusals in JSON's words (`got string`, `got null`), raised as SettingsError."""
+
+    error: ClassVar[type[Exception]] = SettingsError
+    root: ClassVar[str] = "settings"
+    names: ClassVar[Mapping[Any, str]] = types.MappingProxyType(
+        {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    )
+
+    def unknown_key(self, name: str, known: Sequence[str]) -> str:
+        return f"unknown setting; known: {', '.join(sorted(known))}"
+
+    def not_mapping(self, value: object) -> str:
+        return f"expected an object, got {_json_type(value)}"
+
+    def not_list(self, value: object) -> str:
+        return f"expected a list, got {_json_type(value)}"
+
+    def not_choice(self, allowed: tuple[Any, ...], value: object) -> str:
         got = repr(value) if isinstance(value, str) else _json_type(value)
-        raise SettingsError(key, f"expected one of {', '.join(map(repr, args))}, got {got}")
-    # bool is an int subclass in Python but a different JSON type: never let true mean 1.
-    if isinstance(value, bool):
-        if hint is bool:
-            return value
-    elif isinstance(value, int) and hint in (int, float):
-        return value if hint is int else float(value)
-    elif isinstance(value, float) and hint is float and math.isfinite(value):
-        return value
-    elif isinstance(value, str) and hint is str:
-        return value
-    raise SettingsError(key, f"expected {_describe(hint)}, got {_json_type(value)}")
+        return f"expected one of {', '.join(map(repr, allowed))}, got {got}"
+
+    def not_finite(self, value: float) -> str:
+        return self.wrong_type(float, value)
+
+    def wrong_type(self, hint: Any, value: object) -> str:
+        return f"expected {self.expected(hint)}, got {_json_type(value)}"
 
 
-def _describe(hint: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-    return names.get(hint, str(hint))
+_JSON = _JsonDialect()
 
 
 def _json_type(value: object) -> str:

@@ -1,19 +1,13 @@
-"""The exact JSON bodies of each wire format, and the Databricks error body.
+"""What every route shares on the wire: the Databricks error body, its codes, Retry-After, ids.
 
-Pure functions: ids and timestamps come in as arguments so tests can compare whole bodies.
-`new_id` is the one impure helper and lives here so the id formats sit next to their shapes.
+Each format's own answer bodies live in its module under `formats/`; this module holds what
+does not depend on the format. Pure functions, except `new_id` (random), which every format
+uses for its answer ids.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
-
-from pipeline.serving.models import Completion
-
-# The three model routes; also the `by_route` keys of /stats and the prefix of fault keys.
-WireFormat = Literal["invocations", "chat_completions", "responses"]
-WIRE_FORMATS: tuple[WireFormat, ...] = ("invocations", "chat_completions", "responses")
 
 # Decimals kept in a Retry-After value: sub-millisecond precision is noise for a retry delay.
 _RETRY_AFTER_DECIMALS = 6
@@ -22,73 +16,6 @@ _RETRY_AFTER_DECIMALS = 6
 def new_id(prefix: str) -> str:
     """A fresh random id such as `chatcmpl-<hex>`, `resp_<hex>`, `msg_<hex>` or `rs_<hex>`."""
     return f"{prefix}{secrets.token_hex(12)}"
-
-
-def chat_completion(
-    completion: Completion, *, model: str, completion_id: str, created: int
-) -> dict[str, Any]:
-    """A Chat Completions body, as answered by both Databricks invocations and the OpenAI route."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": completion.finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": completion.prompt_tokens,
-            "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        },
-    }
-
-
-def response_object(
-    completion: Completion,
-    *,
-    model: str,
-    response_id: str,
-    message_id: str,
-    reasoning_id: str | None,
-    created_at: int,
-) -> dict[str, Any]:
-    """An OpenAI Responses body; a reasoning item precedes the message when `reasoning_id` is set.
-
-    A completion cut by the token budget is `incomplete` with reason `max_output_tokens`.
-    """
-    truncated = completion.finish_reason == "length"
-    status = "incomplete" if truncated else "completed"
-    output: list[dict[str, Any]] = []
-    if reasoning_id is not None:
-        output.append({"type": "reasoning", "id": reasoning_id, "summary": []})
-    output.append(
-        {
-            "type": "message",
-            "id": message_id,
-            "status": status,
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": completion.text, "annotations": []}],
-        }
-    )
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
-        "model": model,
-        "status": status,
-        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
-        "output": output,
-        "usage": {
-            "input_tokens": completion.prompt_tokens,
-            "output_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        },
-    }
 
 
 def error_body(error_code: str, message: str) -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 Statuses in `by_status` are what each request ended with: real HTTP statuses, plus 444 for a
 connection reset on purpose (no response sent) and 499 for a client that went away first.
+`by_route` is keyed by served format name (`formats/`), so Azure's chat-completions path counts
+as `chat_completions` together with the OpenAI one.
 `in_flight` counts requests being served (past rate limits and the concurrency bound), so in
 queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts those waiting.
 """
@@ -13,7 +15,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.serving.faults import FAULT_KINDS, FaultKind
-from pipeline.serving.shapes import WIRE_FORMATS, WireFormat
+from pipeline.serving.formats import FORMAT_NAMES
 
 
 class ServingStats:
@@ -31,7 +33,7 @@ class ServingStats:
         """Zero every counter. Requests still in flight stay counted in `in_flight`."""
         self.requests_total = 0
         self.by_status: Counter[int] = Counter()
-        self.by_route: Counter[WireFormat] = Counter()
+        self.by_route: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.faults_by_kind: Counter[FaultKind] = Counter()
@@ -48,10 +50,10 @@ class ServingStats:
         """Faults of every kind."""
         return sum(self.faults_by_kind.values())
 
-    def request_started(self, wire_format: WireFormat) -> None:
-        """Count a request entering a model route."""
+    def request_started(self, format_name: str) -> None:
+        """Count a request entering a route of the served format `format_name`."""
         self.requests_total += 1
-        self.by_route[wire_format] += 1
+        self.by_route[format_name] += 1
         self.last_request_at = time.time()
         if self.first_request_at is None:
             self.first_request_at = self.last_request_at
@@ -91,7 +93,7 @@ class ServingStats:
         return {
             "requests_total": self.requests_total,
             "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
-            "by_route": {route: self.by_route[route] for route in WIRE_FORMATS},
+            "by_route": {name: self.by_route[name] for name in FORMAT_NAMES},
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "tokens_served": self.prompt_tokens + self.completion_tokens,

@@ -3,7 +3,7 @@
 A server limit of "N per minute" promises that no window of a minute holds more than N. A log of
 (time, amount) events answers that exactly, and also says when enough of it will have expired
 for a new amount to fit, which is what `Retry-After` reports. A token bucket (the client's
-`pipeline.http.ratelimit`) only approximates both.
+`pipeline.core.ratelimit`) only approximates both.
 
 The log never reads a clock: callers pass `now`, from a monotonic clock that never goes back,
 so tests state times instead of waiting for them.

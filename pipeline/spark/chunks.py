@@ -31,7 +31,8 @@ from pyspark.sql.types import MapType
 
 from pipeline.core.config import SinkConfig
 from pipeline.core.errors import ConfigError
-from pipeline.spark.mapper import IDENTITY_COLUMNS, column
+from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
+from pipeline.spark.crossing import column
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def numbered(frame: DataFrame) -> DataFrame:
     numbers them the same way (rows equal in every value are interchangeable anyway)."""
     others = [
         column(f.name) for f in frame.schema.fields
-        if f.name not in IDENTITY_COLUMNS and not isinstance(f.dataType, MapType)
+        if f.name not in (*IDENTITY_COLUMNS, REQUEST) and not isinstance(f.dataType, MapType)
     ]  # fmt: skip
     order = F.xxhash64(*others) if others else F.lit(0)
     window = Window.partitionBy(*IDENTITY_COLUMNS).orderBy(order)
@@ -264,10 +265,8 @@ def spread(chunk: DataFrame, tasks: int, dedupe: bool) -> DataFrame:
     """A chunk over `tasks` Spark tasks; when deduping, identical requests go to the same
     task, one after the other (so a task needs to remember only recent answers)."""
     if dedupe:
-        spread = chunk.repartition(tasks, "request_hash").sortWithinPartitions("request_hash")
-    else:
-        spread = chunk.repartition(tasks)
-    return spread.drop(*IDENTITY_COLUMNS)
+        return chunk.repartition(tasks, "request_hash").sortWithinPartitions("request_hash")
+    return chunk.repartition(tasks)
 
 
 def _chunk_sizes(keys: DataFrame, chunks: int, pending_rows: int) -> list[int]:

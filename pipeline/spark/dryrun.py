@@ -10,14 +10,10 @@ from pyspark.sql import functions as F
 
 from pipeline.core.config import JobConfig
 from pipeline.spark.chunks import Changes
-from pipeline.spark.mapper import (
-    ESTIMATE_SCHEMA,
-    IDENTITY_COLUMNS,
-    make_estimate_mapper,
-    map_in_pandas,
-)
+from pipeline.spark.crossing import map_in_pandas
+from pipeline.spark.mapper import ESTIMATE_SCHEMA, make_estimate_mapper
 from pipeline.spark.prepare import planned, read_input
-from pipeline.spark.tables import spark_session
+from pipeline.spark.session import spark_session
 
 
 @dataclass(frozen=True)
@@ -58,9 +54,7 @@ def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
     spark = spark or spark_session()
     frame = read_input(spark, config)
     with planned(spark, config, frame, metadata=None) as work:
-        estimate_mapper = make_estimate_mapper(config.source, config.request, config.endpoint)
-        pending = work.pending().drop(*IDENTITY_COLUMNS)
-        built = map_in_pandas(pending, estimate_mapper, ESTIMATE_SCHEMA)
+        built = map_in_pandas(work.pending(), make_estimate_mapper(), ESTIMATE_SCHEMA)
         sent = built.dropDuplicates(["key"]) if config.request.dedupe else built
         totals = sent.agg(
             F.count(F.lit(1)).alias("requests"),

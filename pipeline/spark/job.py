@@ -22,25 +22,21 @@ from pyspark.sql import Observation, SparkSession
 from pyspark.sql.types import StructType
 
 from pipeline.control.budget import JobBudget
-from pipeline.control.coordinator import BudgetServer
 from pipeline.control.progress import Board, ProgressStyle, Tally
+from pipeline.control.server import DriverServer
 from pipeline.core.config import JobConfig, LimitsConfig
 from pipeline.core.errors import JobAborted
 from pipeline.core.secrets import Credentials, resolve_credentials
-from pipeline.http.client import ClientSettings
+from pipeline.http.settings import ClientSettings
 from pipeline.spark.chunks import WorkPlan, spread
+from pipeline.spark.columns import output_schema, parsed_type
+from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.lease import SinkLease
-from pipeline.spark.mapper import (
-    TaskPlan,
-    as_text,
-    make_batch_mapper,
-    map_in_pandas,
-    output_schema,
-    parsed_type,
-)
+from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
+from pipeline.spark.session import driver_host, spark_session
 from pipeline.spark.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
-from pipeline.spark.tables import SaveMode, delete_rows, driver_host, spark_session, write_sink
+from pipeline.spark.tables import SaveMode, delete_rows, write_sink
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +147,7 @@ def _answer_chunks(
             client = replace(client, token_url=server.token_url)
         if server.budget is not None:
             client = replace(client, budget_url=server.url)
-        plan = TaskPlan(config.source, config.request, client)
+        plan = TaskPlan(config.request, client)
         for index in range(work.chunks):
             run.lease.check()  # never commit over another run's work
             metadata = json.dumps(
@@ -172,7 +168,7 @@ def _answer_chunks(
 @contextmanager
 def _driver_server(
     spark: SparkSession, limits: LimitsConfig, tasks: int, board: Board, credentials: Credentials
-) -> Iterator[BudgetServer]:
+) -> Iterator[DriverServer]:
     """The driver's server for the tasks: progress, and the job's shared budget when there is
     one to keep."""
     budgets = (limits.requests_per_minute, limits.tokens_per_minute)
@@ -184,7 +180,7 @@ def _driver_server(
             adaptive=limits.adaptive,
             start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
         )
-    with BudgetServer(
+    with DriverServer(
         budget, board=board, credentials=credentials, advertise=driver_host(spark)
     ) as server:
         yield server
@@ -225,9 +221,8 @@ def _commit_chunk(
     chunk = work.chunk(index)
     parsed = parsed_type(config.request.output_format)
     as_sent = spread(chunk, run.tasks, config.request.dedupe)
-    answered = map_in_pandas(
-        as_sent, make_batch_mapper(plan), output_schema(as_sent.schema, parsed)
-    )
+    answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS).schema, parsed)
+    answered = map_in_pandas(as_sent, make_batch_mapper(plan), answered_schema)
     text_schema = output_schema(run.source_schema, parsed)
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"

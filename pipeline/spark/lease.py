@@ -30,7 +30,8 @@ from pyspark.sql import Row, SparkSession
 from pipeline.core.config import SinkConfig
 from pipeline.core.errors import JobAborted, SinkBusy
 from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition
-from pipeline.spark.tables import delta_path, session_conf
+from pipeline.spark.session import session_conf
+from pipeline.spark.tables import delta_path
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.config import SinkConfig, SourceConfig
 from pipeline.core.errors import ConfigError
-from pipeline.spark.mapper import IDENTITY_COLUMNS, BatchMapper, as_text, column, with_identity
+from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
+from pipeline.spark.crossing import BatchMapper, as_text, column
+from pipeline.spark.mapper import with_identity
 from pipeline.spark.tables import write_sink
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ def identify_rows(
             "sink.mode=overwrite to answer everything again",
         )
     rows = frame.drop(*(name for name in IDENTITY_COLUMNS if name in frame.columns))
-    return as_text(with_identity(rows, key_mapper), rows.schema)
+    return as_text(with_identity(rows, key_mapper).drop(REQUEST), rows.schema)
 
 
 def adopt(

@@ -19,14 +19,15 @@ from pyspark.sql.types import StructType
 from pipeline.core.config import JobConfig, SourceConfig
 from pipeline.core.errors import ConfigError
 from pipeline.spark.chunks import WorkPlan, cached, check_is_output, plan_work
+from pipeline.spark.columns import output_schema, parsed_type
 from pipeline.spark.legacy import adopt, identify_rows
-from pipeline.spark.mapper import make_key_mapper, output_schema, parsed_type, with_identity
+from pipeline.spark.mapper import make_key_mapper, with_identity
+from pipeline.spark.session import session_conf
 from pipeline.spark.sink_schema import check_appendable
 from pipeline.spark.tables import (
     check_sink_is_not_source,
     read_source,
     reading_source,
-    session_conf,
     sink_exists,
     sink_snapshot,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
-from pipeline.spark.tables import spark_session
+from pipeline.spark.session import spark_session
 
 TOPICS = (
     "photosynthesis",

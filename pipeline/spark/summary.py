@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from pipeline.control.progress import Tally
 from pipeline.core.config import SinkConfig
+from pipeline.spark.columns import named
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 MAX_ATTEMPTS_BUCKET = 5  # attempts 5 and more share a bucket
@@ -35,21 +36,21 @@ def chunk_metrics() -> list[Column]:
     # Tokens of rows that sent a request: a row copied from an identical request (attempts 0)
     # carries the same usage, but it was paid for once.
     def paid(column: str) -> Column:
-        return F.sum(F.when(F.col("attempts") > 0, F.coalesce(F.col(column), F.lit(0))))
+        return F.sum(F.when(F.col(named("attempts")) > 0, F.coalesce(F.col(column), F.lit(0))))
 
-    finish = F.col("finish_reason")
-    attempts = F.col("attempts")
+    finish = F.col(named("finish_reason"))
+    attempts = F.col(named("attempts"))
     return [
         F.count(F.lit(1)).alias("rows"),
-        F.count_if(F.col("status") == "ok").alias("ok"),
-        paid("prompt_tokens").alias("prompt_tokens"),
-        paid("completion_tokens").alias("completion_tokens"),
+        F.count_if(F.col(named("status")) == "ok").alias("ok"),
+        paid(named("prompt_tokens")).alias("prompt_tokens"),
+        paid(named("completion_tokens")).alias("completion_tokens"),
         F.sum(attempts).alias("attempts"),
         *(F.count_if(finish == reason).alias(f"finish:{reason}") for reason in FINISH_REASONS),
         F.count_if(finish.isNotNull() & ~finish.isin(*FINISH_REASONS)).alias("finish:other"),
         *(F.count_if(attempts == n).alias(f"attempts:{n}") for n in range(MAX_ATTEMPTS_BUCKET)),
         F.count_if(attempts >= MAX_ATTEMPTS_BUCKET).alias(f"attempts:{MAX_ATTEMPTS_BUCKET}+"),
-        F.count_if(F.col("latency_ms").isNotNull()).alias("timed"),
+        F.count_if(F.col(named("latency_ms")).isNotNull()).alias("timed"),
         *(
             F.percentile_approx("latency_ms", p / 100, 10_000).alias(f"latency_p{p}")
             for p in PERCENTILES

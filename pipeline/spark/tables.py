@@ -1,4 +1,4 @@
-"""Table I/O and the Spark session: the only module that reads or writes tables.
+"""Table I/O: the only module that reads or writes tables (the session: `spark.session`).
 
 Sources and sinks are a Parquet path, a Delta path or a catalog table (`catalog.schema.table`).
 """
@@ -6,11 +6,8 @@ Sources and sinks are a Parquet path, a Delta path or a catalog table (`catalog.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
@@ -18,88 +15,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pipeline.core.config import SinkConfig, SourceConfig, normal_path
 from pipeline.core.errors import ConfigError
 from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition, read_error
+from pipeline.spark.session import DELTA_PACKAGE, session_conf
 
 log = logging.getLogger(__name__)
 
-DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
-DELTA_CONF = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-}
-# A speculative copy of a task would send every one of its requests again, and pay for them.
-# The job shows its own progress (rows, not stages): Spark's console bar would fight with it.
-BASE_CONF = {"spark.speculation": "false", "spark.ui.showConsoleProgress": "false"}
-JOB_CONF = {**BASE_CONF, **DELTA_CONF}
-
 T = TypeVar("T")
-
-
-def spark_session(
-    app_name: str = "batch-chat", conf: Mapping[str, str] | None = None
-) -> SparkSession:
-    """The active session (Databricks, a notebook), else a new one with Delta configured.
-
-    Under `spark-submit` the JVM is already running, so Delta's jars must come from
-    `--packages`; launched from plain Python, `configure_spark_with_delta_pip` fetches them.
-    """
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        _warn_if_speculative(active)
-        return active
-    # Executors must run the same interpreter (and so see the same packages) as the driver.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
-    with_delta = not under_submit or _delta_on_classpath()
-    settings = {**(JOB_CONF if with_delta else BASE_CONF), **(conf or {})}
-    if not under_submit:
-        settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
-    builder = SparkSession.builder.appName(app_name)
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    if not under_submit:
-        from delta import configure_spark_with_delta_pip
-
-        builder = configure_spark_with_delta_pip(builder)
-    session = builder.getOrCreate()
-    _warn_if_speculative(session)
-    return session
-
-
-def driver_host(spark: SparkSession) -> str:
-    """The address executors reach the driver at (loopback when they run inside it)."""
-    try:
-        master = spark.conf.get("spark.master", "") or ""
-        if master.startswith("local"):
-            return "127.0.0.1"
-        return spark.conf.get("spark.driver.host", "127.0.0.1") or "127.0.0.1"
-    except Exception:  # a runtime that hides its confs
-        return "127.0.0.1"
-
-
-def _delta_on_classpath() -> bool:
-    # Under spark-submit, Delta is there only when --packages (or --jars) brought it; without
-    # it, a Parquet-only job must still start, so the Delta extension is left out.
-    from py4j.protocol import Py4JJavaError
-    from pyspark import SparkContext
-
-    SparkContext._ensure_initialized()
-    jvm = SparkContext._jvm
-    assert jvm is not None
-    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
-    try:
-        jvm.java.lang.Class.forName(DELTA_CONF["spark.sql.extensions"], False, loader)
-    except Py4JJavaError:
-        return False
-    return True
-
-
-def _warn_if_speculative(spark: SparkSession) -> None:
-    try:
-        speculative = spark.conf.get("spark.speculation", "false") == "true"
-    except Exception:  # some runtimes hide cluster confs; nothing to warn about then
-        return
-    if speculative:
-        log.warning("spark.speculation is on: duplicate task attempts will pay for requests twice")
 
 
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
@@ -226,22 +146,6 @@ def delete_rows(
             )
     finally:
         spark.catalog.dropTempView(view)
-
-
-@contextmanager
-def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
-    """`settings` in the session's SQL conf while the context is open; restored after."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, before in previous.items():
-            if before is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, before)
 
 
 def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:

@@ -10,14 +10,14 @@ from typing import Any
 
 from pipeline.core.chat import ChatRequest, Completion
 from pipeline.core.structured import OutputFormat
-from pipeline.wire import invocations
 from pipeline.wire.base import Endpoint, WireFormat
 from pipeline.wire.fields import chat_messages, sampling_fields
+from pipeline.wire.invocations import Invocations, format_fields, parse
 
 
 class ChatCompletions(WireFormat):
     name = "chat_completions"
-    reserved_fields = invocations.Invocations.reserved_fields | {"model"}
+    reserved_fields = Invocations.reserved_fields | {"model"}
 
     def url(self, endpoint: Endpoint) -> str:
         return f"{endpoint.serving_base_url}/chat/completions"
@@ -33,7 +33,7 @@ class ChatCompletions(WireFormat):
         }
 
     def parse(self, payload: Any) -> Completion:
-        return invocations.parse(payload)
+        return parse(payload)
 
     def format_fields(self, output: OutputFormat) -> dict[str, Any]:
-        return invocations.format_fields(output)
+        return format_fields(output)

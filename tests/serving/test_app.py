@@ -14,10 +14,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.serving.app import STATE, make_app
-from pipeline.serving.models import Completion, EchoModel, Message
+from pipeline.serving.app import make_app
+from pipeline.serving.chat_model import Message, ModelOutput
+from pipeline.serving.models import EchoModel
 from pipeline.serving.process import LocalEndpoint
 from pipeline.serving.settings import ServingSettings
+from pipeline.serving.state import STATE
 
 from .conftest import ENDPOINT, OTHER_ENDPOINT, TOKEN, TOKEN_ENV
 from .wire_client import Reply, get, post
@@ -409,6 +411,116 @@ def test_control_refuses_a_bad_load_knob_naming_it(endpoint: LocalEndpoint) -> N
     assert endpoint.control()["max_concurrency"] is None  # nothing was applied
 
 
+# --- Azure OpenAI's chat-completions route, and its api-key header on every route ---
+
+
+def azure(endpoint: LocalEndpoint, body: object, name: str = ENDPOINT, **kw: Any) -> Reply:
+    """POST to Azure OpenAI's path, where the endpoint name is the deployment."""
+    return post(f"{endpoint.url}/openai/deployments/{name}/chat/completions", body, **kw)
+
+
+def test_azure_deployments_route_answers_a_chat_completion(endpoint: LocalEndpoint) -> None:
+    reply = azure(endpoint, {**user("one two three"), "max_tokens": 2}, name=OTHER_ENDPOINT)
+
+    assert reply.status == 200
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]+", reply.body["id"])
+    assert (reply.body["object"], reply.body["model"]) == ("chat.completion", OTHER_ENDPOINT)
+    assert reply.body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "one two"},
+         "finish_reason": "length"}
+    ]
+    assert reply.body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert "x-ratelimit-limit-requests" not in reply.headers  # no limits set
+
+
+def test_azure_route_counts_as_chat_completions_in_stats(endpoint: LocalEndpoint) -> None:
+    azure(endpoint, user("hi"))
+
+    stats = endpoint.stats()
+    assert stats["by_route"] == {"invocations": 0, "chat_completions": 1, "responses": 0}
+    assert (stats["requests_total"], stats["by_status"]) == (1, {"200": 1})
+
+
+def test_azure_route_names_the_endpoint_in_the_path_not_the_body(endpoint: LocalEndpoint) -> None:
+    ignored_model = azure(endpoint, {"model": "not-served", **user("hi")})
+    unknown_deployment = azure(endpoint, {"model": ENDPOINT, **user("hi")}, name="nope")
+
+    assert (ignored_model.status, ignored_model.body["model"]) == (200, ENDPOINT)
+    assert "nope" in assert_error(unknown_deployment, 404, "RESOURCE_DOES_NOT_EXIST")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([1, 2], "request body"),
+        ({"prompt": "hi"}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({**user("hi"), "max_tokens": 4097}, "max_tokens"),
+        ({**user("hi"), "temperature": 2.5}, "temperature"),
+    ],
+)
+def test_azure_route_validates_like_chat_completions(
+    endpoint: LocalEndpoint, body: object, field: str
+) -> None:
+    reply = azure(endpoint, body)
+
+    assert assert_error(reply, 400, "INVALID_PARAMETER_VALUE").startswith(f"{field} ")
+
+
+def test_azure_route_shares_faults_and_limits_with_chat_completions(
+    endpoint: LocalEndpoint,
+) -> None:
+    endpoint.control(fail_first=1, requests_per_minute=2)
+    openai_path = f"{endpoint.base_url}/chat/completions"
+
+    first = azure(endpoint, user("hi"))
+    # The same prompt on the OpenAI path is the same request: its one failure is spent.
+    second = post(openai_path, {"model": ENDPOINT, **user("hi")})
+    third = azure(endpoint, user("hi"))
+
+    assert (first.status, second.status) == (503, 200)
+    assert third.status == 429  # one window per endpoint name, whatever the path
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    stats = endpoint.stats()
+    assert (stats["faults_injected"], stats["distinct_requests"]) == (1, 1)
+    assert stats["by_route"]["chat_completions"] == 3
+
+
+def api_key(token: str) -> dict[str, str]:
+    return {"api-key": token}
+
+
+MODEL_ROUTES = [
+    (f"/serving-endpoints/{ENDPOINT}/invocations", user("hi")),
+    ("/serving-endpoints/chat/completions", {"model": ENDPOINT, **user("hi")}),
+    ("/serving-endpoints/responses", {"model": ENDPOINT, "input": "hi"}),
+    (f"/openai/deployments/{ENDPOINT}/chat/completions", user("hi")),
+]
+MODEL_ROUTE_IDS = ["invocations", "chat-completions", "responses", "azure"]
+
+
+@pytest.mark.parametrize(("path", "body"), MODEL_ROUTES, ids=MODEL_ROUTE_IDS)
+def test_api_key_carries_the_token_on_every_route(
+    secured_endpoint: LocalEndpoint, path: str, body: object
+) -> None:
+    url = secured_endpoint.url + path
+
+    assert post(url, body, headers=api_key(TOKEN)).status == 200
+    assert post(url, body, headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
+    wrong = post(url, body, headers=api_key("dapi-wrong"))
+    assert "dapi-wrong" not in assert_error(wrong, 403, "PERMISSION_DENIED")
+    assert_error(post(url, body, headers=api_key("")), 401, "UNAUTHENTICATED")
+    assert_error(post(url, body), 401, "UNAUTHENTICATED")
+
+
+def test_a_wrong_api_key_is_refused_even_beside_a_right_bearer(
+    secured_endpoint: LocalEndpoint,
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", **api_key("dapi-wrong")}
+
+    assert_error(azure(secured_endpoint, user("hi"), headers=headers), 403, "PERMISSION_DENIED")
+
+
 # --- the model execution hook, in-process with injected models ---
 
 # Bounds every wait on a model thread; a passing test never comes near it.
@@ -428,7 +540,7 @@ class BlockingModel:
         self.peak_running = 0
         self._lock = threading.Lock()
 
-    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+    def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
         with self._lock:
             self.threads.add(threading.get_ident())
             self.started += 1
@@ -448,7 +560,7 @@ class InlineModel(EchoModel):
     def __init__(self) -> None:
         self.threads: set[int] = set()
 
-    def complete(self, messages: list[Message], max_tokens: int) -> Completion:
+    def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
         self.threads.add(threading.get_ident())
         return super().complete(messages, max_tokens)
 

@@ -63,3 +63,37 @@ def test_read_token_names_the_setting_when_the_variable_is_empty(environ: dict[s
         read_token("T", environ)
 
     assert caught.value.key == "token_env"
+
+
+@pytest.mark.parametrize("api_key", [TOKEN, f"  {TOKEN} "])
+def test_the_token_is_accepted_as_an_azure_api_key(api_key: str) -> None:
+    check_authorization(None, TOKEN, api_key=api_key)
+
+
+@pytest.mark.parametrize("api_key", ["", "   "])
+def test_a_blank_api_key_counts_as_no_credentials(api_key: str) -> None:
+    with pytest.raises(Unauthenticated):
+        check_authorization(None, TOKEN, api_key=api_key)
+
+
+def test_a_wrong_api_key_is_403_and_not_echoed() -> None:
+    with pytest.raises(PermissionDenied) as caught:
+        check_authorization(None, TOKEN, api_key="dapi-wrong")
+
+    assert "dapi" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "api_key"), [(f"Bearer {TOKEN}", "dapi-wrong"), ("Bearer dapi-wrong", TOKEN)]
+)
+def test_every_credential_sent_must_carry_the_token(header: str, api_key: str) -> None:
+    with pytest.raises(PermissionDenied):
+        check_authorization(header, TOKEN, api_key=api_key)
+
+
+def test_both_headers_with_the_token_are_accepted() -> None:
+    check_authorization(f"Bearer {TOKEN}", TOKEN, api_key=TOKEN)
+
+
+def test_without_a_token_any_api_key_is_accepted() -> None:
+    check_authorization(None, None, api_key="whatever")

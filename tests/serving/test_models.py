@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.serving.models import Completion, EchoModel, make_model
+from pipeline.serving.chat_model import ModelOutput
+from pipeline.serving.models import EchoModel, make_model
 from pipeline.serving.settings import ServingSettings, SettingsError
 
 
@@ -16,7 +17,7 @@ def test_prompt_tokens_count_words_of_every_message_and_output_echoes_last_user(
 
     completion = EchoModel().complete(messages, max_tokens=10)
 
-    assert completion == Completion(
+    assert completion == ModelOutput(
         text="second question", finish_reason="stop", prompt_tokens=9, completion_tokens=2
     )
 
@@ -26,7 +27,7 @@ def test_truncates_to_max_tokens_words_and_reports_length() -> None:
 
     completion = EchoModel().complete(messages, max_tokens=3)
 
-    assert completion == Completion(
+    assert completion == ModelOutput(
         text="one two three", finish_reason="length", prompt_tokens=5, completion_tokens=3
     )
 
@@ -49,7 +50,7 @@ def test_last_user_message_wins_even_before_an_assistant_turn() -> None:
 def test_no_user_message_gives_an_empty_answer() -> None:
     completion = EchoModel().complete([{"role": "system", "content": "x y"}], max_tokens=5)
 
-    assert completion == Completion(text="", finish_reason="stop", prompt_tokens=2,
+    assert completion == ModelOutput(text="", finish_reason="stop", prompt_tokens=2,
                                     completion_tokens=0)
 
 

@@ -1,6 +1,7 @@
 """Real client libraries, unchanged, against the real server: the ways the Databricks docs query
 a chat endpoint (OpenAI Chat Completions and Responses, databricks-sdk, MLflow Deployments, and
-the REST example's curl with Basic auth). Every answer is parsed by the client's own types.
+the REST example's curl with Basic auth), plus openai's Azure client on the Azure route. Every
+answer is parsed by the client's own types.
 
 The echo model makes every value predictable: the answer is the last user message's words cut
 to the token budget, and prompt_tokens counts the words of all messages.
@@ -255,6 +256,50 @@ def test_openai_maps_databricks_errors_to_its_own_classes(
     assert isinstance(raised.value.body, dict)
     assert raised.value.body["error_code"] == error_code
     assert_served_once(endpoint, "chat_completions", status)
+
+
+# --- 3b. openai's Azure client: deployment in the path, token in `api-key` ---
+
+# Any version Azure accepts: the client sends it as `?api-version=`, which the server ignores.
+AZURE_API_VERSION = "2024-10-21"
+
+
+def azure_client(endpoint: LocalEndpoint, api_key: str = TOKEN) -> openai.AzureOpenAI:
+    """Azure's client as its docs build it, pointed at the server's root; no retries."""
+    return openai.AzureOpenAI(
+        api_key=api_key,
+        azure_endpoint=endpoint.url,
+        api_version=AZURE_API_VERSION,
+        max_retries=0,
+        timeout=HTTP_TIMEOUT_S,
+    )
+
+
+def test_azure_openai_chat_completion_parses_into_the_clients_type(
+    endpoint: LocalEndpoint,
+) -> None:
+    completion = azure_client(endpoint).chat.completions.create(
+        model=CHAT_ENDPOINT, messages=chat_messages(), max_tokens=256
+    )
+
+    assert isinstance(completion, ChatCompletion)
+    assert completion.model == CHAT_ENDPOINT
+    [choice] = completion.choices
+    assert (choice.finish_reason, choice.message.content) == ("stop", QUESTION)
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == PROMPT_TOKENS
+    assert_served_once(endpoint, "chat_completions")
+
+
+def test_azure_openai_wrong_key_is_permission_denied(endpoint: LocalEndpoint) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        azure_client(endpoint, "dapi-wrong").chat.completions.create(
+            model=CHAT_ENDPOINT, messages=chat_messages(), max_tokens=5
+        )
+
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["error_code"] == "PERMISSION_DENIED"
+    assert_served_once(endpoint, "chat_completions", 403)
 
 
 # --- 4. databricks-sdk ---

@@ -4,18 +4,13 @@ import re
 
 import pytest
 
-from pipeline.serving.models import Completion
-from pipeline.serving.shapes import (
-    chat_completion,
-    error_body,
-    error_code_for_status,
-    new_id,
-    response_object,
-    retry_after_header,
-)
+from pipeline.serving.chat_model import ModelOutput
+from pipeline.serving.formats.chat_completions import chat_completion
+from pipeline.serving.formats.responses import response_object
+from pipeline.serving.shapes import error_body, error_code_for_status, new_id, retry_after_header
 
-STOPPED = Completion(text="a b", finish_reason="stop", prompt_tokens=5, completion_tokens=2)
-CUT = Completion(text="a b", finish_reason="length", prompt_tokens=4, completion_tokens=2)
+STOPPED = ModelOutput(text="a b", finish_reason="stop", prompt_tokens=5, completion_tokens=2)
+CUT = ModelOutput(text="a b", finish_reason="length", prompt_tokens=4, completion_tokens=2)
 
 
 def test_chat_completion_body() -> None:

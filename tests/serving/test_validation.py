@@ -4,30 +4,26 @@ from typing import Any
 
 import pytest
 
-from pipeline.serving.errors import BadRequest
-from pipeline.serving.validation import (
-    ChatRequest,
-    endpoint_from_body,
-    parse_chat_request,
-    parse_json_object,
-    parse_responses_request,
-)
+from pipeline.serving.errors import InvalidRequest
+from pipeline.serving.formats.chat_completions import parse_chat_request
+from pipeline.serving.formats.responses import parse_responses_request
+from pipeline.serving.validation import IncomingChat, endpoint_from_body, parse_json_object
 
 LIMIT = 100
 USER = {"role": "user", "content": "hi there"}
 
 
-def chat(body: dict[str, Any]) -> ChatRequest:
+def chat(body: dict[str, Any]) -> IncomingChat:
     return parse_chat_request(body, "invocations", max_tokens_limit=LIMIT)
 
 
-def responses(body: dict[str, Any]) -> ChatRequest:
+def responses(body: dict[str, Any]) -> IncomingChat:
     return parse_responses_request(body, max_tokens_limit=LIMIT)
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe\xfa", b""])
 def test_body_must_be_a_json_object(raw: bytes) -> None:
-    with pytest.raises(BadRequest, match="JSON object"):
+    with pytest.raises(InvalidRequest, match="JSON object"):
         parse_json_object(raw)
 
 
@@ -67,7 +63,7 @@ def test_null_optionals_count_as_absent() -> None:
     ],
 )
 def test_chat_errors_name_the_field(body: dict[str, Any], field: str) -> None:
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         chat(body)
 
     assert caught.value.message.startswith(f"{field} ")
@@ -108,7 +104,7 @@ def test_responses_list_input_is_validated_like_messages() -> None:
     ],
 )
 def test_responses_errors_name_the_field(body: dict[str, Any], field: str) -> None:
-    with pytest.raises(BadRequest) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         responses(body)
 
     assert caught.value.message.startswith(f"{field} ")
@@ -140,7 +136,7 @@ def test_responses_fault_key_includes_instructions() -> None:
 
 @pytest.mark.parametrize("body", [{}, {"model": 3}, {"model": ""}])
 def test_openai_routes_need_a_model_name(body: dict[str, Any]) -> None:
-    with pytest.raises(BadRequest, match=r"^model "):
+    with pytest.raises(InvalidRequest, match=r"^model "):
         endpoint_from_body(body)
 
 

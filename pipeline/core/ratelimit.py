@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 from pipeline.core.errors import TokenBudgetExceeded
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
+from pipeline.core.timing import Clock, Sleep
 
 # How many seconds of budget may be spent at once after an idle spell. Small, so a job never
 # bursts far above its per-minute rate in any window a server measures.
@@ -130,7 +128,7 @@ class TokenBucket(Bucket):
 
 
 class RateLimits:
-    """The requests-per-minute and tokens-per-minute budgets of one Spark task.
+    """The requests-per-minute and tokens-per-minute budgets of one Spark task (a `Limiter`).
 
     `job_tokens_per_minute` is the whole job's budget: a single request estimated above it can
     never be admitted anywhere and is refused instead of waiting forever.

@@ -1,0 +1,217 @@
+"""The task side of the control plane: what each Spark task runs to talk to the driver.
+
+`SharedLimits` leases permits from the job's budget (`control.budget`, served by
+`control.server`) in batches of at most `budget.LEASE_SECONDS` of the job's rate, reporting what
+the task saw (successes, 429s, the endpoint's `x-ratelimit-*` headers, token corrections) with
+each ask. `Reporter` posts the task's progress every second. Both live in the task's event loop,
+each with an aiohttp session of its own (the chat session's requests carry the endpoint's
+token, which the driver must never see). A task that cannot reach the driver keeps working: the
+limits fall back to the task's static share of the budgets, with a warning, and only its
+progress goes unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+from collections.abc import Mapping
+
+import aiohttp
+
+from pipeline.control.progress import REPORT_EVERY_S, Tally
+from pipeline.control.protocol import LeaseAsk, LeaseGrant, ProgressReport
+from pipeline.core.ratelimit import RateLimits
+from pipeline.core.timing import Sleep
+from pipeline.wire import WireFormat
+
+log = logging.getLogger(__name__)
+
+LEASE_TIMEOUT_S = 10.0
+# After a failed lease, ask again after this long.
+LEASE_RETRY_S = 0.5
+# How many failed leases in a row make a task give up on the driver.
+MAX_LEASE_FAILURES = 3
+REPORT_TIMEOUT_S = 5.0
+
+
+class SharedLimits:
+    """`RateLimits` for one task, drawing on the job's budget through the driver (a `Limiter`).
+
+    Use inside the task's event loop; `fallback` is the task's static share, used when the
+    driver cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        fallback: RateLimits,
+        *,
+        batch: int,
+        uses_tokens: bool,
+        limit_headers: Mapping[str, str] = WireFormat.limit_headers,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._url = url
+        # Response header → the `LeaseAsk` field it fills (the wire format's own header names).
+        self._limit_headers = limit_headers
+        self._session: aiohttp.ClientSession | None = None  # opened by the first lease
+        self._fallback = fallback
+        self._batch = max(1, batch)
+        self._uses_tokens = uses_tokens
+        self._sleep = sleep
+        # Held while leasing: one lease in flight per task, the other requests wait for it.
+        self._lock = asyncio.Lock()
+        # Leased and not yet spent; never below zero after `acquire` returns.
+        self._requests = 0
+        self._tokens = 0.0
+        # Seen since the last lease the driver answered: goes with the next ask.
+        self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
+        self._announced: dict[str, float] = {}
+        self._failures = 0  # leases failed in a row
+        self._detached = False  # gave up on the driver: the fallback alone from now on
+
+    def check(self, estimated_tokens: int) -> None:
+        """See `RateLimits.check`."""
+        self._fallback.check(estimated_tokens)
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait for one request permit and `estimated_tokens` of token budget."""
+        self.check(estimated_tokens)
+        if self._detached:
+            await self._fallback.acquire(estimated_tokens)
+            return
+        needs_tokens = self._uses_tokens or "endpoint_tokens_per_minute" in self._announced
+        async with self._lock:
+            while self._requests < 1 or (needs_tokens and self._tokens < estimated_tokens):
+                lease = await self._lease(estimated_tokens)
+                if lease is None:  # the driver is gone: this task's static share from now on
+                    await self._fallback.acquire(estimated_tokens)
+                    return
+                self._requests += lease.requests
+                self._tokens += lease.tokens
+                if not lease.requests:
+                    await self._sleep(lease.wait_s)
+            self._requests -= 1
+            self._tokens -= estimated_tokens if needs_tokens else 0
+
+    def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+        """Report the real usage with the next lease."""
+        self._fallback.settle(estimated_tokens, actual_tokens)
+        self._seen["token_correction"] += (actual_tokens or 0) - estimated_tokens
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Count an answer, and read the endpoint's announced limits."""
+        if status == 429:
+            self._seen["rate_limited"] += 1
+        elif 200 <= status < 300:
+            self._seen["ok"] += 1
+        for header, name in self._limit_headers.items():
+            value = headers.get(header)
+            if value is not None:
+                try:
+                    self._announced[name] = float(value)
+                except ValueError:
+                    pass
+
+    async def close(self) -> None:
+        """Close the session to the driver."""
+        if self._session is not None:
+            await self._session.close()
+
+    def _ask(self, estimated_tokens: int, reported: Mapping[str, float]) -> LeaseAsk:
+        return LeaseAsk(
+            requests=self._batch,
+            tokens=float(estimated_tokens * self._batch),
+            ok=int(reported["ok"]),
+            rate_limited=int(reported["rate_limited"]),
+            token_correction=reported["token_correction"],
+            endpoint_requests_per_minute=self._announced.get("endpoint_requests_per_minute"),
+            endpoint_tokens_per_minute=self._announced.get("endpoint_tokens_per_minute"),
+        )
+
+    async def _lease(self, estimated_tokens: int) -> LeaseGrant | None:
+        """The driver's grant; a zero grant to wait on after a failure; None once detached."""
+        # What was seen up to now goes with this ask; what is seen while it is in flight (the
+        # 429s of a busy moment, above all) goes with the next one, never lost.
+        reported = dict(self._seen)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url,
+                json=self._ask(estimated_tokens, reported).to_json(),
+                timeout=aiohttp.ClientTimeout(total=LEASE_TIMEOUT_S),
+            ) as reply:
+                reply.raise_for_status()
+                grant = LeaseGrant.from_json(await reply.json())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            self._failures += 1
+            if self._failures >= MAX_LEASE_FAILURES:
+                log.warning("rate budget on the driver unreachable (%s); using this task's "
+                            "static share", type(err).__name__)  # fmt: skip
+                self._detached = True
+                return None
+            return LeaseGrant(0, 0.0, LEASE_RETRY_S)
+        self._failures = 0
+        for name, value in reported.items():
+            self._seen[name] -= value
+        return grant
+
+
+class Reporter:
+    """Posts a task's counts so far to the driver every `REPORT_EVERY_S`; use in the task's
+    loop. Each post carries the totals, its reporter id and a sequence number, so a post that
+    arrives twice or late changes nothing (see `Board.report`)."""
+
+    def __init__(self, url: str, tally: Tally) -> None:
+        self._url = url
+        self._tally = tally
+        self._id = secrets.token_hex(8)
+        self._seq = 0
+        self._posted = Tally()  # the totals the driver has acknowledged
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.get_running_loop().create_task(self._every_second())
+
+    async def close(self) -> None:
+        """Stop, after posting what is left.
+
+        Never by cancelling a post under way: the driver may have counted it already, and the
+        counts would be posted twice.
+        """
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _every_second(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), REPORT_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+            await self._post()  # the last one after `close`: what is left
+
+    async def _post(self) -> None:
+        now = dataclasses.replace(self._tally)
+        if now == self._posted or self._session is None:
+            return
+        self._seq += 1
+        report = ProgressReport(self._id, self._seq, now)
+        try:
+            timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
+            async with self._session.post(
+                self._url, json=report.to_json(), timeout=timeout
+            ) as reply:
+                reply.raise_for_status()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            log.debug("progress not reported (%s)", type(err).__name__)
+            return
+        self._posted = now

@@ -1,0 +1,75 @@
+"""The one interface the chat client has to rate limits, and the choice of which to use.
+
+A task's requests go through a `Limiter`: its own token buckets (`ratelimit.RateLimits`, the
+task's static share of the job's budgets) or, when the driver keeps a job-wide budget, permits
+leased from it (`control.agents.SharedLimits`, which falls back to the static share). The client
+does not know which: whoever builds the client builds the limiter with `build_limiter` and
+passes it in, and closes it when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from pipeline.control.agents import SharedLimits
+from pipeline.core.ratelimit import RateLimits
+from pipeline.core.timing import Clock, Sleep
+from pipeline.http.settings import ClientSettings
+
+
+class Limiter(Protocol):
+    """Admits requests under the limits. Create and use inside one running event loop.
+
+    The client follows each `acquire` with one `settle` for the same estimate when the attempt
+    ends (answered or failed), so a token reservation is corrected exactly once.
+    """
+
+    def check(self, estimated_tokens: int) -> None:
+        """Refuse at once a request no amount of waiting could admit.
+
+        Raises:
+            TokenBudgetExceeded: the estimate alone is over the whole per-minute token budget.
+        """
+
+    async def acquire(self, estimated_tokens: int) -> None:
+        """Wait for one request permit and `estimated_tokens` of token budget.
+
+        Raises:
+            TokenBudgetExceeded: as `check`.
+        """
+
+    def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
+        """Correct the reservation with the real usage (None: nothing was used)."""
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """An answer's status and headers (429s, announced limits), for limits that adapt."""
+
+    async def close(self) -> None:
+        """Release what the limiter holds (a session to the driver)."""
+
+
+def build_limiter(
+    settings: ClientSettings, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+) -> Limiter:
+    """The task's limiter: its static share, or the driver's budget with that share to fall
+    back on when `settings.budget_url` is set."""
+    own_share = RateLimits(
+        settings.requests_per_minute,
+        settings.tokens_per_minute,
+        job_tokens_per_minute=settings.limits.tokens_per_minute,
+        clock=clock,
+        sleep=sleep,
+    )
+    if settings.budget_url is None:
+        return own_share
+    return SharedLimits(
+        settings.budget_url,
+        own_share,
+        batch=settings.limits.concurrency,
+        uses_tokens=settings.limits.tokens_per_minute is not None,
+        limit_headers=settings.endpoint.wire.limit_headers,
+        sleep=sleep,
+    )

@@ -1,0 +1,37 @@
+"""What the driver hands each task to build its chat client: one picklable, frozen object.
+
+The driver fills it from the job's config and its control server's URLs (`pipeline.spark.job`);
+Spark pickles it into every task, where the engine builds the client, its limiter
+(`limiter.build_limiter`) and its token source from it. Nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.config import EndpointConfig, LimitsConfig
+from pipeline.core.secrets import Secret
+from pipeline.core.structured import OutputFormat
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a task needs to build its client; picklable, so Spark ships it to executors."""
+
+    endpoint: EndpointConfig
+    limits: LimitsConfig
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    token: Secret | None = None
+    # This task's share of the job's per-minute budgets (used alone without `budget_url`).
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    # The job's shared budget on the driver (see `pipeline.control.server`).
+    budget_url: str | None = None
+    # Where the driver collects the tasks' progress (see `pipeline.control.progress`).
+    progress_url: str | None = None
+    # Structured output: asked for on the wire, and every answer checked.
+    output: OutputFormat | None = None
+    # Where the driver hands out the current token, when it renews (OAuth via the SDK).
+    token_url: str | None = None
