@@ -46,8 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its chatter at exit is not ours
     try:
         if args.command == "run":
-            return _run(args.config, args.overrides, dry=args.dry_run, progress=args.progress)
-        return _sample(args.out, args.rows)
+            return _run(
+                args.config,
+                args.overrides,
+                dry=args.dry_run,
+                progress=args.progress,
+                remote=args.remote,
+            )
+        return _sample(args.out, args.rows, remote=args.remote)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -57,27 +63,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(
-    config_path: str, overrides: Sequence[str], *, dry: bool = False, progress: str = "auto"
+    config_path: str,
+    overrides: Sequence[str],
+    *,
+    dry: bool = False,
+    progress: str = "auto",
+    remote: str | None = None,
 ) -> int:
     config = load_config(config_path, overrides)
     # pyspark is imported only once the config is known good.
     from pipeline.spark.dryrun import dry_run
     from pipeline.spark.job import check_error_share, run_job
+    from pipeline.spark.session import spark_session
 
+    spark = spark_session(remote=remote)
     if dry:
-        print(dry_run(config).render(), flush=True)
+        print(dry_run(config, spark).render(), flush=True)
         return 0
 
-    summary = run_job(config, progress=typing.cast(ProgressStyle, progress))
+    summary = run_job(config, spark, progress=typing.cast(ProgressStyle, progress))
     print(summary.render(), flush=True)
     check_error_share(summary, config.limits.max_error_fraction)
     return 0
 
 
-def _sample(out: str, rows: int) -> int:
+def _sample(out: str, rows: int, *, remote: str | None = None) -> int:
     from pipeline.spark.sample import write_sample
+    from pipeline.spark.session import spark_session
 
-    for path in write_sample(out, rows):
+    for path in write_sample(out, rows, spark_session(remote=remote)):
         print(f"wrote {path}")
     return 0
 
@@ -90,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         default="info",
         help="debug also shows Spark's traces behind a one-line error",
+    )
+    logging_options.add_argument(
+        "--remote",
+        default=None,
+        metavar="URL",
+        help="run through Spark Connect: sc://host:port, or local[N] for an embedded server "
+        "(default: the SPARK_REMOTE variable, else a classic session)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the batch chat job", parents=[logging_options])

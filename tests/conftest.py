@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.session import spark_session
+from tests.connect_server import ConnectServer
 
 # The token the shared endpoint requires; tests check it never leaks into output or logs.
 TOKEN_ENV = "PIPELINE_TEST_TOKEN"
@@ -64,3 +65,10 @@ def private_echo() -> Iterator[LocalEndpoint]:
     """
     with LocalEndpoint(*ECHO_ARGS, env={TOKEN_ENV: TOKEN}) as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
+    """A Spark Connect server (its own JVM, `local[2]`, Delta), started once per test run."""
+    with ConnectServer(tmp_path_factory.mktemp("connect") / "server.log") as server:
+        yield server

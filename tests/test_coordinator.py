@@ -10,7 +10,7 @@ import logging
 import pytest
 from aiohttp import web
 
-from pipeline.control.agents import MAX_LEASE_FAILURES, SharedLimits
+from pipeline.control.agents import MAX_LEASE_FAILURES, DriverLessor, LocalLessor, SharedLimits
 from pipeline.control.budget import JobBudget
 from pipeline.control.progress import Tally
 from pipeline.control.protocol import LeaseAsk, LeaseGrant, ProgressReport, TokenReply
@@ -24,7 +24,7 @@ def test_tasks_share_the_drivers_budget_and_report_what_they_saw() -> None:
     budget = JobBudget(6000, None, adaptive=False, start_rate_per_s=1)  # 100 requests/s
 
     async def two_tasks(url: str) -> None:
-        tasks = [SharedLimits(url, RateLimits(None, None), batch=8, uses_tokens=False)
+        tasks = [SharedLimits(DriverLessor(url), RateLimits(None, None), batch=8, uses_tokens=False)
                  for _ in range(2)]  # fmt: skip
 
         async def task(limits: SharedLimits) -> None:
@@ -55,7 +55,7 @@ def test_an_unreachable_driver_leaves_each_task_its_static_share(
 
     async def scenario() -> None:
         url = f"http://127.0.0.1:{free_port()}/key/lease"  # nothing listens there
-        limits = SharedLimits(url, RateLimits(None, None), batch=4, uses_tokens=False,
+        limits = SharedLimits(DriverLessor(url), RateLimits(None, None), batch=4, uses_tokens=False,
                               sleep=no_wait)  # fmt: skip
         for _ in range(3):
             await limits.acquire(10)  # never blocks: the fallback has no limits
@@ -88,8 +88,8 @@ def test_what_is_seen_while_a_lease_is_in_flight_goes_with_the_next_lease() -> N
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        limits = SharedLimits(f"http://127.0.0.1:{port}/lease", RateLimits(None, None),
-                              batch=1, uses_tokens=False)  # fmt: skip
+        lessor = DriverLessor(f"http://127.0.0.1:{port}/lease")
+        limits = SharedLimits(lessor, RateLimits(None, None), batch=1, uses_tokens=False)
         limits.observe(429, {})
         first = asyncio.create_task(limits.acquire(10))
         await asked.wait()
@@ -117,3 +117,14 @@ def test_every_message_reads_back_as_sent_and_ignores_fields_it_does_not_know() 
         sent = json.loads(json.dumps({**message.to_json(), "added_later": 1}))
         assert type(message).from_json(sent) == message
     assert "dapi-driver-token" not in repr(messages[-1])
+
+
+def test_a_task_alone_keeps_its_part_of_an_announced_endpoint_limit() -> None:
+    # Four tasks that cannot reach the driver: the endpoint's 6000/min is the whole endpoint's,
+    # so each task's own budget may take a quarter of it (less the headers' margin).
+    budget = JobBudget(None, None, adaptive=True, start_rate_per_s=1000)
+    lessor = LocalLessor(budget, share=0.25)
+    ask = LeaseAsk(requests=8, ok=8, endpoint_requests_per_minute=6000)
+    asyncio.run(lessor.lease(ask))
+    assert budget.rate_per_s is not None
+    assert budget.rate_per_s <= 6000 / 60 * 0.25

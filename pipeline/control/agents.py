@@ -1,13 +1,15 @@
 """The task side of the control plane: what each Spark task runs to talk to the driver.
 
-`SharedLimits` leases permits from the job's budget (`control.budget`, served by
-`control.server`) in batches of at most `budget.LEASE_SECONDS` of the job's rate, reporting what
-the task saw (successes, 429s, the endpoint's `x-ratelimit-*` headers, token corrections) with
-each ask. `Reporter` posts the task's progress every second. Both live in the task's event loop,
-each with an aiohttp session of its own (the chat session's requests carry the endpoint's
-token, which the driver must never see). A task that cannot reach the driver keeps working: the
-limits fall back to the task's static share of the budgets, with a warning, and only its
-progress goes unseen.
+`SharedLimits` leases permits from a budget (`control.budget`) in batches of at most
+`budget.LEASE_SECONDS` of its rate, reporting what the task saw (successes, 429s, the endpoint's
+`x-ratelimit-*` headers, token corrections) with each ask. The budget is the job's, on the
+driver (`DriverLessor`, through `control.server`), or, when the tasks cannot reach the driver,
+the task's own share kept in the task (`LocalLessor`): the same adaptive rate, learning from
+this task's answers alone. `Reporter` posts the task's progress every second. Both live in the
+task's event loop, each with an aiohttp session of its own (the chat session's requests carry
+the endpoint's token, which the driver must never see). A task that cannot reach the driver
+keeps working: the limits fall back to the task's static share of the budgets, with a warning,
+and only its progress goes unseen.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import dataclasses
 import logging
 import secrets
 from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 
+from pipeline.control.budget import JobBudget
 from pipeline.control.progress import REPORT_EVERY_S, Tally
 from pipeline.control.protocol import LeaseAsk, LeaseGrant, ProgressReport
 from pipeline.core.ratelimit import RateLimits
@@ -36,16 +40,87 @@ MAX_LEASE_FAILURES = 3
 REPORT_TIMEOUT_S = 5.0
 
 
+class LeaseFailed(Exception):
+    """A lease that could not be asked for (the driver did not answer)."""
+
+
+class Lessor(Protocol):
+    """Where a task's `SharedLimits` leases permits from."""
+
+    async def lease(self, ask: LeaseAsk) -> LeaseGrant:
+        """The grant for `ask`.
+
+        Raises:
+            LeaseFailed: no answer this time (asking again may work).
+        """
+
+    async def close(self) -> None:
+        """Release what the lessor holds."""
+
+
+class DriverLessor:
+    """The job's budget, on the driver's server at `url` (a `Lessor`)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        # Its own session: the chat session's requests carry the endpoint's token.
+        self._session: aiohttp.ClientSession | None = None  # opened by the first lease
+
+    async def lease(self, ask: LeaseAsk) -> LeaseGrant:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url, json=ask.to_json(), timeout=aiohttp.ClientTimeout(total=LEASE_TIMEOUT_S)
+            ) as reply:
+                reply.raise_for_status()
+                return LeaseGrant.from_json(await reply.json())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            raise LeaseFailed(type(err).__name__) from err
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class LocalLessor:
+    """A budget kept in the task itself (a `Lessor`): its share of the job's, adapting to its
+    own answers. For tasks that cannot reach the driver.
+
+    `share` is this task's part of the job (1 / the tasks running at once): the endpoint's
+    announced limits are the whole endpoint's, so the task takes that part of them.
+    """
+
+    def __init__(self, budget: JobBudget, share: float = 1.0) -> None:
+        self._budget = budget
+        self._share = share
+
+    async def lease(self, ask: LeaseAsk) -> LeaseGrant:
+        return self._budget.lease(
+            dataclasses.replace(
+                ask,
+                endpoint_requests_per_minute=self._part(ask.endpoint_requests_per_minute),
+                endpoint_tokens_per_minute=self._part(ask.endpoint_tokens_per_minute),
+            )
+        )
+
+    def _part(self, announced: float | None) -> float | None:
+        return None if announced is None else announced * self._share
+
+    async def close(self) -> None:
+        return None
+
+
 class SharedLimits:
-    """`RateLimits` for one task, drawing on the job's budget through the driver (a `Limiter`).
+    """`RateLimits` for one task, drawing on a budget through `lessor` (a `Limiter`).
 
     Use inside the task's event loop; `fallback` is the task's static share, used when the
-    driver cannot be reached.
+    lessor cannot be reached.
     """
 
     def __init__(
         self,
-        url: str,
+        lessor: Lessor,
         fallback: RateLimits,
         *,
         batch: int,
@@ -53,10 +128,9 @@ class SharedLimits:
         limit_headers: Mapping[str, str] = WireFormat.limit_headers,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._url = url
+        self._lessor = lessor
         # Response header → the `LeaseAsk` field it fills (the wire format's own header names).
         self._limit_headers = limit_headers
-        self._session: aiohttp.ClientSession | None = None  # opened by the first lease
         self._fallback = fallback
         self._batch = max(1, batch)
         self._uses_tokens = uses_tokens
@@ -70,7 +144,7 @@ class SharedLimits:
         self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
         self._announced: dict[str, float] = {}
         self._failures = 0  # leases failed in a row
-        self._detached = False  # gave up on the driver: the fallback alone from now on
+        self._detached = False  # gave up on the lessor: the fallback alone from now on
 
     def check(self, estimated_tokens: int) -> None:
         """See `RateLimits.check`."""
@@ -86,7 +160,8 @@ class SharedLimits:
         async with self._lock:
             while self._requests < 1 or (needs_tokens and self._tokens < estimated_tokens):
                 lease = await self._lease(estimated_tokens)
-                if lease is None:  # the driver is gone: this task's static share from now on
+                if lease is None:  # the lessor is gone: this task's static share from now on
+                    self._detached = True
                     await self._fallback.acquire(estimated_tokens)
                     return
                 self._requests += lease.requests
@@ -116,9 +191,8 @@ class SharedLimits:
                     pass
 
     async def close(self) -> None:
-        """Close the session to the driver."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the lessor (the session to the driver)."""
+        await self._lessor.close()
 
     def _ask(self, estimated_tokens: int, reported: Mapping[str, float]) -> LeaseAsk:
         return LeaseAsk(
@@ -132,26 +206,17 @@ class SharedLimits:
         )
 
     async def _lease(self, estimated_tokens: int) -> LeaseGrant | None:
-        """The driver's grant; a zero grant to wait on after a failure; None once detached."""
+        """The lessor's grant; a zero grant to wait on after a failure; None to give up."""
         # What was seen up to now goes with this ask; what is seen while it is in flight (the
         # 429s of a busy moment, above all) goes with the next one, never lost.
         reported = dict(self._seen)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         try:
-            async with self._session.post(
-                self._url,
-                json=self._ask(estimated_tokens, reported).to_json(),
-                timeout=aiohttp.ClientTimeout(total=LEASE_TIMEOUT_S),
-            ) as reply:
-                reply.raise_for_status()
-                grant = LeaseGrant.from_json(await reply.json())
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            grant = await self._lessor.lease(self._ask(estimated_tokens, reported))
+        except LeaseFailed as err:
             self._failures += 1
             if self._failures >= MAX_LEASE_FAILURES:
                 log.warning("rate budget on the driver unreachable (%s); using this task's "
-                            "static share", type(err).__name__)  # fmt: skip
-                self._detached = True
+                            "static share", err)  # fmt: skip
                 return None
             return LeaseGrant(0, 0.0, LEASE_RETRY_S)
         self._failures = 0

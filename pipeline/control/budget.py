@@ -40,6 +40,9 @@ DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
 # Stay this far under a limit the endpoint announces in its headers.
 HEADER_MARGIN = 0.98
 MIN_RATE = 0.1  # requests per second
+# An adaptive budget starts at this many requests per second per in-flight slot of its tasks
+# (a guess of 500 ms per answer), and doubles every second until the endpoint answers 429.
+START_RATE_PER_SLOT = 2.0
 
 
 class Allowance(Bucket):

@@ -24,6 +24,8 @@ from pipeline.core.secrets import Secret
 LEASE_PATH = "/lease"
 PROGRESS_PATH = "/progress"
 TOKEN_PATH = "/token"
+# Answers 200 to anyone with the job's key: whether tasks can reach the server at all.
+HEALTH_PATH = "/health"
 
 
 def _known(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:

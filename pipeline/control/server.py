@@ -19,6 +19,7 @@ from aiohttp import web
 from pipeline.control.budget import JobBudget
 from pipeline.control.progress import Board
 from pipeline.control.protocol import (
+    HEALTH_PATH,
     LEASE_PATH,
     PROGRESS_PATH,
     TOKEN_PATH,
@@ -62,6 +63,7 @@ class DriverServer:
         self.url = ""
         self.progress_url = ""
         self.token_url = ""
+        self.health_url = ""
 
     def __enter__(self) -> DriverServer:
         self._loop.start()
@@ -70,6 +72,7 @@ class DriverServer:
         self.url = base + LEASE_PATH
         self.progress_url = base + PROGRESS_PATH
         self.token_url = base + TOKEN_PATH
+        self.health_url = base + HEALTH_PATH
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -84,6 +87,7 @@ class DriverServer:
         app.router.add_post(f"/{self._key}{LEASE_PATH}", self._lease)
         app.router.add_post(f"/{self._key}{PROGRESS_PATH}", self._progress)
         app.router.add_get(f"/{self._key}{TOKEN_PATH}", self._token)
+        app.router.add_get(f"/{self._key}{HEALTH_PATH}", self._health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._bind, 0)
@@ -95,6 +99,9 @@ class DriverServer:
             raise web.HTTPNotFound()
         ask = LeaseAsk.from_json(await request.json())
         return web.json_response(self.budget.lease(ask).to_json())
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     async def _token(self, request: web.Request) -> web.Response:
         # The SDK may call the workspace to renew an OAuth token: off the loop.

@@ -166,9 +166,15 @@ class LimitsConfig:
     backoff_max_s: float = 30.0
     # A Retry-After longer than this ends the row as an error instead of waiting.
     retry_after_cap_s: float = 60.0
+    # The address Spark tasks reach this process at, for the job's budget, progress and token
+    # server. null: loopback on a local master, else this machine's address on the route to
+    # the cluster (under Spark Connect, to the Connect server).
+    driver_address: str | None = None
 
     def __post_init__(self) -> None:
         at_least("limits.concurrency", self.concurrency, 1)
+        if self.driver_address is not None and not self.driver_address.strip():
+            raise ConfigError("limits.driver_address", "must not be empty (null: found)")
         at_least("limits.max_attempts", self.max_attempts, 1)
         at_least("limits.max_fatal_errors", self.max_fatal_errors, 1)
         fraction = self.max_error_fraction

@@ -14,7 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from pipeline.control.agents import SharedLimits
+from pipeline.control.agents import DriverLessor, Lessor, LocalLessor, SharedLimits
+from pipeline.control.budget import START_RATE_PER_SLOT, JobBudget
 from pipeline.core.ratelimit import RateLimits
 from pipeline.core.timing import Clock, Sleep
 from pipeline.http.settings import ClientSettings
@@ -54,8 +55,9 @@ class Limiter(Protocol):
 def build_limiter(
     settings: ClientSettings, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
 ) -> Limiter:
-    """The task's limiter: its static share, or the driver's budget with that share to fall
-    back on when `settings.budget_url` is set."""
+    """The task's limiter: the driver's budget when `settings.budget_url` is set, else a budget
+    of its own when `settings.adaptive_alone`, each with the task's static share to fall back
+    on; else that static share alone."""
     own_share = RateLimits(
         settings.requests_per_minute,
         settings.tokens_per_minute,
@@ -63,10 +65,21 @@ def build_limiter(
         clock=clock,
         sleep=sleep,
     )
-    if settings.budget_url is None:
+    if settings.budget_url is not None:
+        lessor: Lessor = DriverLessor(settings.budget_url)
+    elif settings.adaptive_alone:
+        own_budget = JobBudget(
+            settings.requests_per_minute,
+            settings.tokens_per_minute,
+            adaptive=True,
+            start_rate_per_s=settings.limits.concurrency * START_RATE_PER_SLOT,
+            clock=clock,
+        )
+        lessor = LocalLessor(own_budget, share=1.0 / max(1, settings.tasks))
+    else:
         return own_share
     return SharedLimits(
-        settings.budget_url,
+        lessor,
         own_share,
         batch=settings.limits.concurrency,
         uses_tokens=settings.limits.tokens_per_minute is not None,

@@ -35,3 +35,9 @@ class ClientSettings:
     output: OutputFormat | None = None
     # Where the driver hands out the current token, when it renews (OAuth via the SDK).
     token_url: str | None = None
+    # Without `budget_url`: find the rate the endpoint admits this task from its own answers
+    # (its share of the budgets as the ceiling), as the driver would for the job. For tasks
+    # that cannot reach the driver (see `pipeline.spark.reach`).
+    adaptive_alone: bool = False
+    # How many tasks share the job's budgets at once (this task's part of an endpoint limit).
+    tasks: int = 1

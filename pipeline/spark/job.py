@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyspark.sql import Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from pipeline.control.budget import JobBudget
+from pipeline.control.budget import START_RATE_PER_SLOT, JobBudget
 from pipeline.control.progress import Board, ProgressStyle, Tally
 from pipeline.control.server import DriverServer
 from pipeline.core.config import JobConfig, LimitsConfig
@@ -34,6 +35,7 @@ from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
+from pipeline.spark.reach import is_loopback, tasks_reach
 from pipeline.spark.session import driver_host, spark_session
 from pipeline.spark.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
 from pipeline.spark.tables import SaveMode, delete_rows, write_sink
@@ -42,10 +44,6 @@ log = logging.getLogger(__name__)
 
 _ABORTED = re.compile(r"JobAborted: (.+)")
 
-
-# Adaptive rate control starts at this many requests per second per in-flight slot (a guess of
-# 500 ms per answer) and doubles every second until the endpoint answers 429.
-ADAPTIVE_START_PER_SLOT = 2.0
 
 # The first chunk's save mode, by `sink.mode`; later chunks append.
 FIRST_SAVE_MODE: dict[str, SaveMode] = {
@@ -138,15 +136,19 @@ def _answer_chunks(
         requests_per_minute=_share(limits.requests_per_minute, tasks),
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
         output=config.request.output_format,
+        tasks=tasks,
     )
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
     with _driver_server(spark, limits, tasks, board, credentials) as server, _showing(board):
-        client = replace(client, progress_url=server.progress_url)
-        if credentials.renewable:
-            client = replace(client, token_url=server.token_url)
-        if server.budget is not None:
-            client = replace(client, budget_url=server.url)
+        if _reachable(spark, server, limits):
+            client = replace(client, progress_url=server.progress_url)
+            if credentials.renewable:
+                client = replace(client, token_url=server.token_url)
+            if server.budget is not None:
+                client = replace(client, budget_url=server.url)
+        else:
+            client = replace(client, adaptive_alone=limits.adaptive)
         plan = TaskPlan(config.request, client)
         for index in range(work.chunks):
             run.lease.check()  # never commit over another run's work
@@ -178,12 +180,27 @@ def _driver_server(
             limits.requests_per_minute,
             limits.tokens_per_minute,
             adaptive=limits.adaptive,
-            start_rate_per_s=tasks * limits.concurrency * ADAPTIVE_START_PER_SLOT,
+            start_rate_per_s=tasks * limits.concurrency * START_RATE_PER_SLOT,
         )
-    with DriverServer(
-        budget, board=board, credentials=credentials, advertise=driver_host(spark)
-    ) as server:
+    advertise = limits.driver_address or driver_host(spark)
+    with DriverServer(budget, board=board, credentials=credentials, advertise=advertise) as server:
         yield server
+
+
+def _reachable(spark: SparkSession, server: DriverServer, limits: LimitsConfig) -> bool:
+    """Whether the tasks reach `server`: asked of one task, unless they run on this machine.
+    When they do not, the run goes on without it, said once here."""
+    if limits.driver_address is None and is_loopback(driver_host(spark)):
+        return True
+    if tasks_reach(spark, server.health_url):
+        return True
+    log.warning(
+        "Spark tasks cannot reach this process at %s (limits.driver_address): the rate budgets "
+        "are split evenly across the tasks, each adapting to its own 429s; progress shows per "
+        "committed chunk; a token that expires is not renewed",
+        server.health_url.split("/")[2],
+    )
+    return False
 
 
 @contextmanager
@@ -228,7 +245,7 @@ def _commit_chunk(
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
     rows = as_text(answered, text_schema).observe(observation, *chunk_metrics())
     try:
-        write_sink(rows, config.sink, mode, metadata)
+        write_sink(rows, config.sink, mode, metadata, columns=text_schema.fieldNames())
     except Exception as err:
         _raise_if_aborted(err)
         raise
@@ -263,11 +280,17 @@ def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) 
     """Spark tasks per chunk: `source.partitions`, else the cluster's task slots; never more
     than the largest chunk has rows (an empty task would hold a share of the budgets)."""
     if partitions is None:
-        try:
-            partitions = spark.sparkContext.defaultParallelism
-        except Exception:  # Spark Connect has no SparkContext
-            partitions = int(spark.conf.get("spark.default.parallelism", "8") or 8)
+        partitions = default_parallelism(spark)
     return max(1, min(partitions, largest_chunk))
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cluster's task slots as Spark counts them (`defaultParallelism`), asked through a
+    DataFrame: `range` without a partition count gets one partition per slot. The same under
+    Spark Connect, which has no `SparkContext` to ask."""
+    ids = spark.range(1 << 16).select(F.spark_partition_id().alias("partition"))
+    row = ids.agg(F.max("partition").alias("last")).first()
+    return 1 if row is None or row["last"] is None else int(row["last"]) + 1
 
 
 def _share(per_minute: float | None, tasks: int) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyspark.sql import SparkSession
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from pipeline.spark.session import spark_session
@@ -63,9 +64,9 @@ def sample_rows(n: int) -> list[tuple[int, str, str, str, int | None]]:
     return rows
 
 
-def write_sample(out: str | Path, n: int = 300) -> list[str]:
+def write_sample(out: str | Path, n: int = 300, spark: SparkSession | None = None) -> list[str]:
     """Write the sample as `<out>/prompts_parquet` and `<out>/prompts_delta`; their paths."""
-    spark = spark_session("batch-chat-sample")
+    spark = spark or spark_session("batch-chat-sample")
     frame = spark.createDataFrame(sample_rows(n), SCHEMA).coalesce(1)
     paths = []
     for fmt in ("parquet", "delta"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,13 +27,21 @@ JOB_CONF = {**BASE_CONF, **DELTA_CONF}
 
 
 def spark_session(
-    app_name: str = "batch-chat", conf: Mapping[str, str] | None = None
+    app_name: str = "batch-chat",
+    conf: Mapping[str, str] | None = None,
+    *,
+    remote: str | None = None,
 ) -> SparkSession:
     """The active session (Databricks, a notebook), else a new one with Delta configured.
 
-    Under `spark-submit` the JVM is already running, so Delta's jars must come from
-    `--packages`; launched from plain Python, `configure_spark_with_delta_pip` fetches them.
+    With `remote` (or `SPARK_REMOTE`), a Spark Connect session: `sc://host:port`, or `local[N]`
+    for pyspark's embedded Connect server, started with the settings a local run uses. Under
+    `spark-submit` the JVM is already running, so Delta's jars must come from `--packages`;
+    launched from plain Python, `configure_spark_with_delta_pip` fetches them.
     """
+    remote = remote or os.environ.get("SPARK_REMOTE") or None
+    if remote is not None:
+        return _connect_session(app_name, remote, conf)
     active = SparkSession.getActiveSession()
     if active is not None:
         _warn_if_speculative(active)
@@ -56,8 +65,34 @@ def spark_session(
     return session
 
 
+def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None) -> SparkSession:
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    settings = dict(conf or {})
+    if remote.startswith("local"):
+        # pyspark starts the Connect server in this process: as a local run would, with Delta
+        # (its jars fetched through spark.jars.packages) and executors on this interpreter.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        settings = {**JOB_CONF, "spark.jars.packages": DELTA_PACKAGE, **settings}
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    _warn_if_speculative(session)
+    return session
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether `spark` is a Spark Connect session (no JVM in this process to call)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def driver_host(spark: SparkSession) -> str:
-    """The address executors reach the driver at (loopback when they run inside it)."""
+    """The address executors reach this process at (loopback when they run on this machine).
+
+    Under Spark Connect this process is the client, not Spark's driver: its own address on the
+    route to the Connect server, never the server's `spark.driver.host`.
+    """
+    if is_connect(spark):
+        return own_address_towards(_connect_host(spark))
     try:
         master = spark.conf.get("spark.master", "") or ""
         if master.startswith("local"):
@@ -65,6 +100,26 @@ def driver_host(spark: SparkSession) -> str:
         return spark.conf.get("spark.driver.host", "127.0.0.1") or "127.0.0.1"
     except Exception:  # a runtime that hides its confs
         return "127.0.0.1"
+
+
+def own_address_towards(host: str | None) -> str:
+    """This machine's address on the route to `host` (no packet is sent: a UDP socket is only
+    connected, which picks the interface); loopback for a local or unknown host."""
+    if host is None or host == "localhost" or host.startswith("127.") or host == "::1":
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))  # discard port; nothing is sent
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+def _connect_host(spark: SparkSession) -> str | None:
+    # The Connect client keeps the server's host on its channel builder (no public accessor).
+    builder = getattr(getattr(spark, "client", None), "_builder", None)
+    host = getattr(builder, "host", None)
+    return host if isinstance(host, str) else None
 
 
 def _delta_on_classpath() -> bool:

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from pipeline.control.progress import Tally
 from pipeline.core.config import SinkConfig
 from pipeline.spark.columns import named
+from pipeline.spark.session import is_connect
 
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls")
 MAX_ATTEMPTS_BUCKET = 5  # attempts 5 and more share a bucket
@@ -179,8 +180,9 @@ def write_summary(spark: SparkSession, sink: SinkConfig, summary: RunSummary) ->
         return table
     assert sink.path is not None
     target = f"{sink.path.rstrip('/')}_runs/{stamp}_{summary.run_id}.json"
-    if "://" in target and not target.startswith("file:"):
-        # A cloud path: through Spark's file system, as one text file in a folder.
+    if is_connect(spark) or ("://" in target and not target.startswith("file:")):
+        # A cloud path, or a Spark Connect client (whose disk need not be where the sink
+        # lives): through Spark's file system, as one text file in a folder.
         spark.createDataFrame([(text,)], "value string").coalesce(1).write.text(target)
         return target
     path = Path(target.removeprefix("file:"))

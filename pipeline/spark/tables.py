@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.config import SinkConfig, SourceConfig, normal_path
 from pipeline.core.errors import ConfigError
-from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition, read_error
+from pipeline.spark.conditions import MISSING, NOT_DELTA, conditions, has_condition, read_error
 from pipeline.spark.session import DELTA_PACKAGE, session_conf
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,27 @@ COMMIT_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 def write_sink(
-    frame: DataFrame, sink: SinkConfig, mode: SaveMode, metadata: str | None = None
+    frame: DataFrame,
+    sink: SinkConfig,
+    mode: SaveMode,
+    metadata: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
 ) -> None:
     """Write `frame` to `sink.table` or `sink.path` in `sink.format`: one commit.
 
     `metadata` goes into the Delta commit's `userMetadata`; Parquet has nowhere to keep it.
+    `columns`: `frame`'s column names, when the caller knows them; give them for a frame with
+    an `observe`: under Spark Connect, asking the frame for them analyses it again, and the
+    write then reports no observed metrics.
     """
+    names = frame.columns if columns is None else columns
     writer = frame.write.format(sink.format).mode(mode)
     if sink.format == "delta":
         # New columns join the table (see `sink_schema`); an overwrite replaces its schema.
         evolve = "overwriteSchema" if mode == "overwrite" else "mergeSchema"
         writer = writer.option(evolve, "true")
-        if any(set(name) & DELTA_UNSAFE_NAME_CHARS for name in frame.columns):
+        if any(set(name) & DELTA_UNSAFE_NAME_CHARS for name in names):
             # Delta keeps such names only with column mapping (set when the table is made).
             writer = writer.option("delta.columnMapping.mode", "name")
         if metadata is not None:
@@ -149,16 +158,26 @@ def delete_rows(
 
 
 def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
-    """Whether the sink table or path is already there."""
+    """Whether the sink table or path is already there (asked of Spark, not of a JVM in this
+    process: the same under Spark Connect).
+
+    Raises:
+        ConfigError: naming `sink.path`, when Spark cannot tell (never assumed absent).
+    """
     if sink.table is not None:
         return bool(spark.catalog.tableExists(sink.table))
     try:
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        path = jvm.org.apache.hadoop.fs.Path(sink.path)
-        return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
-    except Exception:  # no JVM access (Spark Connect): Spark's own check still applies
-        return False
+        # Listing the folder (as text: no file is opened, no schema inferred) fails when it
+        # is not there.
+        spark.read.format("text").load(sink.path).schema  # noqa: B018 (analysis is the check)
+    except Exception as err:
+        if has_condition(err, *MISSING):
+            return False
+        why = ", ".join(conditions(err)) or type(err).__name__
+        raise ConfigError(
+            "sink.path", f"Spark cannot tell whether {sink.path} exists ({why}); nothing was sent"
+        ) from err
+    return True
 
 
 def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
@@ -174,14 +193,12 @@ def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
         if version is None:
             return None
         return spark.sql(f"SELECT * FROM {sink_ident(sink)} VERSION AS OF {version}")
-    if not sink_exists(spark, sink):
-        return None
     try:
         current = read_sink(spark, sink)
         files = current.inputFiles()
     except Exception as err:
-        if has_condition(err, "UNABLE_TO_INFER_SCHEMA"):
-            return None  # a folder without data files yet
+        if has_condition(err, *MISSING, "UNABLE_TO_INFER_SCHEMA"):
+            return None  # nothing there, or a folder without data files yet
         problem = read_error(err, "sink", table=sink.table, path=sink.path, fmt=sink.format)
         if problem is None:
             raise
