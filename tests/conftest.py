@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.session import spark_session
+from tests.cluster import StandaloneCluster
 from tests.connect_server import ConnectServer
 
 # The token the shared endpoint requires; tests check it never leaks into output or logs.
@@ -72,3 +73,10 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connect
     """A Spark Connect server (its own JVM, `local[2]`, Delta), started once per test run."""
     with ConnectServer(tmp_path_factory.mktemp("connect") / "server.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandaloneCluster]:
+    """A standalone Spark master and two 1-core workers on 127.0.0.1, started once per run."""
+    with StandaloneCluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from pipeline.serving.process import LocalEndpoint
+from pipeline.cli import EXIT_CONFIG_ERROR, main
+from pipeline.serving.process import LocalEndpoint, free_port
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 from tests.connect_server import ConnectServer
 
@@ -163,3 +164,13 @@ def test_mode_error_and_dry_run_under_connect(
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert f"config error: sink.mode: is 'error' and {sink} already exists" in refused.stderr
     assert echo.stats()["requests_total"] == 12  # the refused run sent nothing
+
+
+def test_a_remote_url_nobody_answers_is_a_config_error_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sc://127.0.0.1:{free_port()}"
+    config = str(ROOT / "conf" / "local.yaml")
+    assert main(["run", "--remote", url, "--config", config]) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert f"config error: --remote: no Spark Connect server answers at {url[5:]}" in err

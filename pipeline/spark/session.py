@@ -10,10 +10,17 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from pyspark.sql import SparkSession
 
+from pipeline.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+# Spark Connect's port when the URL gives none; how long to wait for it to accept a connection.
+CONNECT_DEFAULT_PORT = 15002
+CONNECT_CHECK_TIMEOUT_S = 10.0
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 DELTA_CONF = {
@@ -66,6 +73,8 @@ def spark_session(
 
 
 def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None) -> SparkSession:
+    if remote.startswith("sc://"):
+        _check_listening(remote)
     builder = SparkSession.builder.remote(remote).appName(app_name)
     settings = dict(conf or {})
     if remote.startswith("local"):
@@ -78,6 +87,26 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
     session = builder.getOrCreate()
     _warn_if_speculative(session)
     return session
+
+
+def _check_listening(remote: str) -> None:
+    """Fail at once, naming the URL, when nothing listens at a Connect URL's host and port (the
+    Connect client would otherwise retry for minutes before saying anything).
+
+    Raises:
+        ConfigError: naming `--remote` (or SPARK_REMOTE), the address and why.
+    """
+    address = urlsplit(remote.split(";", 1)[0])
+    host, port = address.hostname or "localhost", address.port or CONNECT_DEFAULT_PORT
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_CHECK_TIMEOUT_S):
+            return
+    except OSError as err:
+        raise ConfigError(
+            "--remote",
+            f"no Spark Connect server answers at {host}:{port} ({err.strerror or err}); "
+            "check the URL (sc://host:port) or SPARK_REMOTE",
+        ) from None
 
 
 def is_connect(spark: SparkSession) -> bool:
