@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 
 from pipeline.serving.process import free_port
+from tests.jvm_processes import start, stop
 
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 POLL_S = 0.2
 WORKERS = 2
 
@@ -53,25 +52,12 @@ class StandaloneCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for process in reversed(self._processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self._processes:
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(list(reversed(self._processes)))
 
     def _start(self, name: str, args: list[str]) -> None:
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOG_DIR": str(self._workdir)}
         command = [str(Path(sys.executable).with_name("spark-class")), *args]
-        with (self._workdir / f"{name}.log").open("wb") as log:
-            self._processes.append(
-                subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
-            )
+        self._processes.append(start(command, self._workdir / f"{name}.log", env))
 
     def _wait_for_workers(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

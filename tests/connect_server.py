@@ -10,7 +10,6 @@ process of its own, exactly as a user would.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +21,9 @@ import pyspark
 
 from pipeline.serving.process import free_port
 from pipeline.spark.session import BASE_CONF, DELTA_CONF, DELTA_PACKAGE
+from tests.jvm_processes import start, stop
 
 START_TIMEOUT_S = 300.0  # the first start fetches Delta's jars from Maven Central
-STOP_TIMEOUT_S = 30.0
 POLL_S = 0.2
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 TEST_CONF = {
@@ -61,10 +60,7 @@ class ConnectServer:
         ]  # fmt: skip
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
         env.pop("SPARK_REMOTE", None)
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        self._process = start(command, self._log_path, env)
         self._wait_until_listening()
         return self
 
@@ -74,14 +70,8 @@ class ConnectServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        os.killpg(self._process.pid, signal.SIGTERM)
-        try:
-            self._process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        if self._process is not None:
+            stop([self._process])
 
     def _wait_until_listening(self) -> None:
         assert self._process is not None
