@@ -55,7 +55,8 @@ class DriverServer:
         self.board = board
         self.credentials = credentials
         self._bind = bind
-        self._advertise = advertise
+        # The address the tasks are given for this server.
+        self.advertise = advertise
         self._key = secrets.token_urlsafe(16)  # tasks of this job only
         self._loop = LoopThread("budget")
         self._runner: web.AppRunner | None = None
@@ -68,7 +69,7 @@ class DriverServer:
     def __enter__(self) -> DriverServer:
         self._loop.start()
         port = self._loop.run(self._start(), SERVER_TIMEOUT_S)
-        base = f"http://{self._advertise}:{port}/{self._key}"
+        base = f"http://{self.advertise}:{port}/{self._key}"
         self.url = base + LEASE_PATH
         self.progress_url = base + PROGRESS_PATH
         self.token_url = base + TOKEN_PATH

@@ -190,7 +190,7 @@ def _driver_server(
 def _reachable(spark: SparkSession, server: DriverServer, limits: LimitsConfig) -> bool:
     """Whether the tasks reach `server`: asked of one task, unless they run on this machine.
     When they do not, the run goes on without it, said once here."""
-    if limits.driver_address is None and is_loopback(driver_host(spark)):
+    if limits.driver_address is None and is_loopback(server.advertise):
         return True
     if tasks_reach(spark, server.health_url):
         return True
@@ -198,7 +198,7 @@ def _reachable(spark: SparkSession, server: DriverServer, limits: LimitsConfig) 
         "Spark tasks cannot reach this process at %s (limits.driver_address): the rate budgets "
         "are split evenly across the tasks, each adapting to its own 429s; progress shows per "
         "committed chunk; a token that expires is not renewed",
-        server.health_url.split("/")[2],
+        server.advertise,
     )
     return False
 
@@ -243,9 +243,9 @@ def _commit_chunk(
     text_schema = output_schema(run.source_schema, parsed)
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
-    rows = as_text(answered, text_schema).observe(observation, *chunk_metrics())
+    rows = as_text(answered, text_schema)
     try:
-        write_sink(rows, config.sink, mode, metadata, columns=text_schema.fieldNames())
+        write_sink(rows, config.sink, mode, metadata, observe=(observation, chunk_metrics()))
     except Exception as err:
         _raise_if_aborted(err)
         raise

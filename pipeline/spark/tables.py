@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 
 from pipeline.core.config import SinkConfig, SourceConfig, normal_path
 from pipeline.core.errors import ConfigError
@@ -106,23 +106,28 @@ def write_sink(
     mode: SaveMode,
     metadata: str | None = None,
     *,
-    columns: Sequence[str] | None = None,
+    observe: tuple[Observation, Sequence[Column]] | None = None,
 ) -> None:
     """Write `frame` to `sink.table` or `sink.path` in `sink.format`: one commit.
 
     `metadata` goes into the Delta commit's `userMetadata`; Parquet has nowhere to keep it.
-    `columns`: `frame`'s column names, when the caller knows them; give them for a frame with
-    an `observe`: under Spark Connect, asking the frame for them analyses it again, and the
-    write then reports no observed metrics.
+    `observe`: an `Observation` and its metrics, computed on the rows as they are written.
+    It is attached here, after every question to `frame`: under Spark Connect, asking an
+    observed frame for its columns analyses it again, and the write then reports no metrics.
     """
-    names = frame.columns if columns is None else columns
+    # Delta keeps such names only with column mapping (set when the table is made).
+    map_names = sink.format == "delta" and any(
+        set(name) & DELTA_UNSAFE_NAME_CHARS for name in frame.columns
+    )
+    if observe is not None:
+        observation, metrics = observe
+        frame = frame.observe(observation, *metrics)
     writer = frame.write.format(sink.format).mode(mode)
     if sink.format == "delta":
         # New columns join the table (see `sink_schema`); an overwrite replaces its schema.
         evolve = "overwriteSchema" if mode == "overwrite" else "mergeSchema"
         writer = writer.option(evolve, "true")
-        if any(set(name) & DELTA_UNSAFE_NAME_CHARS for name in names):
-            # Delta keeps such names only with column mapping (set when the table is made).
+        if map_names:
             writer = writer.option("delta.columnMapping.mode", "name")
         if metadata is not None:
             writer = writer.option("userMetadata", metadata)

@@ -81,12 +81,9 @@ def test_invocations_answer_a_chat_completion(endpoint: LocalEndpoint) -> None:
     }
 
 
-def test_chat_completions_route_names_the_endpoint_in_model(endpoint: LocalEndpoint) -> None:
-    reply = post(
-        f"{endpoint.base_url}/chat/completions",
-        {"model": OTHER_ENDPOINT, **user("one two three"), "max_tokens": 2},
-    )
-
+def assert_one_two_answer(reply: Reply) -> None:
+    """The echo answer to "one two three" with max_tokens 2, as a Chat Completions body for
+    OTHER_ENDPOINT (whichever route served it)."""
     assert reply.status == 200
     assert re.fullmatch(r"chatcmpl-[0-9a-f]+", reply.body["id"])
     assert (reply.body["object"], reply.body["model"]) == ("chat.completion", OTHER_ENDPOINT)
@@ -95,6 +92,15 @@ def test_chat_completions_route_names_the_endpoint_in_model(endpoint: LocalEndpo
          "finish_reason": "length"}
     ]
     assert reply.body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_chat_completions_route_names_the_endpoint_in_model(endpoint: LocalEndpoint) -> None:
+    reply = post(
+        f"{endpoint.base_url}/chat/completions",
+        {"model": OTHER_ENDPOINT, **user("one two three"), "max_tokens": 2},
+    )
+
+    assert_one_two_answer(reply)
 
 
 def test_responses_route_answers_a_response_object(endpoint: LocalEndpoint) -> None:
@@ -422,14 +428,7 @@ def azure(endpoint: LocalEndpoint, body: object, name: str = ENDPOINT, **kw: Any
 def test_azure_deployments_route_answers_a_chat_completion(endpoint: LocalEndpoint) -> None:
     reply = azure(endpoint, {**user("one two three"), "max_tokens": 2}, name=OTHER_ENDPOINT)
 
-    assert reply.status == 200
-    assert re.fullmatch(r"chatcmpl-[0-9a-f]+", reply.body["id"])
-    assert (reply.body["object"], reply.body["model"]) == ("chat.completion", OTHER_ENDPOINT)
-    assert reply.body["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "one two"},
-         "finish_reason": "length"}
-    ]
-    assert reply.body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert_one_two_answer(reply)
     assert "x-ratelimit-limit-requests" not in reply.headers  # no limits set
 
 

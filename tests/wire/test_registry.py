@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, JobAborted
 from pipeline.core.loader import config_from_dict
 from pipeline.serving.process import LocalEndpoint
 from pipeline.wire import Endpoint, names, register, unregister, wire_for
@@ -64,6 +64,39 @@ def test_a_registered_format_runs_a_job_end_to_end(
     assert summary.rows == 40
     assert out.filter("status = 'ok'").count() == 40
     assert echo.stats()["by_route"]["chat_completions"] - before == 40
+
+
+class StaleKeyChat(AzureChat):
+    """Azure's format with a key the endpoint does not take: what the format's auth header
+    says is what goes on the wire."""
+
+    name = "stale_key_chat"
+
+    def auth_headers(self, token: str) -> dict[str, str]:
+        return {"api-key": token + "-stale"}
+
+
+def test_the_format_decides_the_auth_header(
+    spark: SparkSession, private_echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    wire = register(StaleKeyChat())
+    try:
+        config = config_from_dict(
+            {
+                "source": {"path": save(prompts(spark, 20), tmp_path / "in"),
+                           "id_column": "id", "prompt_column": "prompt"},
+                "endpoint": {"name": ENDPOINT_NAME, "api": wire.name,
+                             "base_url": private_echo.url, "token_env": TOKEN_ENV},
+                "limits": {**FAST, "max_fatal_errors": 2},
+                "sink": {"path": str(tmp_path / "out"), "format": "parquet"},
+            },
+            env={},
+        )  # fmt: skip
+        with pytest.raises(JobAborted, match="HTTP 403 PERMISSION_DENIED"):
+            run(spark, config)
+    finally:
+        unregister(wire.name)
+    assert private_echo.stats()["by_status"].get("403", 0) >= 1
 
 
 def test_a_registered_format_answers_to_its_name(azure_chat: AzureChat) -> None:
