@@ -212,3 +212,17 @@ def test_on_change_and_lease_settings() -> None:
     assert error_for(minimal(sink={"on_change": "ignore"})).key == "sink.on_change"
     assert error_for(minimal(sink={"lease_ttl_s": 5})).key == "sink.lease_ttl_s"
 
+
+
+def test_in_flight_answers_live_next_to_a_path_sink_unless_told() -> None:
+    config = config_from_dict(minimal(), env={})
+    assert config.sink.inflight_folder == str(Path("out").absolute()) + "_inflight"
+    assert config.sink.inflight_flush_s == 1.0
+    told = config_from_dict(minimal(sink={"inflight_path": "keep/here"}), env={})
+    assert told.sink.inflight_folder == str(Path("keep/here").absolute())
+    table = minimal(sink={"table": "main.llm.answers", "path": None})
+    assert config_from_dict(table, env={}).sink.inflight_folder is None
+    off = config_from_dict(minimal(sink={"inflight_path": "off"}), env={})
+    assert off.sink.inflight_folder is None
+    assert error_for(minimal(sink={"inflight_path": "out/inflight"})).key == "sink.inflight_path"
+    assert error_for(minimal(sink={"inflight_flush_s": 0})).key == "sink.inflight_flush_s"

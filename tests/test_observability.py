@@ -113,6 +113,19 @@ def test_dry_run_counts_what_a_run_would_send_and_sends_nothing(
     assert (after.already_answered, after.rows_to_answer, after.requests) == (145, 5, 0)
 
 
+def test_a_retried_task_counts_its_rows_once_and_every_attempt_s_requests() -> None:
+    board = Board(10)
+    lost = Tally(rows=6, ok=6, requests=7, rate_limited=1, prompt_tokens=60, completion_tokens=30)
+    board.report("run/0/1", 3, lost, attempt=4)
+    # The retried attempt recovers the lost one's answers (rows, no requests) and pays for 4.
+    board.report("run/0/1", 1, Tally(rows=10, ok=10, requests=4, prompt_tokens=40), attempt=9)
+    board.report("run/0/1", 4, Tally(rows=7, ok=7, requests=8), attempt=4)  # late, lost attempt
+    total = board.tally
+    assert (total.rows, total.ok) == (10, 10)
+    assert (total.requests, total.rate_limited) == (11, 1)
+    assert (total.prompt_tokens, total.completion_tokens) == (100, 30)
+
+
 def test_board_counts_each_report_once_and_draws_or_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -230,10 +230,14 @@ class Reporter:
     loop. Each post carries the totals, its reporter id and a sequence number, so a post that
     arrives twice or late changes nothing (see `Board.report`)."""
 
-    def __init__(self, url: str, tally: Tally) -> None:
+    def __init__(
+        self, url: str, tally: Tally, *, name: str | None = None, attempt: int = 0
+    ) -> None:
+        """`name`: the task's (see `ProgressReport`); None: one of its own."""
         self._url = url
         self._tally = tally
-        self._id = secrets.token_hex(8)
+        self._id = name or secrets.token_hex(8)
+        self._attempt = attempt
         self._seq = 0
         self._posted = Tally()  # the totals the driver has acknowledged
         self._session: aiohttp.ClientSession | None = None
@@ -269,7 +273,7 @@ class Reporter:
         if now == self._posted or self._session is None:
             return
         self._seq += 1
-        report = ProgressReport(self._id, self._seq, now)
+        report = ProgressReport(self._id, self._seq, now, self._attempt)
         try:
             timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT_S)
             async with self._session.post(

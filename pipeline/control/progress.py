@@ -52,10 +52,21 @@ class Tally:
             self.ok += 1
         else:
             self.errors += 1
+        if result.reused:  # paid for by an earlier attempt, which counted it
+            return
         self.requests += result.attempts
         if result.attempts and result.completion is not None:  # a copy was not paid for
             self.prompt_tokens += result.completion.prompt_tokens or 0
             self.completion_tokens += result.completion.completion_tokens or 0
+
+    def paid(self) -> Tally:
+        """Only what was paid for: requests, their tokens, 429s (no rows)."""
+        return Tally(
+            requests=self.requests,
+            rate_limited=self.rate_limited,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+        )
 
     def add(self, other: Tally) -> None:
         for name, value in other.to_dict().items():
@@ -71,6 +82,26 @@ class Tally:
         return cls(**{k: int(v) for k, v in data.items() if k in names})
 
 
+@dataclass
+class _Task:
+    """One task's latest attempt, and what its earlier (lost) attempts paid for."""
+
+    attempt: int = -1
+    seq: int = 0
+    totals: Tally = dataclasses.field(default_factory=Tally)
+    # Requests, tokens and 429s of the lost attempts; their rows are the latest attempt's to
+    # count (it recovers their answers, see `pipeline.http.journal`, or answers them again).
+    paid_before: Tally = dataclasses.field(default_factory=Tally)
+
+    def report(self, attempt: int, seq: int, totals: Tally) -> None:
+        if attempt > self.attempt:
+            if self.attempt >= 0:
+                self.paid_before.add(self.totals.paid())
+            self.attempt, self.seq, self.totals = attempt, seq, totals
+        elif attempt == self.attempt and seq > self.seq:
+            self.seq, self.totals = seq, totals
+
+
 class Board:
     """The driver's sum of every task's counts for one run, shown while it runs.
 
@@ -82,7 +113,7 @@ class Board:
     ) -> None:
         self.total_rows = total_rows
         self._style = style
-        self._reports: dict[str, tuple[int, Tally]] = {}
+        self._reports: dict[str, _Task] = {}
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
         self._started = time.monotonic()
@@ -91,19 +122,21 @@ class Board:
         self._bar: Any = None
         self._logs_above: Any = None
 
-    def report(self, reporter: str, seq: int, totals: Tally) -> None:
-        """A task's totals so far; an older or repeated report of the same task is ignored."""
+    def report(self, reporter: str, seq: int, totals: Tally, attempt: int = 0) -> None:
+        """A task attempt's totals so far; an older or repeated report of the same attempt, or
+        one of an attempt older than the task's latest, is ignored."""
         with self._lock:
-            if seq > self._reports.get(reporter, (0, Tally()))[0]:
-                self._reports[reporter] = (seq, totals)
+            task = self._reports.setdefault(reporter, _Task())
+            task.report(attempt, seq, totals)
 
     @property
     def tally(self) -> Tally:
-        """Every task's latest totals, added up."""
+        """Every task's latest totals, added up (with what their lost attempts paid)."""
         total = Tally()
         with self._lock:
-            for _, totals in self._reports.values():
-                total.add(totals)
+            for task in self._reports.values():
+                total.add(task.totals)
+                total.add(task.paid_before)
         return total
 
     def start(self) -> Board:

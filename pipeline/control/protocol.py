@@ -75,19 +75,25 @@ class LeaseGrant:
 
 @dataclass(frozen=True)
 class ProgressReport:
-    """A task's totals so far. Totals, not increments, numbered per reporter: a report that
-    arrives twice or late changes nothing (see `Board.report`)."""
+    """A task attempt's totals so far. Totals, not increments, numbered per reporter: a report
+    that arrives twice or late changes nothing (see `Board.report`). `reporter` names the task
+    (run, chunk, partition), so a retried attempt's rows replace the lost attempt's."""
 
     reporter: str
     seq: int
     totals: Tally
+    attempt: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"reporter": self.reporter, "seq": self.seq, "totals": self.totals.to_dict()}
+        return {"reporter": self.reporter, "seq": self.seq, "totals": self.totals.to_dict(),
+                "attempt": self.attempt}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProgressReport:
-        return cls(str(data["reporter"]), int(data["seq"]), Tally.from_dict(data["totals"]))
+        return cls(
+            str(data["reporter"]), int(data["seq"]), Tally.from_dict(data["totals"]),
+            int(data.get("attempt", 0)),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -116,5 +116,5 @@ class DriverServer:
     async def _progress(self, request: web.Request) -> web.Response:
         if self.board is not None:
             report = ProgressReport.from_json(await request.json())
-            self.board.report(report.reporter, report.seq, report.totals)
+            self.board.report(report.reporter, report.seq, report.totals, report.attempt)
         return web.json_response({})

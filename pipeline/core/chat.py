@@ -74,6 +74,9 @@ class RowResult:
     # The fingerprint of the request this row answers (of its input, when it could not become
     # a request); see `ChatRequest.request_hash`.
     request_hash: str | None = None
+    # Paid for by an earlier task attempt or run, and recovered from its in-flight answers
+    # (see `pipeline.http.journal`): not sent, nor paid, again.
+    reused: bool = False
 
     def copied_to(self, request_id: str) -> RowResult:
         """This result for another row that asked the same request: nothing was sent for it."""

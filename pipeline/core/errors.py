@@ -36,6 +36,11 @@ class SinkBusy(JobAborted):
     """Another run holds the sink's lease: this one stops before sending anything."""
 
 
+class TaskSuperseded(PipelineError):
+    """A newer attempt of this Spark task started (a stage run again while this attempt went on,
+    or a speculative copy): this one stops sending and fails, so only one of them pays."""
+
+
 class InvalidInput(PipelineError):
     """A row cannot become a request; the row is answered with an error and never sent."""
 

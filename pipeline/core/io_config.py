@@ -91,10 +91,30 @@ class SinkConfig:
     # One run at a time per sink: a run holds a lease next to the sink, renewed while it runs;
     # the lease of a run that died without releasing it expires after this long.
     lease_ttl_s: float = 600.0
+    # Where tasks keep the answers they paid for until their chunk commits, so a lost executor
+    # or driver does not pay for them again: a folder every executor reaches (a path Spark
+    # names, or a mount like /dbfs or /Volumes). null: `<sink.path>_inflight`; a table sink
+    # has none unless set. "off": not kept.
+    inflight_path: str | None = None
+    # How often a task writes the answers it got since the last write (or every 1,000 answers).
+    inflight_flush_s: float = 1.0
 
     def __post_init__(self) -> None:
         exactly_one("sink", self, ("path", "table"))
         at_least("sink.chunk_rows", self.chunk_rows, 1)
+        if not self.inflight_flush_s > 0:
+            raise ConfigError(
+                "sink.inflight_flush_s", f"must be > 0 seconds, got {self.inflight_flush_s:g}"
+            )
+        folder = self.inflight_folder
+        if folder is not None and self.path is not None:
+            inner, outer = sorted((normal_path(self.path), normal_path(folder)), key=len)
+            if outer == inner or outer.startswith(inner.rstrip("/") + "/"):
+                raise ConfigError(
+                    "sink.inflight_path",
+                    f"overlaps the sink ({folder!r}, sink {self.path!r}): it must be a folder "
+                    "of its own, e.g. the default <sink path>_inflight",
+                )
         if self.lease_ttl_s < MIN_LEASE_TTL_S:
             raise ConfigError(
                 "sink.lease_ttl_s", f"must be >= {MIN_LEASE_TTL_S:g}, got {self.lease_ttl_s:g}"
@@ -105,6 +125,15 @@ class SinkConfig:
                 "Parquet files cannot replace an earlier error row; use sink.format=delta, "
                 "or set sink.retry_errors=false to keep error rows as they are",
             )
+
+    @property
+    def inflight_folder(self) -> str | None:
+        """The folder of in-flight answers, or None when they are not kept."""
+        if self.inflight_path == "off":
+            return None
+        if self.inflight_path is not None:
+            return self.inflight_path
+        return None if self.path is None else self.path.rstrip("/") + "_inflight"
 
     @property
     def retries_errors(self) -> bool:

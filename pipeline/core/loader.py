@@ -85,7 +85,12 @@ def config_from_dict(raw: Mapping[str, Any], env: Mapping[str, str]) -> JobConfi
     return dataclasses.replace(
         config,
         source=dataclasses.replace(config.source, path=absolute(config.source.path)),
-        sink=dataclasses.replace(config.sink, path=absolute(config.sink.path)),
+        sink=dataclasses.replace(
+            config.sink,
+            path=absolute(config.sink.path),
+            inflight_path=config.sink.inflight_path
+            if config.sink.inflight_path == "off" else absolute(config.sink.inflight_path),
+        ),
     )
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -24,6 +26,7 @@ from pipeline.core.chat import ChatRequest, RowResult
 from pipeline.core.errors import describe
 from pipeline.core.loopthread import LoopThread
 from pipeline.http.client import ChatClient
+from pipeline.http.journal import AnswerJournal
 from pipeline.http.limiter import Limiter, build_limiter
 from pipeline.http.settings import ClientSettings
 
@@ -71,11 +74,25 @@ class Engine:
 
     With `dedupe`, a request whose `request_hash` was already submitted in this task is not sent
     again: its row gets a copy of the first one's result (with its own request_id, `attempts` 0).
+    A request whose hash is in `known` (answers an earlier attempt paid for, see
+    `pipeline.http.journal`) is not sent: its row gets that answer. Every paid answer goes to
+    `journal`. `report_as` names the task and its attempt in progress reports.
     """
 
-    def __init__(self, settings: ClientSettings, *, dedupe: bool = False) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        *,
+        dedupe: bool = False,
+        known: Mapping[str, RowResult] | None = None,
+        journal: AnswerJournal | None = None,
+        report_as: tuple[str, int] | None = None,
+    ) -> None:
         self._settings = settings
         self._dedupe = dedupe
+        self._known = known or {}
+        self._journal = journal
+        self._report_as = report_as
         # Touched only on the loop's thread.
         self._shared: OrderedDict[str, _Shared] = OrderedDict()
         self._loop = LoopThread("chat-engine")
@@ -84,6 +101,9 @@ class Engine:
         self._session: aiohttp.ClientSession | None = None
         self._limiter: Limiter | None = None
         self._client: ChatClient | None = None
+        # Requests being sent now, and set when none is (touched on the loop's thread).
+        self._sending = 0
+        self._idle: asyncio.Event | None = None
         # Rows finished so far (touched on the loop's thread), reported to the driver.
         self._tally = Tally()
         self._reporter: Reporter | None = None
@@ -103,6 +123,12 @@ class Engine:
             self._loop.run(self._close(), CLOSE_TIMEOUT_S)
         finally:
             self._loop.stop(CLOSE_TIMEOUT_S)
+
+    @property
+    def superseded(self) -> bool:
+        """Whether a newer attempt of this task runs (see `AnswerJournal`): nothing more is
+        sent."""
+        return self._journal is not None and self._journal.superseded
 
     @property
     def stop_reason(self) -> str | None:
@@ -130,6 +156,10 @@ class Engine:
         if not pending:
             batch.future.set_result([r for r in batch.results if r is not None])
         for index, request in pending:
+            earlier = self._known.get(request.request_hash or "")
+            if earlier is not None:
+                batch.complete(index, recovered(earlier, request.request_id))
+                continue
             key = request.request_hash if self._dedupe else None
             shared = self._shared.get(key) if key else None
             if shared is None:
@@ -153,6 +183,8 @@ class Engine:
 
     async def _open(self) -> None:
         self._queue = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._session = open_session(self._settings)
         self._limiter = build_limiter(self._settings)
         self._client = ChatClient(self._settings, self._session, self._limiter)
@@ -160,29 +192,48 @@ class Engine:
             asyncio.create_task(self._work()) for _ in range(self._settings.limits.concurrency)
         ]
         if self._settings.progress_url is not None:
-            self._reporter = Reporter(self._settings.progress_url, self._tally)
+            name, attempt = self._report_as or (None, 0)
+            self._reporter = Reporter(
+                self._settings.progress_url, self._tally, name=name, attempt=attempt
+            )
             self._reporter.start()
 
     async def _work(self) -> None:
         assert self._queue is not None and self._client is not None
         while True:
             batch, index, request = await self._queue.get()
+            if self.superseded:
+                batch.complete(index, _not_sent(request, "superseded by a newer attempt"))
+                continue
+            self._busy(+1)
             try:
                 result = await self._client.send(request)
             except Exception as err:  # send() answers every failure; this guards the guard
-                result = RowResult(
-                    request.request_id,
-                    "error",
-                    error=describe(err),
-                    request_hash=request.request_hash,
-                )
+                result = _not_sent(request, describe(err))
+            finally:
+                self._busy(-1)
             self._tally.rate_limited = self._client.rate_limited
+            if self._journal is not None and result.attempts:
+                self._journal.record(result)
             batch.complete(index, result)
             shared = self._shared.get(request.request_hash) if request.request_hash else None
             if shared is not None:
                 shared.resolve(result)
 
+    def _busy(self, change: int) -> None:
+        assert self._idle is not None
+        self._sending += change
+        if self._sending:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
     async def _close(self) -> None:
+        if self.superseded and self._idle is not None:
+            # What is in flight is paid: let it finish and reach the journal, so the newer
+            # attempt, which waits for this one's stop mark, finds it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self._settings.limits.timeout_s)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -192,6 +243,18 @@ class Engine:
             await self._limiter.close()
         if self._session is not None:
             await self._session.close()
+
+
+def _not_sent(request: ChatRequest, error: str) -> RowResult:
+    return RowResult(request.request_id, "error", error=error, request_hash=request.request_hash)
+
+
+def recovered(earlier: RowResult, request_id: str) -> RowResult:
+    """`earlier` (an answer recovered from the journal) for the row `request_id`: the row that
+    paid keeps its attempts, an identical request's row gets a copy."""
+    if earlier.request_id == request_id:
+        return earlier
+    return earlier.copied_to(request_id)
 
 
 def open_session(settings: ClientSettings) -> aiohttp.ClientSession:

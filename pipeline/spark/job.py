@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from pyspark.sql import Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -32,6 +32,7 @@ from pipeline.http.settings import ClientSettings
 from pipeline.spark.chunks import WorkPlan, spread
 from pipeline.spark.columns import output_schema, parsed_type
 from pipeline.spark.crossing import as_text, map_in_pandas
+from pipeline.spark.inflight import EARLIER, Inflight, journal_plan
 from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
@@ -85,8 +86,11 @@ def run_job(
     ):
         tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
         board = Board(work.pending_rows, style=progress)
-        run = _Run(config, run_id, tasks, lease, frame.schema)
+        inflight = _inflight(spark, config, run_id)
+        run = _Run(config, run_id, tasks, lease, frame.schema, inflight)
         totals, seen = _answer_chunks(spark, run, work, credentials, board)
+        if inflight is not None:
+            inflight.finish(work.chunks)
         counts = totals.counts
         summary = RunSummary.of(
             totals,
@@ -115,6 +119,18 @@ class _Run:
     tasks: int
     lease: SinkLease
     source_schema: StructType  # the input's own types (the chunks carry text as bytes)
+    inflight: Inflight | None = None  # where tasks keep answers until committed
+
+
+def _inflight(spark: SparkSession, config: JobConfig, run_id: str) -> Inflight | None:
+    plan = journal_plan(config.sink, run_id)
+    if plan is None:
+        log.warning(
+            "in-flight answers are not kept (sink.inflight_path): a lost executor pays again "
+            "for its task's answers of the chunk in flight, a lost driver for the whole chunk"
+        )
+        return None
+    return Inflight(spark, plan)
 
 
 def _answer_chunks(
@@ -141,7 +157,8 @@ def _answer_chunks(
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
     with _driver_server(spark, limits, tasks, board, credentials) as server, _showing(board):
-        if _reachable(spark, server, limits):
+        live = _reachable(spark, server, limits)
+        if live:
             client = replace(client, progress_url=server.progress_url)
             if credentials.renewable:
                 client = replace(client, token_url=server.token_url)
@@ -149,7 +166,9 @@ def _answer_chunks(
                 client = replace(client, budget_url=server.url)
         else:
             client = replace(client, adaptive_alone=limits.adaptive)
-        plan = TaskPlan(config.request, client)
+        journal = None if run.inflight is None else run.inflight.plan
+        plan = TaskPlan(config.request, client, journal)
+        earlier = None if run.inflight is None else run.inflight.earlier_answers()
         for index in range(work.chunks):
             run.lease.check()  # never commit over another run's work
             metadata = json.dumps(
@@ -157,13 +176,26 @@ def _answer_chunks(
                  "config": saved_config},
                 default=str,
             )  # fmt: skip
-            chunk = _commit_chunk(spark, run, work, plan, index, metadata)
+            chunk = _commit_chunk(spark, run, work, plan, index, metadata, earlier)
+            if run.inflight is not None:
+                if not live:  # what lost task attempts paid: only their files say
+                    chunk.update(run.inflight.paid(index))
+                if index < work.chunks - 1:  # the last chunk's go with the rest at the end
+                    run.inflight.committed(index)
             totals.add(chunk)
             log.info(
                 "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
                 index + 1, work.chunks, int(chunk.get("rows") or 0), int(chunk.get("ok") or 0),
                 int(chunk.get("attempts") or 0), _rate_note(server.budget),
             )  # fmt: skip
+    if run.inflight is not None and live:
+        # The written rows say what their answers cost, whoever paid (an earlier run whose
+        # answers were recovered too); the tasks' reports say what this run paid, lost
+        # attempts included.
+        paid = board.tally
+        totals.counts["attempts"] = paid.requests
+        totals.counts["prompt_tokens"] = paid.prompt_tokens
+        totals.counts["completion_tokens"] = paid.completion_tokens
     return totals, board.tally
 
 
@@ -227,8 +259,10 @@ def _commit_chunk(
     plan: TaskPlan,
     index: int,
     metadata: str,
+    earlier: DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Answer chunk `index` and commit it; what was observed on its rows."""
+    """Answer chunk `index` and commit it; what was observed on its rows. Rows whose request
+    `earlier` answers (earlier runs' in-flight answers) get that answer."""
     config = run.config
     replaced = work.replaced_in(index)
     if replaced is not None:
@@ -236,10 +270,12 @@ def _commit_chunk(
         # any row, so the next run answers them again; nothing is lost or doubled.
         delete_rows(spark, config.sink, replaced, metadata)
     chunk = work.chunk(index)
+    if earlier is not None:
+        chunk = chunk.join(earlier, "request_hash", "left")
     parsed = parsed_type(config.request.output_format)
     as_sent = spread(chunk, run.tasks, config.request.dedupe)
-    answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS).schema, parsed)
-    answered = map_in_pandas(as_sent, make_batch_mapper(plan), answered_schema)
+    answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS, EARLIER).schema, parsed)
+    answered = map_in_pandas(as_sent, make_batch_mapper(plan, index), answered_schema)
     text_schema = output_schema(run.source_schema, parsed)
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"

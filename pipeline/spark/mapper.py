@@ -14,18 +14,27 @@ import json
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql.types import BinaryType, DataType, StringType, StructField, StructType
 
 from pipeline.core.chat import ChatRequest, Message, RowResult
 from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig
-from pipeline.core.errors import JobAborted
+from pipeline.core.errors import JobAborted, TaskSuperseded
 from pipeline.core.prompts import RequestBuilder
-from pipeline.http.engine import Engine
+from pipeline.http.engine import Engine, recovered
+from pipeline.http.journal import (
+    AnswerJournal,
+    TaskFolder,
+    read_answers,
+    recovered_result,
+    wait_for_older,
+)
 from pipeline.http.settings import ClientSettings
 from pipeline.spark.columns import (
     IDENTITY_COLUMNS,
@@ -35,6 +44,7 @@ from pipeline.spark.columns import (
     parsed_type,
 )
 from pipeline.spark.crossing import BatchMapper, as_bytes, map_in_pandas
+from pipeline.spark.inflight import EARLIER, JournalPlan
 
 # Read ahead while fewer than this many windows' worth of rows are waiting for answers.
 READ_AHEAD_WINDOWS = 2
@@ -48,22 +58,27 @@ class TaskPlan:
 
     request: RequestConfig
     client: ClientSettings
+    # Where tasks keep the answers they pay for until their chunk commits; None: not kept.
+    journal: JournalPlan | None = None
 
 
-def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
-    """The function to give `DataFrame.mapInPandas`: keyed rows (see `make_key_mapper`) in, the
-    input columns with the result columns appended out."""
+def make_batch_mapper(plan: TaskPlan, chunk: int = 0) -> BatchMapper:
+    """The function to give `DataFrame.mapInPandas`: keyed rows (see `make_key_mapper`; with
+    `_earlier`, see `inflight.EARLIER`, when earlier runs left answers) in, the input columns
+    with the result columns appended out. Answers of an earlier attempt of the same task (of
+    chunk `chunk`) are used, not paid for again."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         parsed = parsed_type(plan.request.output_format)
         window = plan.client.limits.concurrency * READ_AHEAD_WINDOWS
         pending: deque[tuple[pd.DataFrame, Future[list[RowResult]]]] = deque()
         waiting_rows = 0
-        with Engine(plan.client, dedupe=plan.request.dedupe) as engine:
+        with ExitStack() as stack:
+            engine = stack.enter_context(_engine(plan, chunk, stack))
             for frame in frames:
                 _stop_if_aborted(engine)
                 items = carried_items(frame)
-                rows = frame.drop(columns=list(KEYED_COLUMNS))
+                rows = frame.drop(columns=[c for c in (*KEYED_COLUMNS, EARLIER) if c in frame])
                 pending.append((rows, engine.submit(items)))
                 waiting_rows += len(rows)
                 while pending and (
@@ -71,13 +86,41 @@ def make_batch_mapper(plan: TaskPlan) -> BatchMapper:
                 ):
                     head, future = pending.popleft()
                     waiting_rows -= len(head)
-                    yield with_results(head, future.result(), parsed)
+                    results = future.result()
+                    _stop_if_aborted(engine)
+                    yield with_results(head, results, parsed)
             while pending:
                 head, future = pending.popleft()
-                yield with_results(head, future.result(), parsed)
+                results = future.result()
+                _stop_if_aborted(engine)
+                yield with_results(head, results, parsed)
             _stop_if_aborted(engine)
 
     return map_batches
+
+
+def _engine(plan: TaskPlan, chunk: int, stack: ExitStack) -> Engine:
+    """This task attempt's engine: with its journal, and the answers its earlier attempts
+    journaled, when the run keeps one and this runs in a Spark task."""
+    context = TaskContext.get()
+    if context is None:
+        return Engine(plan.client, dedupe=plan.request.dedupe)
+    task = context.partitionId()
+    # Unique in the application and growing: a retried attempt, in a stage run again or not,
+    # has a larger one.
+    attempt = context.taskAttemptId()
+    run_id = plan.journal.run_id if plan.journal else f"stage{context.stageId()}"
+    report_as = (f"{run_id}/{chunk}/{task}", attempt)
+    if plan.journal is None:
+        return Engine(plan.client, dedupe=plan.request.dedupe, report_as=report_as)
+    folder = TaskFolder(plan.journal.folder, plan.journal.run_id, chunk, task).path
+    flush_s = plan.journal.flush_s
+    journal = stack.enter_context(AnswerJournal(folder, attempt, flush_s=flush_s))
+    wait_for_older(folder, attempt, flush_s=flush_s)
+    known = read_answers(folder)
+    return Engine(
+        plan.client, dedupe=plan.request.dedupe, known=known, journal=journal, report_as=report_as
+    )
 
 
 def key_schema(input_schema: StructType) -> StructType:
@@ -161,13 +204,21 @@ def decode_item(encoded: bytes, request_id: str, request_hash: str) -> ChatReque
 
 
 def carried_items(frame: pd.DataFrame) -> list[ChatRequest | RowResult]:
-    """The requests the keying pass built for the rows of `frame` (a keyed batch)."""
-    return [
+    """The requests the keying pass built for the rows of `frame` (a keyed batch); a row whose
+    `_earlier` holds an earlier run's answer gets that answer instead."""
+    items = [
         decode_item(encoded, request_id, request_hash)
         for encoded, request_id, request_hash in zip(
             frame[REQUEST], frame["request_id"], frame["request_hash"], strict=True
         )
     ]
+    if EARLIER not in frame:
+        return items
+    return [
+        item if not isinstance(earlier, str) or isinstance(item, RowResult)
+        else recovered(recovered_result(earlier), item.request_id)
+        for item, earlier in zip(items, frame[EARLIER], strict=True)
+    ]  # fmt: skip
 
 
 def _stop_if_aborted(engine: Engine) -> None:
@@ -175,6 +226,9 @@ def _stop_if_aborted(engine: Engine) -> None:
     # every remaining row would get the same refusal.
     if engine.stop_reason is not None:
         raise JobAborted(engine.stop_reason)
+    # Failing the task, not the job: Spark keeps the newer attempt's rows.
+    if engine.superseded:
+        raise TaskSuperseded("a newer attempt of this task runs; this one stopped sending")
 
 
 def with_results(
