@@ -7,98 +7,156 @@ import pytest
 from pipeline.control.budget import (
     ADAPT_PERIOD_S,
     BACKOFF,
+    CONFIGURED_BACKOFF,
     DECREASE_COOLDOWN_S,
-    HEADER_MARGIN,
     LEASE_SECONDS,
-    Allowance,
+    MARGIN,
     JobBudget,
+    Schedule,
 )
-from pipeline.control.protocol import LeaseAsk
+from pipeline.control.protocol import LeaseAsk, LeaseGrant
 from tests.clock import FakeClock
 
 START = 100.0
 
 
 def drain(budget: JobBudget, clock: FakeClock, seconds: float, tasks: int, step: float = 0.01,
-          **seen: int) -> list[int]:  # fmt: skip
+          times: list[float] | None = None, **seen: int) -> list[int]:  # fmt: skip
     """Every task asks for 8 permits every `step` for `seconds`, in turns (who asks first
-    rotates, as arrival order does); permits granted per task."""
+    rotates, as arrival order does); permits granted per task. `times` collects when each
+    granted permit falls due."""
     granted = [0] * tasks
     end, turn = clock.now + seconds, 0
     while clock.now < end:
         for i in range(tasks):
             task = (turn + i) % tasks
-            granted[task] += budget.lease(LeaseAsk(requests=8, **seen)).requests
+            grant = budget.lease(LeaseAsk(requests=8, task=f"task-{task}", **seen))
+            granted[task] += grant.requests
+            if times is not None:
+                times.extend(due_times(grant, clock.now))
         clock.now += step
         turn += 1
     return granted
 
 
-def test_allowance_starts_empty_and_never_exceeds_its_rate() -> None:
+def due_times(grant: LeaseGrant, now: float) -> list[float]:
+    return [now + grant.start_s + k * grant.interval_s for k in range(grant.requests)]
+
+
+def busiest_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most permits due in any window of `window_s` (open at its end)."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_a_schedule_never_piles_up_what_nobody_asked_for() -> None:
     clock = FakeClock(START)
-    allowance = Allowance(10.0, clock)
-    assert allowance.take(1, 1) == 0  # no burst at the start
-    assert allowance.wait_s(1) == pytest.approx(0.1)
-    clock.now += 60
-    taken = allowance.take(100, 1)  # a long idle spell piles up only the small burst
-    assert taken == pytest.approx(allowance.capacity) and taken < 100
+    schedule = Schedule(10.0, clock)
+    assert schedule.due() == START  # the first unit may go now: no burst, no wait
+    schedule.book(START, 5)
+    assert schedule.due() == pytest.approx(START + 0.5)
+    clock.now += 60  # a long idle spell gives nothing extra
+    assert schedule.due() == clock.now
+    schedule.book(clock.now, 1)
+    schedule.give_back(10)  # unused units come back, never into the past
+    assert schedule.due() == clock.now
 
 
 def test_job_rate_holds_whatever_the_number_of_tasks() -> None:
     for tasks in (1, 2, 7):
         clock = FakeClock(START)
-        budget = JobBudget(600, None, adaptive=False, start_rate_per_s=1, clock=clock)
-        granted = sum(drain(budget, clock, 30.0, tasks))
-        assert 0.97 * 300 <= granted <= 300 + 10  # 10/s for 30 s, within one lease of it
+        budget = JobBudget(600, None, adaptive=False, clock=clock)
+        times: list[float] = []
+        granted = sum(drain(budget, clock, 30.0, tasks, times=times))
+        rate = 10 * MARGIN
+        assert 0.99 * rate * 30 <= granted <= rate * 30 + 1  # no permit lost, none above it
+        assert busiest_window(times) <= 10  # no window sees more than the configured rate
 
 
-def test_a_task_left_alone_gets_the_whole_rate() -> None:
+def test_the_oldest_task_is_served_first_and_the_next_takes_over_at_once() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(1200, None, adaptive=False, start_rate_per_s=1, clock=clock)
+    budget = JobBudget(1200, None, adaptive=False, clock=clock)
+    budget.lease(LeaseAsk(requests=1, task="task-0"))
+    clock.now += 0.001
     together = drain(budget, clock, 10.0, tasks=2)
-    assert together[0] == pytest.approx(together[1], rel=0.1)  # fair while both run
-    alone = drain(budget, clock, 10.0, tasks=1)  # the other finished: no idle share
-    assert alone[0] >= 0.97 * 20 * 10
+    assert together[0] > 3 * together[1]  # the oldest gets what it asks for
+    assert sum(together) >= 0.99 * 20 * MARGIN * 10
+    assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 0  # booked ahead
+    budget.lease(LeaseAsk(requests=0, task="task-0"))  # it ended: its last ask says so
+    assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 1  # at once
 
 
 def test_leases_are_small_slices_of_the_rate() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(60_000, None, adaptive=False, start_rate_per_s=1, clock=clock)
+    budget = JobBudget(60_000, None, adaptive=False, clock=clock)
     clock.now += 10
     lease = budget.lease(LeaseAsk(requests=10_000))
-    assert lease.requests <= 1000 * LEASE_SECONDS * 5  # at most the burst, never the backlog
+    assert 0 < lease.requests <= 1000 * LEASE_SECONDS + 1  # never the backlog
+    assert lease.interval_s == pytest.approx(1 / (1000 * MARGIN))
 
 
 def test_nothing_granted_says_how_long_to_wait() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(60, None, adaptive=False, start_rate_per_s=1, clock=clock)
-    lease = budget.lease(LeaseAsk(requests=1))
-    assert (lease.requests, lease.wait_s) == (0, pytest.approx(1.0))
+    budget = JobBudget(60, None, adaptive=False, clock=clock)
+    first = budget.lease(LeaseAsk(requests=5))
+    assert (first.requests, first.start_s) == (1, 0.0)  # one a second: one due now
+    refused = budget.lease(LeaseAsk(requests=1))
+    assert refused.requests == 0
+    assert refused.wait_s == pytest.approx(1 / MARGIN - LEASE_SECONDS)
 
 
-def test_token_budget_is_reserved_then_corrected() -> None:
+def test_permits_given_back_go_to_other_tasks() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(None, 120_000, adaptive=False, start_rate_per_s=1, clock=clock)
-    clock.now += 1  # 2000 tokens/s: the burst holds 40
-    first = budget.lease(LeaseAsk(requests=1, tokens=20))
-    assert (first.requests, first.tokens) == (1, 20)
-    assert budget.lease(LeaseAsk(requests=1, tokens=20)).requests == 1
-    assert budget.lease(LeaseAsk(requests=1, tokens=15)).requests == 0  # nothing left
-    # The first request used 2 tokens, not 20: the 18 come back.
-    assert budget.lease(LeaseAsk(requests=1, tokens=15, token_correction=-18)).requests == 1
+    budget = JobBudget(60 * 100, None, adaptive=False, clock=clock)
+    held = budget.lease(LeaseAsk(requests=100, task="a")).requests
+    assert budget.lease(LeaseAsk(requests=100, task="b")).requests == 0
+    budget.lease(LeaseAsk(requests=0, returned=held, task="a"))
+    assert budget.lease(LeaseAsk(requests=100, task="b")).requests == held
 
 
-def test_slow_start_doubles_until_429_then_halves_and_searches_back() -> None:
+def test_token_budget_is_booked_then_corrected() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(None, None, adaptive=True, start_rate_per_s=10, clock=clock)
-    rates = []
-    for _ in range(4):
-        drain(budget, clock, ADAPT_PERIOD_S, tasks=2)
-        rates.append(budget.rate_per_s)
-    assert rates[-1] >= 8 * 10  # doubled each busy second
-    too_fast = budget.rate_per_s
-    assert too_fast is not None
-    budget.lease(LeaseAsk(requests=1, rate_limited=3))
+    budget = JobBudget(None, 60_000 / MARGIN, adaptive=False, clock=clock)
+    first = budget.lease(LeaseAsk(requests=100, tokens=2000))  # 1000 tokens/s: 20 each
+    assert (first.requests, first.tokens) == (3, 60)  # due within 50 ms: at 0, 20 and 40 ms
+    assert first.interval_s == pytest.approx(0.02)
+    assert budget.lease(LeaseAsk(requests=1, tokens=20)).requests == 0
+    # Those requests used 2 tokens each, not 20: the 54 come back, and the next permit is due
+    # when the 6 used are spent.
+    again = budget.lease(LeaseAsk(requests=100, tokens=2000, token_correction=-54))
+    assert again.requests == 3 and again.start_s == pytest.approx(0.006)
+
+
+def test_adaptive_starts_with_no_rate_and_backs_off_below_what_the_endpoint_admitted() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(None, None, adaptive=True, clock=clock)
+    assert budget.rate_per_s is None
+    unpaced = budget.lease(LeaseAsk(requests=64))  # the concurrency is the bound
+    assert unpaced.requests >= 64 and (unpaced.start_s, unpaced.interval_s) == (0, 0)
+    clock.now += 0.2
+    budget.lease(LeaseAsk(requests=64, ok=150))
+    budget.lease(LeaseAsk(requests=64, ok=0, rate_limited=5))
+    assert budget.rate_per_s == pytest.approx(150 * BACKOFF)  # successes over the last second
+    budget.lease(LeaseAsk(requests=1, rate_limited=3))  # the same burst of 429s: once
+    assert budget.rate_per_s == pytest.approx(150 * BACKOFF)
+
+
+def test_later_429s_back_off_on_evidence_at_most_half_and_quiet_periods_search_back() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(None, None, adaptive=True, clock=clock)
+    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=1))
+    assert budget.rate_per_s == pytest.approx(100 * BACKOFF)
+    clock.now += DECREASE_COOLDOWN_S + 0.01
+    budget.lease(LeaseAsk(requests=8, ok=120, rate_limited=1))  # admitted 60/s of 85/s
+    assert budget.rate_per_s == pytest.approx(60 * BACKOFF)
+    too_fast = 60 * BACKOFF
+    clock.now += DECREASE_COOLDOWN_S + 0.01
+    budget.lease(LeaseAsk(requests=8, ok=10, rate_limited=1))  # admitted 5/s: half off, no more
     assert budget.rate_per_s == pytest.approx(too_fast / 2)
     budget.lease(LeaseAsk(requests=1, rate_limited=3))  # the same burst of 429s: once
     assert budget.rate_per_s == pytest.approx(too_fast / 2)
@@ -107,38 +165,45 @@ def test_slow_start_doubles_until_429_then_halves_and_searches_back() -> None:
     for expected in (0.75, 0.875, 0.9375):  # quiet periods halve the distance
         drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)
         assert budget.rate_per_s == pytest.approx(too_fast * expected)
-    drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)
-    drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)
-    probing = budget.rate_per_s
-    assert probing is not None and probing < too_fast * 1.1  # past it only by small steps
-
-
-def test_later_429s_take_a_smaller_step_off() -> None:
-    clock = FakeClock(START)
-    budget = JobBudget(None, None, adaptive=True, start_rate_per_s=100, clock=clock)
-    clock.now += DECREASE_COOLDOWN_S
-    budget.lease(LeaseAsk(requests=1, rate_limited=1))  # the first: halve
-    clock.now += DECREASE_COOLDOWN_S
-    halved = budget.rate_per_s
-    assert halved is not None
-    budget.lease(LeaseAsk(requests=1, rate_limited=1))
-    assert budget.rate_per_s == pytest.approx(halved * BACKOFF)
 
 
 def test_an_unused_rate_does_not_grow() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(None, None, adaptive=True, start_rate_per_s=100, clock=clock)
+    budget = JobBudget(None, None, adaptive=True, clock=clock)
+    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=1))
+    rate = budget.rate_per_s
     for _ in range(5):  # one request a second: far under the rate
         clock.now += ADAPT_PERIOD_S
         budget.lease(LeaseAsk(requests=1))
-    assert budget.rate_per_s == 100
+    assert budget.rate_per_s == rate
 
 
-def test_configured_rate_is_a_ceiling_and_headers_lower_it() -> None:
+def test_a_configured_rate_starts_at_once_and_a_429_under_it_slows_a_little() -> None:
     clock = FakeClock(START)
-    budget = JobBudget(600, None, adaptive=True, start_rate_per_s=1000, clock=clock)
-    assert budget.rate_per_s == 10
+    budget = JobBudget(600, None, adaptive=True, clock=clock)
+    assert budget.rate_per_s == pytest.approx(10 * MARGIN)
     drain(budget, clock, 5 * ADAPT_PERIOD_S, tasks=2)
-    assert budget.rate_per_s == 10
+    assert budget.rate_per_s == pytest.approx(10 * MARGIN)  # never above it
+    budget.lease(LeaseAsk(requests=1, ok=20, rate_limited=1))
+    assert budget.rate_per_s == pytest.approx(10 * MARGIN * CONFIGURED_BACKOFF)
     budget.lease(LeaseAsk(requests=1, endpoint_requests_per_minute=300))
-    assert budget.rate_per_s == pytest.approx(5 * HEADER_MARGIN)
+    assert budget.rate_per_s == pytest.approx(5 * MARGIN)  # the endpoint said less
+
+
+def test_a_429_under_a_token_budget_slows_the_tokens_a_little_and_quiet_brings_them_back() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(None, 60_000 / MARGIN, adaptive=True, clock=clock)  # 1000 tokens/s
+
+    def tokens_granted(seconds: float) -> float:
+        granted, end = 0.0, clock.now + seconds
+        while clock.now < end:
+            granted += budget.lease(LeaseAsk(requests=8, tokens=80, task="a")).tokens
+            clock.now += 0.01
+        return granted
+
+    assert tokens_granted(2.0) == pytest.approx(2000, abs=60)  # and 50 ms booked ahead
+    budget.lease(LeaseAsk(requests=8, tokens=80, ok=100, rate_limited=1, task="a"))
+    assert budget.rate_per_s is None  # no request rate imposed: the tokens bind
+    assert tokens_granted(1.0) == pytest.approx(1000 * CONFIGURED_BACKOFF, abs=10)
+    tokens_granted(3 * ADAPT_PERIOD_S)
+    assert tokens_granted(1.0) == pytest.approx(1000, abs=10)  # back at the budget

@@ -15,10 +15,14 @@ and only its progress goes unseen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
+import time
+from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import aiohttp
@@ -27,7 +31,7 @@ from pipeline.control.budget import JobBudget
 from pipeline.control.progress import REPORT_EVERY_S, Tally
 from pipeline.control.protocol import LeaseAsk, LeaseGrant, ProgressReport
 from pipeline.core.ratelimit import RateLimits
-from pipeline.core.timing import Sleep
+from pipeline.core.timing import Clock, Sleep
 from pipeline.wire import WireFormat
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,9 @@ LEASE_RETRY_S = 0.5
 # How many failed leases in a row make a task give up on the driver.
 MAX_LEASE_FAILURES = 3
 REPORT_TIMEOUT_S = 5.0
+# Token budget is booked at the estimate until this many answers said what requests use ...
+USAGE_SAMPLE = 8
+USAGE_MARGIN = 1.1  # ... then at their mean use, and this much more
 
 
 class LeaseFailed(Exception):
@@ -111,11 +118,26 @@ class LocalLessor:
         return None
 
 
+@dataclass
+class _Permits:
+    """Permits of one grant: `count` left, the next one due at `at` (this task's clock), each
+    after it `interval` later, each with `tokens` of token budget."""
+
+    at: float
+    interval: float
+    count: int
+    tokens: float
+
+
 class SharedLimits:
     """`RateLimits` for one task, drawing on a budget through `lessor` (a `Limiter`).
 
     Use inside the task's event loop; `fallback` is the task's static share, used when the
-    lessor cannot be reached.
+    lessor cannot be reached. The next lease is asked for while the permits held still last
+    (half a batch), in the background, so requests never wait for a lease round trip, and the
+    budget's schedule has someone to give its next permits to. A 429 sends what was seen at
+    once (the budget backs off on it), and drops permits that were granted unpaced (no rate
+    yet). Closing gives the permits not used back.
     """
 
     def __init__(
@@ -126,6 +148,7 @@ class SharedLimits:
         batch: int,
         uses_tokens: bool,
         limit_headers: Mapping[str, str] = WireFormat.limit_headers,
+        clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._lessor = lessor
@@ -134,17 +157,22 @@ class SharedLimits:
         self._fallback = fallback
         self._batch = max(1, batch)
         self._uses_tokens = uses_tokens
+        self._clock = clock
         self._sleep = sleep
-        # Held while leasing: one lease in flight per task, the other requests wait for it.
+        # Held while taking a permit and waiting for its time: permits go in order.
         self._lock = asyncio.Lock()
-        # Leased and not yet spent; never below zero after `acquire` returns.
-        self._requests = 0
-        self._tokens = 0.0
+        self._permits: deque[_Permits] = deque()
+        self._held = 0  # permits in `_permits`
+        self._refill: asyncio.Task[None] | None = None  # the lease being asked for
         # Seen since the last lease the driver answered: goes with the next ask.
         self._seen = {"ok": 0, "rate_limited": 0, "token_correction": 0.0}
         self._announced: dict[str, float] = {}
         self._failures = 0  # leases failed in a row
         self._detached = False  # gave up on the lessor: the fallback alone from now on
+        self._estimate = 0  # the last request's estimated tokens: what the next ask assumes
+        self._name = secrets.token_hex(8)  # names this task to the budget
+        self._leased = False  # whether the lessor ever answered
+        self._usage = [0, 0]  # tokens the answers used, and how many answers
 
     def check(self, estimated_tokens: int) -> None:
         """See `RateLimits.check`."""
@@ -153,28 +181,35 @@ class SharedLimits:
     async def acquire(self, estimated_tokens: int) -> None:
         """Wait for one request permit and `estimated_tokens` of token budget."""
         self.check(estimated_tokens)
-        if self._detached:
-            await self._fallback.acquire(estimated_tokens)
-            return
-        needs_tokens = self._uses_tokens or "endpoint_tokens_per_minute" in self._announced
+        self._estimate = estimated_tokens
         async with self._lock:
-            while self._requests < 1 or (needs_tokens and self._tokens < estimated_tokens):
-                lease = await self._lease(estimated_tokens)
-                if lease is None:  # the lessor is gone: this task's static share from now on
-                    self._detached = True
-                    await self._fallback.acquire(estimated_tokens)
-                    return
-                self._requests += lease.requests
-                self._tokens += lease.tokens
-                if not lease.requests:
-                    await self._sleep(lease.wait_s)
-            self._requests -= 1
-            self._tokens -= estimated_tokens if needs_tokens else 0
+            while not self._held and not self._detached:
+                await asyncio.shield(self._refilling(estimated_tokens))
+            if self._detached:  # the lessor is gone: this task's static share from now on
+                await self._fallback.acquire(estimated_tokens)
+                return
+            permits = self._permits[0]
+            due = permits.at
+            permits.at += permits.interval
+            permits.count -= 1
+            self._held -= 1
+            if not permits.count:
+                self._permits.popleft()
+            if self._needs_tokens():
+                self._seen["token_correction"] += estimated_tokens - permits.tokens
+            if self._held < (self._batch + 1) // 2:
+                self._refilling(estimated_tokens)
+            wait = due - self._clock()
+            if wait > 0:
+                await self._sleep(wait)
 
     def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Report the real usage with the next lease."""
         self._fallback.settle(estimated_tokens, actual_tokens)
         self._seen["token_correction"] += (actual_tokens or 0) - estimated_tokens
+        if actual_tokens is not None:
+            self._usage[0] += actual_tokens
+            self._usage[1] += 1
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """Count an answer, and read the endpoint's announced limits."""
@@ -189,20 +224,75 @@ class SharedLimits:
                     self._announced[name] = float(value)
                 except ValueError:
                     pass
+        if status == 429 and not self._detached:
+            unpaced = [p for p in self._permits if not p.interval]
+            for permits in unpaced:  # granted with no rate: they would all go now, into 429s
+                self._permits.remove(permits)
+                self._held -= permits.count
+            self._refilling(self._estimate)  # the budget learns of it now, not a batch later
 
     async def close(self) -> None:
-        """Close the lessor (the session to the driver)."""
+        """Give back the permits not used, and close the lessor (the session to the driver)."""
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
+        paced = sum(p.count for p in self._permits if p.interval)
+        if self._leased and not self._detached:  # its last ask: no longer counted as running
+            reported = dict(self._seen)
+            last = replace(self._ask(0, reported), requests=0, tokens=0.0, returned=paced)
+            with contextlib.suppress(LeaseFailed):
+                await self._lessor.lease(last)
         await self._lessor.close()
 
+    def _needs_tokens(self) -> bool:
+        return self._uses_tokens or "endpoint_tokens_per_minute" in self._announced
+
+    def _refilling(self, estimated_tokens: int) -> asyncio.Task[None]:
+        """The lease being asked for, asked for now if none is."""
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.get_running_loop().create_task(self._fill(estimated_tokens))
+        return self._refill
+
+    async def _fill(self, estimated_tokens: int) -> None:
+        """Lease until something is granted (or the lessor is given up on)."""
+        while True:
+            grant = await self._lease(estimated_tokens)
+            if grant is None:
+                self._detached = True
+                return
+            if grant.requests:
+                self._permits.append(
+                    _Permits(
+                        self._clock() + grant.start_s,
+                        grant.interval_s,
+                        grant.requests,
+                        grant.tokens / grant.requests,
+                    )
+                )
+                self._held += grant.requests
+                return
+            await self._sleep(grant.wait_s)
+
+    def _booking(self, estimated_tokens: int) -> float:
+        """Tokens to book per request: what answers used so far (a little more), once there
+        are a few, and never more than the estimate (an upper bound: the whole `max_tokens`).
+        What a request uses beyond its booking is charged with the next lease."""
+        used, answers = self._usage
+        if answers < USAGE_SAMPLE:
+            return float(estimated_tokens)
+        return min(float(estimated_tokens), used / answers * USAGE_MARGIN)
+
     def _ask(self, estimated_tokens: int, reported: Mapping[str, float]) -> LeaseAsk:
+        tokens = self._booking(estimated_tokens) * self._batch if self._needs_tokens() else 0
         return LeaseAsk(
             requests=self._batch,
-            tokens=float(estimated_tokens * self._batch),
+            tokens=float(tokens),
             ok=int(reported["ok"]),
             rate_limited=int(reported["rate_limited"]),
             token_correction=reported["token_correction"],
             endpoint_requests_per_minute=self._announced.get("endpoint_requests_per_minute"),
             endpoint_tokens_per_minute=self._announced.get("endpoint_tokens_per_minute"),
+            task=self._name,
         )
 
     async def _lease(self, estimated_tokens: int) -> LeaseGrant | None:
@@ -220,6 +310,7 @@ class SharedLimits:
                 return None
             return LeaseGrant(0, 0.0, LEASE_RETRY_S)
         self._failures = 0
+        self._leased = True
         for name, value in reported.items():
             self._seen[name] -= value
         return grant

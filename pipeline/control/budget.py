@@ -1,12 +1,22 @@
 """The job-wide request and token budgets, one for all tasks, kept on the driver.
 
-Tasks lease permits in small batches (see `agents.SharedLimits`): a task that finished stops
-asking, so the tasks still running get its share at once. The request rate also adapts to the
-endpoint: it starts at a guess and doubles every busy second until the endpoint answers 429,
-then halves; later 429s take 15 % off, and quiet seconds search back towards the rate that drew
-them (halving the distance each second, as TCP BIC does) before probing a few percent further.
-An `x-ratelimit-limit-*` header, when the endpoint sends one, sets the ceiling outright. A
-configured `requests_per_minute` is never exceeded. Pure logic: the clock is injected.
+Tasks lease permits in small batches (see `agents.SharedLimits`). A budget is a schedule, not a
+bucket: each permit has its own send time, one interval after the one before (the generic cell
+rate algorithm), and a grant tells the task when its permits fall due. Budget that no task asks
+for in time is not lost as long as some task keeps asking ahead, so the rate a job reaches is
+the rate it was given, whatever the lease round trips; and no window ever sees more than the
+rate, since permits never pile up while nobody asks. A task that finished stops asking, so the
+tasks still running get its share at once, and gives back the permits it held.
+
+The request rate also adapts to the endpoint. It starts where the user put it: a configured
+`requests_per_minute` (never exceeded), else no rate at all (the tasks' concurrency is the only
+bound). On 429s it backs off on evidence: to the rate the endpoint was seen to admit since the
+last change, and at least a step below the rate that drew them (a small step under a configured
+budget, whose 429s say the endpoint is shared or its window is shorter; a larger one
+otherwise). Quiet seconds search back towards the rate that drew 429s (halving the distance
+each second, as TCP BIC does) before probing a few percent further. An `x-ratelimit-limit-*`
+header, when the endpoint sends one, sets the ceiling outright. Pure logic: the clock is
+injected.
 """
 
 from __future__ import annotations
@@ -14,48 +24,71 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 
 from pipeline.control.protocol import LeaseAsk, LeaseGrant
-from pipeline.core.ratelimit import Bucket, burst_capacity
 from pipeline.core.timing import Clock
 
 log = logging.getLogger(__name__)
 
-# A lease holds at most this many seconds of the job's rate, so tasks share it finely.
+# A lease holds permits due within this many seconds, so tasks share the rate finely; a task
+# asks for its next lease before these are spent. The oldest task running books this far
+# ahead; the others only what it leaves, this close ahead. So tasks do not all end at once: the
+# oldest one finishes first while the next oldest is already running, and takes over its rate
+# without the gap of a Spark task's start (about half a second) whenever it can carry it.
 LEASE_SECONDS = 0.05
-# Budget that may pile up unused (seconds of rate): a few leases, so a task that asks a
-# little late loses nothing, and no window sees a burst worth mentioning.
-BURST_SECONDS = 0.02
+YOUNGER_LEASE_SECONDS = 0.01
+# A task that has not asked for this long has ended.
+TASK_GONE_S = 2.0
+# Permits granted at once while there is no rate at all (the task drops them on a 429).
+UNPACED_GRANT = 256
 # A task refused a lease asks again after at least this long.
 MIN_WAIT_S = 0.005
 # The adaptive rate changes at most once per this many seconds.
 ADAPT_PERIOD_S = 1.0
-DECREASE = 0.5  # on 429s, before the first one: the rate that last worked
-BACKOFF = 0.85  # on 429s afterwards
+# On 429s: at most this share of the rate that drew them, under a budget the user configured
+# (the endpoint let through about what was asked) ...
+CONFIGURED_BACKOFF = 0.98
+BACKOFF = 0.85  # ... and without one
+DECREASE = 0.5  # never more than this off at once: the evidence may be thin
 INCREASE = 0.03  # share of the rate added per quiet period, when probing
 CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
 # 429s keep coming for a while after a decrease (retries waiting out a full window): one
 # decrease per this long.
 DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
-# Stay this far under a limit the endpoint announces in its headers.
-HEADER_MARGIN = 0.98
+# Stay this far under a known limit, configured or announced in the endpoint's headers: send
+# times jitter by a few milliseconds (a lease's reply comes late, a loop is busy), and exactly at
+# the limit a window the endpoint measures would now and then see one request too many.
+MARGIN = 0.985
 MIN_RATE = 0.1  # requests per second
-# An adaptive budget starts at this many requests per second per in-flight slot of its tasks
-# (a guess of 500 ms per answer), and doubles every second until the endpoint answers 429.
-START_RATE_PER_SLOT = 2.0
 
 
-class Allowance(Bucket):
-    """The job's budget for one unit: starts empty (no burst above the rate at the start of a
-    run), and its burst follows its rate."""
+class Schedule:
+    """Send times for one unit (requests, or tokens) at `rate_per_s`: the theoretical arrival
+    time of the next unit never falls behind now, so nothing piles up while nobody asks."""
 
     def __init__(self, rate_per_s: float, clock: Clock = time.monotonic) -> None:
-        super().__init__(
-            rate_per_s, burst_capacity(rate_per_s, BURST_SECONDS), level=0.0, clock=clock
-        )
+        if rate_per_s <= 0:
+            raise ValueError("rate must be positive")
+        self.rate_per_s = rate_per_s
+        self._clock = clock
+        self._next = clock()  # when the next unit is due
+
+    def due(self) -> float:
+        """When the next unit may go: now, or later when the rate is spoken for until then."""
+        self._next = max(self._next, self._clock())
+        return self._next
+
+    def book(self, start: float, units: float) -> None:
+        """`units` booked from `start` on (`start` no earlier than `due()`)."""
+        self._next = max(self._next, start) + units / self.rate_per_s
+
+    def give_back(self, units: float) -> None:
+        """`units` booked and not used (negative: used beyond what was booked)."""
+        self._next = max(self._clock(), self._next - units / self.rate_per_s)
 
     def set_rate(self, rate_per_s: float) -> None:
-        self.reset_rate(rate_per_s, burst_capacity(rate_per_s, BURST_SECONDS))
+        self.rate_per_s = rate_per_s
 
 
 class JobBudget:
@@ -67,23 +100,26 @@ class JobBudget:
         tokens_per_minute: float | None,
         *,
         adaptive: bool,
-        start_rate_per_s: float,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
-        self._ceiling = None if requests_per_minute is None else requests_per_minute / 60.0
-        self._adaptive = adaptive
-        rate = start_rate_per_s if adaptive else self._ceiling
-        if self._ceiling is not None and rate is not None:
-            rate = min(rate, self._ceiling)
-        self._requests = None if rate is None else Allowance(rate, clock)
-        self._tokens = (
-            None if tokens_per_minute is None else Allowance(tokens_per_minute / 60, clock)
+        self._configured = requests_per_minute is not None
+        self._ceiling = (
+            None if requests_per_minute is None else requests_per_minute / 60 * MARGIN
         )
-        self._slow_start = adaptive
-        self._changed_at = self._decreased_at = clock()
+        self._adaptive = adaptive
+        self._requests = None if self._ceiling is None else Schedule(self._ceiling, clock)
+        self._token_ceiling = None if tokens_per_minute is None else tokens_per_minute / 60 * MARGIN
+        self._tokens = None if self._token_ceiling is None else Schedule(self._token_ceiling, clock)
+        self._decreased_at = -math.inf
+        self._period_start = clock()
         self._limited_since_change = False
         self._granted_since_change = 0
+        # Successes reported in the last DECREASE_COOLDOWN_S: (when, how many).
+        self._recent_ok: deque[tuple[float, int]] = deque()
+        self._first_ask: float | None = None
+        # Each task's first and last ask: (started, last seen), by name.
+        self._tasks: dict[str, tuple[float, float]] = {}
         # The rate that last drew 429s: increases search back towards it.
         self._too_fast: float | None = None
         self.ok = 0
@@ -91,91 +127,152 @@ class JobBudget:
 
     @property
     def rate_per_s(self) -> float | None:
+        """The request rate now; None: no rate (the tasks' concurrency is the bound)."""
         return None if self._requests is None else self._requests.rate_per_s
 
     def lease(self, ask: LeaseAsk) -> LeaseGrant:
-        """Grant what the budgets allow now, after learning from what the task saw."""
+        """Grant what the budgets allow within the next `LEASE_SECONDS`, after learning from
+        what the task saw."""
         self._learn(ask)
-        requests = self._take_requests(ask.requests)
-        tokens = ask.tokens
-        if requests and self._tokens is not None and ask.tokens > 0:
-            tokens = self._tokens.take(ask.tokens, ask.tokens / max(1, ask.requests) * requests)
-            if not tokens:  # no token budget for even these: give the requests back
-                self._give_back_requests(requests)
-                requests = 0
-        if requests:
-            self._granted_since_change += requests
-            return LeaseGrant(requests, tokens, 0.0)
-        return LeaseGrant(0, 0.0, self._wait_s(ask))
-
-    def _take_requests(self, want: int) -> int:
-        if self._requests is None:
-            return want
-        cap = max(1, math.floor(self._requests.rate_per_s * LEASE_SECONDS))
-        return self._requests.take_whole(min(want, cap))
-
-    def _give_back_requests(self, amount: int) -> None:
+        now = self._clock()
+        if ask.requests <= 0:
+            self._tasks.pop(ask.task, None)  # its last ask
+            return LeaseGrant(0, 0.0, 0.0)
+        per_request = ask.tokens / ask.requests if ask.tokens > 0 else 0.0
+        schedules = [self._requests] if self._requests is not None else []
+        intervals = [] if self._requests is None else [1 / self._requests.rate_per_s]
+        if self._tokens is not None and per_request > 0:
+            schedules.append(self._tokens)
+            intervals.append(per_request / self._tokens.rate_per_s)
+        if not schedules:  # no rate: plenty, so the task seldom asks (it tells of 429s at once)
+            granted = max(ask.requests, UNPACED_GRANT)
+            self._granted_since_change += granted
+            return LeaseGrant(granted, per_request * granted, 0.0)
+        start = max(s.due() for s in schedules)
+        horizon = now + (LEASE_SECONDS if self._oldest(ask.task, now) else YOUNGER_LEASE_SECONDS)
+        if start > horizon:
+            return LeaseGrant(0, 0.0, max(MIN_WAIT_S, start - horizon))
+        interval = max(intervals)
+        granted = ask.requests
+        if interval > 0:
+            granted = min(granted, 1 + math.floor((horizon - start) / interval))
         if self._requests is not None:
-            self._requests.give_back(amount)
+            self._requests.book(start, granted)
+        if self._tokens is not None and per_request > 0:
+            self._tokens.book(start, granted * per_request)
+        self._granted_since_change += granted
+        return LeaseGrant(granted, granted * per_request, 0.0, start - now, interval)
 
-    def _wait_s(self, ask: LeaseAsk) -> float:
-        waits = [MIN_WAIT_S]
-        if self._requests is not None:
-            waits.append(self._requests.wait_s(1))
-        if self._tokens is not None and ask.tokens > 0:
-            waits.append(self._tokens.wait_s(ask.tokens / max(1, ask.requests)))
-        return max(waits)
+    def _oldest(self, task: str, now: float) -> bool:
+        """Whether `task` is the oldest of the tasks running (an unnamed one counts as such)."""
+        if not task:
+            return True
+        started = self._tasks.get(task, (now, now))[0]
+        self._tasks[task] = (started, now)
+        gone = [name for name, (_, seen) in self._tasks.items() if now - seen > TASK_GONE_S]
+        for name in gone:
+            del self._tasks[name]
+        return (started, task) == min((first, name) for name, (first, _) in self._tasks.items())
 
     def _learn(self, ask: LeaseAsk) -> None:
+        now = self._clock()
+        if self._first_ask is None:
+            self._first_ask = self._period_start = now
         self.ok += ask.ok
+        if ask.ok:
+            self._recent_ok.append((now, ask.ok))
+        while self._recent_ok and self._recent_ok[0][0] < now - DECREASE_COOLDOWN_S:
+            self._recent_ok.popleft()
         self.rate_limited += ask.rate_limited
         if self._tokens is not None and ask.token_correction:
             self._tokens.give_back(-ask.token_correction)
+        if self._requests is not None and ask.returned:
+            self._requests.give_back(ask.returned)
         if ask.endpoint_requests_per_minute:
-            announced = ask.endpoint_requests_per_minute / 60.0 * HEADER_MARGIN
+            announced = ask.endpoint_requests_per_minute / 60.0 * MARGIN
             if self._ceiling is None or announced < self._ceiling:
                 self._ceiling = announced
-                self._slow_start = False  # the endpoint said where the limit is
                 self._set_rate(min(self.rate_per_s or announced, announced))
                 # 429s still to come answer requests sent before the ceiling was known.
                 self._decreased_at = self._clock()
         if ask.endpoint_tokens_per_minute and self._tokens is None:
-            self._tokens = Allowance(
-                ask.endpoint_tokens_per_minute / 60 * HEADER_MARGIN, self._clock
-            )
+            self._token_ceiling = ask.endpoint_tokens_per_minute / 60 * MARGIN
+            self._tokens = Schedule(self._token_ceiling, self._clock)
         if self._adaptive:
             self._adapt(ask.rate_limited)
 
     def _adapt(self, rate_limited: int) -> None:
-        rate = self.rate_per_s
-        if rate is None:
-            return
         now = self._clock()
+        if self._requests is None and self._tokens is not None:
+            self._adapt_tokens(rate_limited, now)
+            return
+        rate = self.rate_per_s
         if rate_limited:
             self._limited_since_change = True
             if now - self._decreased_at < DECREASE_COOLDOWN_S:
                 return  # one decrease per burst of 429s: they answer requests sent before it
-            self._too_fast = rate
-            rate *= DECREASE if self._slow_start else BACKOFF
-            self._slow_start = False
+            rate = self._decreased(rate, now)
             self._decreased_at = now
-        elif now - self._changed_at >= ADAPT_PERIOD_S:
+        elif rate is None or now - self._period_start < ADAPT_PERIOD_S:
+            return
+        else:
             # Grow only a rate that is being used: a job held back by latency or concurrency
             # must not earn a rate it would burst into later.
-            used = self._granted_since_change >= 0.5 * rate * (now - self._changed_at)
+            used = self._granted_since_change >= 0.5 * rate * (now - self._period_start)
             if not self._limited_since_change and used:
-                rate = rate * 2 if self._slow_start else self._increased(rate)
-        else:
-            return
+                rate = self._increased(rate)
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
-        before = self.rate_per_s or rate
-        if rate < before:
-            log.info("request rate %.0f/min after 429s (was %.0f/min)", rate * 60, before * 60)
+        before = self.rate_per_s
+        if before is None or rate < before:
+            was = "no rate" if before is None else f"{before * 60:.0f}/min"
+            log.info("request rate %.0f/min after 429s (was %s)", rate * 60, was)
         self._set_rate(max(MIN_RATE, rate))
-        self._changed_at = now
+        self._period_start = now
         self._limited_since_change = False
         self._granted_since_change = 0
+
+    def _adapt_tokens(self, rate_limited: int, now: float) -> None:
+        """A token budget is what binds (no request rate): 429s slow it a little, quiet periods
+        bring it back up to its ceiling."""
+        assert self._tokens is not None and self._token_ceiling is not None
+        rate = self._tokens.rate_per_s
+        if rate_limited:
+            self._limited_since_change = True
+            if now - self._decreased_at < DECREASE_COOLDOWN_S:
+                return
+            rate *= CONFIGURED_BACKOFF
+            self._decreased_at = now
+        elif now - self._period_start < ADAPT_PERIOD_S:
+            return
+        elif not self._limited_since_change:
+            rate = min(self._token_ceiling, rate + self._token_ceiling * CEILING_STEP)
+        self._tokens.set_rate(rate)
+        self._period_start = now
+        self._limited_since_change = False
+
+    def _decreased(self, rate: float | None, now: float) -> float:
+        """The rate after 429s, and the rate the search back up aims at (`_too_fast`)."""
+        admitted = max(self._admitted(now), MIN_RATE)
+        if rate is None:  # no rate yet: the evidence is all there is
+            self._too_fast = admitted
+            return admitted * BACKOFF
+        self._too_fast = rate
+        if self._configured:  # the user's budget is the endpoint's: slow a little
+            return rate * CONFIGURED_BACKOFF
+        if admitted < rate * DECREASE:  # thin evidence (a pause, reports still to come)
+            return rate * DECREASE
+        # Going faster than the endpoint was seen to admit only draws more 429s: a step under
+        # that, and search back up towards it, not towards the rate that drew them.
+        self._too_fast = min(rate, admitted)
+        return min(rate, admitted) * BACKOFF
+
+    def _admitted(self, now: float) -> float:
+        """Successes per second over the last DECREASE_COOLDOWN_S (pruned in `_learn`), over at
+        least a second: a limit's window is seldom shorter."""
+        since = now - (self._first_ask if self._first_ask is not None else now)
+        span = max(ADAPT_PERIOD_S, min(DECREASE_COOLDOWN_S, since))
+        return sum(n for _, n in self._recent_ok) / span
 
     def _increased(self, rate: float) -> float:
         # A binary search back towards the rate that last drew 429s, then gentle probing past
@@ -192,6 +289,6 @@ class JobBudget:
 
     def _set_rate(self, rate: float) -> None:
         if self._requests is None:
-            self._requests = Allowance(rate, self._clock)
+            self._requests = Schedule(rate, self._clock)
         else:
             self._requests.set_rate(rate)

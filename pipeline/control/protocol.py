@@ -47,6 +47,10 @@ class LeaseAsk:
     # The endpoint's own limits, from x-ratelimit-limit-* headers (per minute).
     endpoint_requests_per_minute: float | None = None
     endpoint_tokens_per_minute: float | None = None
+    # Permits of earlier grants the task will not use (it is ending): others may have them.
+    returned: int = 0
+    # Which task asks (any name unique to it): the oldest task running is served first.
+    task: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,12 +62,18 @@ class LeaseAsk:
 
 @dataclass(frozen=True)
 class LeaseGrant:
-    """What the driver granted: permits to spend now, or (none) how long to wait."""
+    """What the driver granted: permits and when to spend them, or (none) how long to wait.
+
+    The permits are paced: the first may go `start_s` after the grant, each next one
+    `interval_s` after the one before (both 0: all at once).
+    """
 
     requests: int
     tokens: float
     # When nothing was granted: how long to wait before asking again.
     wait_s: float
+    start_s: float = 0.0
+    interval_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

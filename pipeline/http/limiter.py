@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pipeline.control.agents import DriverLessor, Lessor, LocalLessor, SharedLimits
-from pipeline.control.budget import START_RATE_PER_SLOT, JobBudget
+from pipeline.control.budget import JobBudget
 from pipeline.core.ratelimit import RateLimits
 from pipeline.core.timing import Clock, Sleep
 from pipeline.http.settings import ClientSettings
@@ -72,7 +72,6 @@ def build_limiter(
             settings.requests_per_minute,
             settings.tokens_per_minute,
             adaptive=True,
-            start_rate_per_s=settings.limits.concurrency * START_RATE_PER_SLOT,
             clock=clock,
         )
         lessor = LocalLessor(own_budget, share=1.0 / max(1, settings.tasks))
@@ -84,5 +83,6 @@ def build_limiter(
         batch=settings.limits.concurrency,
         uses_tokens=settings.limits.tokens_per_minute is not None,
         limit_headers=settings.endpoint.wire.limit_headers,
+        clock=clock,
         sleep=sleep,
     )

@@ -44,6 +44,8 @@ class ServingStats:
         # endpoint saw is requests_total over their difference.
         self.first_request_at: float | None = None
         self.last_request_at: float | None = None
+        # Requests started in each whole second since the first one (gaps show as zeros).
+        self.per_second: list[int] = []
 
     @property
     def faults_injected(self) -> int:
@@ -57,6 +59,10 @@ class ServingStats:
         self.last_request_at = time.time()
         if self.first_request_at is None:
             self.first_request_at = self.last_request_at
+        second = int(self.last_request_at - self.first_request_at)
+        if second >= len(self.per_second):
+            self.per_second.extend([0] * (second + 1 - len(self.per_second)))
+        self.per_second[second] += 1
 
     def request_finished(self, status: int) -> None:
         """Count a request leaving a model route with `status`."""
@@ -107,4 +113,5 @@ class ServingStats:
             "distinct_requests": distinct_requests,
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
+            "per_second": list(self.per_second),
         }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import pandas as pd
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
@@ -22,6 +23,7 @@ from pipeline.core.config import SinkConfig
 from pipeline.core.errors import ConfigError
 from pipeline.http.journal import arrow_location
 from pipeline.spark.conditions import MISSING, has_condition
+from pipeline.spark.session import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,26 @@ class Inflight:
 
     def _query(self, answer: Callable[[DataFrame], T]) -> T | None:
         """`answer` of the folder's rows (an action), or None when there is no folder yet."""
+        if not self._may_exist():
+            return None
         try:
             return answer(self._spark.read.schema(SCHEMA).parquet(self.plan.folder))
         except Exception as err:
             if has_condition(err, *MISSING):
                 return None
             raise
+
+    def _may_exist(self) -> bool:
+        """False when the folder surely does not exist: asked of the file system here, not by a
+        Spark read that fails (Spark logs such a failure at length). A Spark Connect client may
+        not see the cluster's files: only Spark can say there."""
+        if is_connect(self._spark):
+            return True
+        try:
+            fs, path = arrow_location(self.plan.folder)
+            return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
+        except (ValueError, OSError):
+            return True  # pyarrow cannot say: Spark will
 
     def earlier_answers(self) -> DataFrame | None:
         """`request_hash` and `_earlier`: the answers earlier runs paid for and did not commit

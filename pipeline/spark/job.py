@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from pipeline.control.budget import START_RATE_PER_SLOT, JobBudget
+from pipeline.control.budget import JobBudget
 from pipeline.control.progress import Board, ProgressStyle, Tally
 from pipeline.control.server import DriverServer
 from pipeline.core.config import JobConfig, LimitsConfig
@@ -156,7 +156,7 @@ def _answer_chunks(
     )
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
-    with _driver_server(spark, limits, tasks, board, credentials) as server, _showing(board):
+    with _driver_server(spark, limits, board, credentials) as server, _showing(board):
         live = _reachable(spark, server, limits)
         if live:
             client = replace(client, progress_url=server.progress_url)
@@ -201,7 +201,7 @@ def _answer_chunks(
 
 @contextmanager
 def _driver_server(
-    spark: SparkSession, limits: LimitsConfig, tasks: int, board: Board, credentials: Credentials
+    spark: SparkSession, limits: LimitsConfig, board: Board, credentials: Credentials
 ) -> Iterator[DriverServer]:
     """The driver's server for the tasks: progress, and the job's shared budget when there is
     one to keep."""
@@ -212,7 +212,6 @@ def _driver_server(
             limits.requests_per_minute,
             limits.tokens_per_minute,
             adaptive=limits.adaptive,
-            start_rate_per_s=tasks * limits.concurrency * START_RATE_PER_SLOT,
         )
     advertise = limits.driver_address or driver_host(spark)
     with DriverServer(budget, board=board, credentials=credentials, advertise=advertise) as server:

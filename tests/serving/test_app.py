@@ -319,6 +319,7 @@ def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
         "peak_in_flight": 1,
         "queued": 0,
         "distinct_requests": 2,
+        "per_second": [2],
     }
 
 

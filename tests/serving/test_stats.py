@@ -37,6 +37,7 @@ def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
         "peak_in_flight": 2,
         "queued": 0,
         "distinct_requests": 2,
+        "per_second": [2],
     }
 
 
