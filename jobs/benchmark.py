@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -401,6 +402,81 @@ def _matrix_run(
     return served / span if span > 0 else 0.0, stats["rate_limited"] / stats["requests_total"]
 
 
+# What a user waits for: a new process per command, the example config, a new sink.
+START_ROWS = 20_000
+BARE_START = """
+import sys
+from pipeline.spark.session import spark_session
+spark = spark_session("bare")
+spark.read.format("delta").load(sys.argv[1]).count()
+"""
+UDF_JOB = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import pandas as pd
+import requests
+from pyspark.sql.functions import pandas_udf
+from pipeline.spark.session import spark_session
+url, token, source, out = sys.argv[1:5]
+spark = spark_session("thread-pool-udf")
+@pandas_udf("string")
+def answer(prompts: pd.Series) -> pd.Series:
+    def post(prompt):
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 32}
+        reply = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"},
+                              timeout=60)
+        return str(reply.json()["choices"][0]["message"]["content"])
+    with ThreadPoolExecutor(64) as pool:
+        return pd.Series(list(pool.map(post, prompts)))
+frame = spark.read.format("delta").load(source)
+frame.withColumn("answer", answer("prompt")).write.format("delta").save(out)
+"""
+
+
+def fast_start(bench: Bench) -> list[Figure]:
+    """Command to first request, and command to table written, each a new process as a user
+    runs it: the job on `conf/local.yaml` (a new sink), a bare pyspark script that starts the
+    same session and counts the input, and the thread-pool pandas UDF writing a Delta table."""
+    rows = bench.rows(START_ROWS)
+    sample = bench.workdir / f"sample_{rows}"
+    python = sys.executable
+    subprocess.run([python, "-m", "pipeline", "sample", "--out", str(sample), "--rows",
+                    str(rows)], check=True, capture_output=True, cwd=ROOT)  # fmt: skip
+    source = str(sample / "prompts_delta")
+    env = {**os.environ, TOKEN_ENV: TOKEN, "PYSPARK_PYTHON": python}
+    with endpoint() as server:
+        bare = _timed([python, "-c", BARE_START, source], env)
+        started = time.time()
+        ours = _timed([
+            python, "-m", "pipeline", "run", "--config", str(ROOT / "conf" / "local.yaml"),
+            "--progress", "log", "--set", f"source.path={source}",
+            "--set", f"endpoint.host={server.url}", "--set", f"endpoint.name={ENDPOINT}",
+            "--set", f"endpoint.token_env={TOKEN_ENV}",
+            "--set", f"sink.path={bench.workdir / f'start_out_{rows}'}",
+        ], env)  # fmt: skip
+        first = (server.stats()["first_request_at"] or started) - started
+        server.reset()
+        url = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
+        udf = _timed([python, "-c", UDF_JOB, url, TOKEN, source,
+                      str(bench.workdir / f"udf_out_{rows}")], env)  # fmt: skip
+    return [
+        Figure("command to first request vs bare session + count", first / bare, 1.5, False,
+               f"{first:.1f} s vs {bare:.1f} s; new Delta sink, {rows} rows"),
+        Figure("end to end vs thread-pool UDF, example config", udf / ours, 1.5, True,
+               f"{ours:.1f} s vs {udf:.1f} s, command to table written; {rows} rows, "
+               "conf/local.yaml (2 tasks x 4 in flight) vs 64 threads"),
+    ]  # fmt: skip
+
+
+def _timed(command: list[str], env: dict[str, str]) -> float:
+    """Seconds `command` took, from start to exit (it must succeed)."""
+    started = time.monotonic()
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed:\n{done.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
 def memory(bench: Bench) -> Figure:
     small, large = 1_000, bench.rows(200_000)
     peaks = {}
@@ -469,6 +545,7 @@ def main(argv: list[str]) -> int:
             throughput,
             latency_bound,
             rate_matrix,
+            fast_start,
             fixed_limit,
             adaptive,
             adaptive_blind,

@@ -132,7 +132,7 @@ def test_token_budget_is_booked_then_corrected() -> None:
     assert again.requests == 3 and again.start_s == pytest.approx(0.006)
 
 
-def test_adaptive_starts_with_no_rate_and_backs_off_below_what_the_endpoint_admitted() -> None:
+def test_adaptive_starts_with_no_rate_and_backs_off_below_the_rate_answers_came_at() -> None:
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock)
     assert budget.rate_per_s is None
@@ -141,30 +141,48 @@ def test_adaptive_starts_with_no_rate_and_backs_off_below_what_the_endpoint_admi
     clock.now += 0.2
     budget.lease(LeaseAsk(requests=64, ok=150))
     budget.lease(LeaseAsk(requests=64, ok=0, rate_limited=5))
-    assert budget.rate_per_s == pytest.approx(150 * BACKOFF)  # successes over the last second
+    assert budget.rate_per_s == pytest.approx(155 * BACKOFF)  # answers over the last second
     budget.lease(LeaseAsk(requests=1, rate_limited=3))  # the same burst of 429s: once
-    assert budget.rate_per_s == pytest.approx(150 * BACKOFF)
+    assert budget.rate_per_s == pytest.approx(155 * BACKOFF)
 
 
 def test_later_429s_back_off_on_evidence_at_most_half_and_quiet_periods_search_back() -> None:
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock)
-    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=1))
-    assert budget.rate_per_s == pytest.approx(100 * BACKOFF)
+    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=30))
+    assert budget.rate_per_s == pytest.approx(100)  # what the endpoint admitted
     clock.now += DECREASE_COOLDOWN_S + 0.01
-    budget.lease(LeaseAsk(requests=8, ok=120, rate_limited=1))  # admitted 60/s of 85/s
-    assert budget.rate_per_s == pytest.approx(60 * BACKOFF)
-    too_fast = 60 * BACKOFF
+    budget.lease(LeaseAsk(requests=8, ok=120, rate_limited=1))  # admitted 60/s of 100/s
+    assert budget.rate_per_s == pytest.approx(60)
+    too_fast = 60
     clock.now += DECREASE_COOLDOWN_S + 0.01
-    budget.lease(LeaseAsk(requests=8, ok=10, rate_limited=1))  # admitted 5/s: half off, no more
+    budget.lease(LeaseAsk(requests=8, ok=30, rate_limited=1))  # admitted 15/s: half off, no more
     assert budget.rate_per_s == pytest.approx(too_fast / 2)
     budget.lease(LeaseAsk(requests=1, rate_limited=3))  # the same burst of 429s: once
     assert budget.rate_per_s == pytest.approx(too_fast / 2)
     drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)  # the period that saw 429s: no growth
     assert budget.rate_per_s == pytest.approx(too_fast / 2)
-    for expected in (0.75, 0.875, 0.9375):  # quiet periods halve the distance
+    for expected in (0.75, 0.875, 0.9375):  # quiet periods halve the distance to 60/s
         drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)
         assert budget.rate_per_s == pytest.approx(too_fast * expected)
+
+
+@pytest.mark.parametrize("configured", [None, 6000])
+def test_429s_that_slowing_down_does_not_lessen_do_not_slow_it_down(
+    configured: int | None,
+) -> None:
+    """An endpoint that answers 7 % of requests 429 whatever the rate: one decrease, then back
+    to the rate before it, for good."""
+    clock = FakeClock(START)
+    budget = JobBudget(configured, None, adaptive=True, clock=clock)
+    before = budget.rate_per_s
+    rates = []
+    for _ in range(40):  # 20 s: 93 answers and 7 429s every half second
+        budget.lease(LeaseAsk(requests=8, ok=93, rate_limited=7))
+        rates.append(budget.rate_per_s)
+        clock.now += 0.5
+    assert rates[0] != before  # the first 429s: slowed down
+    assert rates[-1] == before and set(rates[8:]) == {before}
 
 
 def test_an_unused_rate_does_not_grow() -> None:

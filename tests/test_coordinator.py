@@ -18,6 +18,7 @@ from pipeline.control.server import DriverServer
 from pipeline.core.ratelimit import RateLimits
 from pipeline.core.secrets import Secret
 from pipeline.serving.process import free_port
+from tests.clock import FakeClock
 
 
 def test_tasks_share_the_drivers_budget_and_report_what_they_saw() -> None:
@@ -130,3 +131,23 @@ def test_a_task_alone_keeps_its_part_of_an_announced_endpoint_limit() -> None:
     asyncio.run(lessor.lease(ask))
     assert budget.rate_per_s is not None
     assert budget.rate_per_s <= 6000 / 60 * 0.25
+
+
+def test_a_tasks_permits_go_at_their_times_and_what_it_did_not_use_goes_back() -> None:
+    clock = FakeClock(1000.0)
+    budget = JobBudget(6000, None, adaptive=False, clock=clock)  # 98.5/s, with the margin
+    limits = SharedLimits(LocalLessor(budget), RateLimits(None, None), batch=8,
+                          uses_tokens=False, clock=clock, sleep=clock.sleep)  # fmt: skip
+
+    async def scenario() -> None:
+        for _ in range(30):
+            await limits.acquire(10)
+        await limits.close()
+
+    asyncio.run(scenario())
+    # Paced, not sent at once: the 30th permit is due 29 intervals after the first.
+    assert clock.now - 1000.0 == pytest.approx(29 / (100 * MARGIN), abs=0.001)
+    # What the task held beyond its 30 went back: the next permit is due one interval after
+    # the last one used, not after those it held.
+    next_one = budget.lease(LeaseAsk(requests=1, task="next"))
+    assert next_one.start_s == pytest.approx(1 / (100 * MARGIN))

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from pipeline.core.errors import ConfigError, JobAborted
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.job import run_job
+from pipeline.spark.prepare import planned, read_input
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, prompts, run, save
 
@@ -50,6 +51,38 @@ def test_incremental_run_sends_only_the_new_rows(
     echo.reset()
     third, _ = run(spark, config)  # nothing new: no request, no commit
     assert (third.rows, third.skipped, echo.stats()["requests_total"]) == (0, 40, 0)
+
+
+class CommitsWhenWaitedFor:
+    """A sink lease another run held while this one planned: it commits when first waited
+    for (as that run would have before giving the lease up)."""
+
+    def __init__(self, commit: Any) -> None:
+        self._commit = commit
+        self.waits = 0
+
+    def wait(self) -> None:
+        self.waits += 1
+        if self.waits == 1:
+            self._commit()
+
+
+def test_what_another_run_commits_while_this_one_plans_is_not_sent_again(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    source, part = tmp_path / "in", tmp_path / "part"
+    save(prompts(spark, 40), source)
+    save(prompts(spark, 35).filter("id >= 30"), part)
+    columns = {"id_column": "id", "prompt_column": "prompt"}
+    sink = {"path": str(tmp_path / "out"), **DELTA_SINK}
+    config = job(echo, {"path": str(source), **columns}, sink)
+    # Another run answers ids 30-34 of the 40 before this one gets the lease.
+    other = job(echo, {"path": str(part), **columns}, sink)
+    lease = CommitsWhenWaitedFor(lambda: run(spark, other))
+
+    with planned(spark, config, read_input(spark, config), metadata=None, lease=lease) as work:
+        assert work.pending_rows == 35  # not the five committed meanwhile
+    assert lease.waits == 2  # planned again, under the lease
 
 
 def test_rerun_retries_error_rows_and_replaces_them(

@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from pipeline.control.protocol import LeaseAsk, LeaseGrant
 from pipeline.core.timing import Clock
@@ -56,6 +57,14 @@ CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
 # 429s keep coming for a while after a decrease (retries waiting out a full window): one
 # decrease per this long.
 DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
+# 429s that slowing down left within this factor of what they were (not cut, not grown) are
+# not about the rate (an endpoint that answers some requests 429 whatever the rate): that
+# share, and this much more, is the endpoint's usual from then on, never a reason to slow ...
+NOISE_KEPT = 0.5
+NOISE_MARGIN = 1.5
+# 429s are judged on at least this many answers (a first report may hold three answers, and
+# two of them 429s): fewer say nothing yet.
+MIN_JUDGED = 20
 # Stay this far under a known limit, configured or announced in the endpoint's headers: send
 # times jitter by a few milliseconds (a lease's reply comes late, a loop is busy), and exactly at
 # the limit a window the endpoint measures would now and then see one request too many.
@@ -91,6 +100,15 @@ class Schedule:
         self.rate_per_s = rate_per_s
 
 
+@dataclass(frozen=True)
+class _Slowed:
+    """A decrease: the share of 429s that drew it, and the rates before it."""
+
+    share: float
+    requests: float | None
+    tokens: float | None
+
+
 class JobBudget:
     """Requests and tokens per second for the whole job, leased to its tasks."""
 
@@ -101,8 +119,13 @@ class JobBudget:
         *,
         adaptive: bool,
         clock: Clock = time.monotonic,
+        sees_all: bool = True,
     ) -> None:
+        """`sees_all`: every task of the job reports to this budget. A budget of one task among
+        others it does not hear from (`agents.LocalLessor`) never takes 429s for noise: they may
+        be the other tasks' doing, and slowing down this task alone need not lessen them."""
         self._clock = clock
+        self._sees_all = sees_all
         self._configured = requests_per_minute is not None
         self._ceiling = (
             None if requests_per_minute is None else requests_per_minute / 60 * MARGIN
@@ -113,10 +136,14 @@ class JobBudget:
         self._tokens = None if self._token_ceiling is None else Schedule(self._token_ceiling, clock)
         self._decreased_at = -math.inf
         self._period_start = clock()
-        self._limited_since_change = False
+        self._period_ok = self._period_limited = 0  # answers in the period
         self._granted_since_change = 0
-        # Successes reported in the last DECREASE_COOLDOWN_S: (when, how many).
-        self._recent_ok: deque[tuple[float, int]] = deque()
+        # The last decrease, until a quiet period shows it was right.
+        self._slowed: _Slowed | None = None
+        # The share of 429s the endpoint answers whatever the rate: not a reason to slow down.
+        self._noise = 0.0
+        # Answers reported in the last DECREASE_COOLDOWN_S: (when, successes, 429s).
+        self._recent: deque[tuple[float, int, int]] = deque()
         self._first_ask: float | None = None
         # Each task's first and last ask: (started, last seen), by name.
         self._tasks: dict[str, tuple[float, float]] = {}
@@ -179,10 +206,10 @@ class JobBudget:
         if self._first_ask is None:
             self._first_ask = self._period_start = now
         self.ok += ask.ok
-        if ask.ok:
-            self._recent_ok.append((now, ask.ok))
-        while self._recent_ok and self._recent_ok[0][0] < now - DECREASE_COOLDOWN_S:
-            self._recent_ok.popleft()
+        if ask.ok or ask.rate_limited:
+            self._recent.append((now, ask.ok, ask.rate_limited))
+        while self._recent and self._recent[0][0] < now - DECREASE_COOLDOWN_S:
+            self._recent.popleft()
         self.rate_limited += ask.rate_limited
         if self._tokens is not None and ask.token_correction:
             self._tokens.give_back(-ask.token_correction)
@@ -199,80 +226,102 @@ class JobBudget:
             self._token_ceiling = ask.endpoint_tokens_per_minute / 60 * MARGIN
             self._tokens = Schedule(self._token_ceiling, self._clock)
         if self._adaptive:
-            self._adapt(ask.rate_limited)
+            self._adapt(ask)
 
-    def _adapt(self, rate_limited: int) -> None:
+    def _adapt(self, ask: LeaseAsk) -> None:
         now = self._clock()
-        if self._requests is None and self._tokens is not None:
-            self._adapt_tokens(rate_limited, now)
+        self._period_ok += ask.ok
+        self._period_limited += ask.rate_limited
+        answers = self._period_ok + self._period_limited
+        share = self._period_limited / max(1, answers)
+        # 429s still answer requests sent before the last decrease for a while: one decrease
+        # per burst.
+        cooled = now >= self._decreased_at + DECREASE_COOLDOWN_S
+        if ask.rate_limited and cooled and share > self._noise and answers >= MIN_JUDGED:
+            self._slow_down(share, now)
             return
-        rate = self.rate_per_s
-        if rate_limited:
-            self._limited_since_change = True
-            if now - self._decreased_at < DECREASE_COOLDOWN_S:
-                return  # one decrease per burst of 429s: they answer requests sent before it
-            rate = self._decreased(rate, now)
-            self._decreased_at = now
-        elif rate is None or now - self._period_start < ADAPT_PERIOD_S:
+        if now - self._period_start < ADAPT_PERIOD_S:
             return
+        if share <= self._noise:
+            self._slowed = None  # quiet at the lower rate: that decrease was right
+            self._speed_up(now)
+        self._new_period(now)
+
+    def _slow_down(self, share: float, now: float) -> None:
+        """429s beyond the endpoint's usual share: slow down, unless slowing down last time did
+        not lessen them (they are not about the rate: an endpoint failing some requests with
+        429 whatever the rate) — then back to the rate before, and that share is usual now."""
+        slowed = self._slowed
+        noise = slowed is not None and NOISE_KEPT <= share / slowed.share <= 1 / NOISE_KEPT
+        if slowed is not None and noise and self._sees_all:
+            self._noise = max(self._noise, share * NOISE_MARGIN)
+            log.info("%.1f %% of requests answer 429 whatever the rate: not slowing down for "
+                     "those", 100 * share)  # fmt: skip
+            self._requests = (
+                None if slowed.requests is None else Schedule(slowed.requests, self._clock)
+            )
+            if self._tokens is not None and slowed.tokens is not None:
+                self._tokens.set_rate(slowed.tokens)
+            self._slowed = None
+            self._new_period(now)
+            return
+        tokens = None if self._tokens is None else self._tokens.rate_per_s
+        self._slowed = _Slowed(share, self.rate_per_s, tokens)
+        if self._requests is None and self._tokens is not None:  # the token budget binds
+            self._tokens.set_rate(self._tokens.rate_per_s * CONFIGURED_BACKOFF)
         else:
-            # Grow only a rate that is being used: a job held back by latency or concurrency
-            # must not earn a rate it would burst into later.
-            used = self._granted_since_change >= 0.5 * rate * (now - self._period_start)
-            if not self._limited_since_change and used:
-                rate = self._increased(rate)
-        if self._ceiling is not None:
-            rate = min(rate, self._ceiling)
-        before = self.rate_per_s
-        if before is None or rate < before:
+            before = self.rate_per_s
+            rate = self._decreased(before, now)
+            if self._ceiling is not None:
+                rate = min(rate, self._ceiling)
             was = "no rate" if before is None else f"{before * 60:.0f}/min"
             log.info("request rate %.0f/min after 429s (was %s)", rate * 60, was)
+            self._set_rate(max(MIN_RATE, rate))
+        self._decreased_at = now
+        self._new_period(now)
+
+    def _speed_up(self, now: float) -> None:
+        """A quiet period: grow a rate that is being used (a job held back by latency or
+        concurrency must not earn a rate it would burst into later)."""
+        if self._requests is None and self._tokens is not None:
+            ceiling = self._token_ceiling or self._tokens.rate_per_s
+            self._tokens.set_rate(min(ceiling, self._tokens.rate_per_s + ceiling * CEILING_STEP))
+            return
+        rate = self.rate_per_s
+        if rate is None:
+            return
+        if self._granted_since_change >= 0.5 * rate * (now - self._period_start):
+            rate = self._increased(rate)
+        if self._ceiling is not None:
+            rate = min(rate, self._ceiling)
         self._set_rate(max(MIN_RATE, rate))
+
+    def _new_period(self, now: float) -> None:
         self._period_start = now
-        self._limited_since_change = False
+        self._period_ok = self._period_limited = 0
         self._granted_since_change = 0
 
-    def _adapt_tokens(self, rate_limited: int, now: float) -> None:
-        """A token budget is what binds (no request rate): 429s slow it a little, quiet periods
-        bring it back up to its ceiling."""
-        assert self._tokens is not None and self._token_ceiling is not None
-        rate = self._tokens.rate_per_s
-        if rate_limited:
-            self._limited_since_change = True
-            if now - self._decreased_at < DECREASE_COOLDOWN_S:
-                return
-            rate *= CONFIGURED_BACKOFF
-            self._decreased_at = now
-        elif now - self._period_start < ADAPT_PERIOD_S:
-            return
-        elif not self._limited_since_change:
-            rate = min(self._token_ceiling, rate + self._token_ceiling * CEILING_STEP)
-        self._tokens.set_rate(rate)
-        self._period_start = now
-        self._limited_since_change = False
-
     def _decreased(self, rate: float | None, now: float) -> float:
-        """The rate after 429s, and the rate the search back up aims at (`_too_fast`)."""
-        admitted = max(self._admitted(now), MIN_RATE)
-        if rate is None:  # no rate yet: the evidence is all there is
-            self._too_fast = admitted
-            return admitted * BACKOFF
-        self._too_fast = rate
+        """The rate after 429s; the rate that drew them is where the search back up aims
+        (`_too_fast`). With no rate yet, the rate that drew them is the rate answers came at."""
+        admitted, answered = self._recent_rates(now)
+        drew = max(rate if rate is not None else answered, MIN_RATE)
+        self._too_fast = drew
         if self._configured:  # the user's budget is the endpoint's: slow a little
-            return rate * CONFIGURED_BACKOFF
-        if admitted < rate * DECREASE:  # thin evidence (a pause, reports still to come)
-            return rate * DECREASE
-        # Going faster than the endpoint was seen to admit only draws more 429s: a step under
-        # that, and search back up towards it, not towards the rate that drew them.
-        self._too_fast = min(rate, admitted)
-        return min(rate, admitted) * BACKOFF
+            return drew * CONFIGURED_BACKOFF
+        # Going faster than the endpoint was seen to admit only draws more 429s; but the
+        # evidence may be thin (reports still to come, another task's share): never more than
+        # half off at once.
+        return min(drew * BACKOFF, max(admitted, drew * DECREASE))
 
-    def _admitted(self, now: float) -> float:
-        """Successes per second over the last DECREASE_COOLDOWN_S (pruned in `_learn`), over at
-        least a second: a limit's window is seldom shorter."""
+    def _recent_rates(self, now: float) -> tuple[float, float]:
+        """Successes, and answers (successes and 429s), per second over the last
+        DECREASE_COOLDOWN_S (pruned in `_learn`), over at least a second: a limit's window is
+        seldom shorter."""
         since = now - (self._first_ask if self._first_ask is not None else now)
         span = max(ADAPT_PERIOD_S, min(DECREASE_COOLDOWN_S, since))
-        return sum(n for _, n in self._recent_ok) / span
+        ok = sum(n for _, n, _ in self._recent)
+        return ok / span, (ok + sum(n for _, _, n in self._recent)) / span
 
     def _increased(self, rate: float) -> float:
         # A binary search back towards the rate that last drew 429s, then gentle probing past

@@ -73,6 +73,7 @@ def build_limiter(
             settings.tokens_per_minute,
             adaptive=True,
             clock=clock,
+            sees_all=False,
         )
         lessor = LocalLessor(own_budget, share=1.0 / max(1, settings.tasks))
     else:

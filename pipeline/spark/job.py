@@ -37,7 +37,7 @@ from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
 from pipeline.spark.reach import is_loopback, tasks_reach
-from pipeline.spark.session import driver_host, spark_session
+from pipeline.spark.session import driver_host, is_connect, spark_session
 from pipeline.spark.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
 from pipeline.spark.tables import SaveMode, delete_rows, write_sink
 
@@ -81,8 +81,8 @@ def run_job(
     started = time.monotonic()
     metadata = {"batch_chat_run": run_id, "chunk": "adopt", "config": config.to_dict()}
     with (
-        SinkLease(spark, config.sink, run_id) as lease,
-        planned(spark, config, frame, metadata=metadata) as work,
+        SinkLease(spark, config.sink, run_id, background=True) as lease,
+        planned(spark, config, frame, metadata=metadata, lease=lease) as work,
     ):
         tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
         board = Board(work.pending_rows, style=progress)
@@ -320,9 +320,11 @@ def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) 
 
 
 def default_parallelism(spark: SparkSession) -> int:
-    """The cluster's task slots as Spark counts them (`defaultParallelism`), asked through a
-    DataFrame: `range` without a partition count gets one partition per slot. The same under
-    Spark Connect, which has no `SparkContext` to ask."""
+    """The cluster's task slots as Spark counts them (`defaultParallelism`). Spark Connect has
+    no `SparkContext` to ask: there, a DataFrame says (`range` without a partition count gets
+    one partition per slot)."""
+    if not is_connect(spark):
+        return max(1, int(spark.sparkContext.defaultParallelism))
     ids = spark.range(1 << 16).select(F.spark_partition_id().alias("partition"))
     row = ids.agg(F.max("partition").alias("last")).first()
     return 1 if row is None or row["last"] is None else int(row["last"]) + 1

@@ -81,7 +81,11 @@ def lease_ident(sink: SinkConfig) -> str:
 class SinkLease:
     """Hold `sink`'s lease for `run_id` while the context is open (renewed on a thread).
 
-    Raises (on entering):
+    With `background`, the lease is taken on a thread while the run plans (which only reads):
+    the run waits for it (`wait`, `check`) before it writes or sends anything, and plans again
+    when the sink changed meanwhile (see `prepare.planned`).
+
+    Raises (on entering, or from `wait` with `background`):
         SinkBusy: another run holds the lease.
     """
 
@@ -94,6 +98,7 @@ class SinkLease:
         clock: Clock = time.time,
         host: str | None = None,
         pid: int | None = None,
+        background: bool = False,
     ) -> None:
         self._spark = spark
         self._table = lease_ident(sink)
@@ -107,24 +112,50 @@ class SinkLease:
         self._renewer: threading.Thread | None = None
         self._lost: str | None = None
         self.enforced = True
+        self._background = background
+        self._taker: threading.Thread | None = None
+        self._failure: BaseException | None = None  # what taking the lease raised
 
     def __enter__(self) -> SinkLease:
-        # Created first when missing (a no-op when it exists): a query that fails on a missing
-        # table would have Spark's listeners log its trace in a long-lived session.
-        if not self._create():
-            self.enforced = False
-            return self
-        try:  # most runs find the lease free: one commit takes it
-            taken = self._claim("run_id IS NULL OR expires_at < :now")
-        except Exception as err:
-            if not has_condition(err, *MISSING, *NOT_DELTA):
-                raise
-            taken = False  # another run is creating it: its row shows in a moment
-        if not taken:
-            self._take(self._first_look())
+        """Take the lease; with `background`, begin taking it on a thread and return at once:
+        `wait` before writing or sending anything."""
+        self._taker = threading.Thread(target=self._take_now, name="sink-lease-take", daemon=True)
+        self._taker.start()
+        if not self._background:
+            self.wait()
+        return self
+
+    def wait(self) -> None:
+        """Block until the lease is this run's.
+
+        Raises:
+            SinkBusy: another run holds it (or what else taking it raised).
+        """
+        if self._taker is not None:
+            self._taker.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _take_now(self) -> None:
+        try:
+            # Created first when missing (a no-op when it exists): a query that fails on a
+            # missing table would have Spark's listeners log its trace in a long-lived session.
+            if not self._create():
+                self.enforced = False
+                return
+            try:  # most runs find the lease free: one commit takes it
+                taken = self._claim("run_id IS NULL OR expires_at < :now")
+            except Exception as err:
+                if not has_condition(err, *MISSING, *NOT_DELTA):
+                    raise
+                taken = False  # another run is creating it: its row shows in a moment
+            if not taken:
+                self._take(self._first_look())
+        except BaseException as err:  # raised to whoever waits for the lease
+            self._failure = err
+            return
         self._renewer = threading.Thread(target=self._renew_loop, name="sink-lease", daemon=True)
         self._renewer.start()
-        return self
 
     def __exit__(
         self,
@@ -132,17 +163,22 @@ class SinkLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._taker is not None:
+            self._taker.join()  # the run failed while the lease was being taken
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
             self._release()
 
     def check(self) -> None:
-        """Raise when the lease was lost (not renewed in time, and taken by another run).
+        """Raise when the lease is not this run's: taken by another run before this one got it,
+        or lost since (not renewed in time, and taken by another run).
 
         Raises:
-            JobAborted: saying so; what was committed stays committed.
+            SinkBusy: another run held it; this run sent nothing.
+            JobAborted: it was lost; what was committed stays committed.
         """
+        self.wait()
         if self._lost is not None:
             raise JobAborted(self._lost)
 

@@ -9,9 +9,10 @@ sink already answers is read once, pinned, before anything is sent or written.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -30,7 +31,10 @@ from pipeline.spark.tables import (
     reading_source,
     sink_exists,
     sink_snapshot,
+    sink_state,
 )
+
+log = logging.getLogger(__name__)
 
 # Rows per Arrow batch handed to the mapper, at most: the request window needs no more, and a
 # task's memory stays the same whatever the size of the input.
@@ -57,51 +61,101 @@ def result_schema(frame: DataFrame, config: JobConfig) -> StructType:
     return output_schema(frame.schema, parsed_type(config.request.output_format))
 
 
+class Lease(Protocol):
+    """The sink's lease, being taken while the run plans (see `lease.SinkLease`)."""
+
+    def wait(self) -> None:
+        """Block until it is this run's (raises when it cannot be)."""
+
+
 @contextmanager
 def planned(
-    spark: SparkSession, config: JobConfig, frame: DataFrame, *, metadata: dict[str, Any] | None
+    spark: SparkSession,
+    config: JobConfig,
+    frame: DataFrame,
+    *,
+    metadata: dict[str, Any] | None,
+    lease: Lease | None = None,
 ) -> Iterator[WorkPlan]:
     """The rows a run must answer (see `plan_work`), released on leaving; small Arrow batches
     for every Python pass over them. `metadata` (None in a dry run, which writes nothing) goes
     with the one commit planning may make: filling in `request_hash` on an older Delta sink.
 
+    `lease`, when the run takes the sink's lease while it plans: planning waits for it before
+    that commit, and at its end; a sink another run committed to meanwhile (it held the lease
+    then) is planned again, under the lease.
+
     Raises:
         ConfigError: the sink cannot take this run's rows, or is not an output of this job.
+        SinkBusy: from `lease`.
     """
+    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
+        # Only a merge plans against what the sink holds.
+        guarded = lease is not None and config.sink.mode == "merge"
+        while True:
+            before = sink_state(spark, config.sink) if guarded else None
+            work = _plan(spark, config, frame, metadata, lease)
+            if lease is None:
+                break
+            try:
+                lease.wait()
+                changed = guarded and sink_state(spark, config.sink) != before
+            except BaseException:
+                work.release()
+                raise
+            if not changed:
+                break
+            log.info("the sink changed while this run planned (another run committed): "
+                     "planning again")  # fmt: skip
+            work.release()
+            guarded = False  # the lease is this run's now: nobody else commits
+        try:
+            yield work
+        finally:
+            work.release()
+
+
+def _plan(
+    spark: SparkSession,
+    config: JobConfig,
+    frame: DataFrame,
+    metadata: dict[str, Any] | None,
+    lease: Lease | None,
+) -> WorkPlan:
     sink = config.sink
     key_mapper = make_key_mapper(config.source, config.request, config.endpoint)
 
     def identify(rows: DataFrame) -> DataFrame:
         return identify_rows(rows, key_mapper, config.source, sink)
 
-    with session_conf(spark, {ARROW_BATCH_CONF: str(arrow_batch_rows(spark))}):
-        existing = _existing(spark, config, frame)
-        if existing is not None and sink.mode == "merge" and sink.format == "delta":
-            if metadata is not None and adopt(
+    existing = _existing(spark, config, frame)
+    if existing is not None and sink.mode == "merge" and sink.format == "delta":
+        if metadata is not None:
+            if lease is not None:
+                lease.wait()  # a commit: under the lease
+            if adopt(
                 spark, sink, existing, key_mapper, config.source, json.dumps(metadata, default=str)
             ):
                 existing = sink_snapshot(spark, sink)
-        keyed = cached(with_identity(frame, key_mapper))
-        input_rows = reading_source(config.source, keyed.count)
-        # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
-        recorded = sink.format == "delta" and existing is not None and (
-            "request_hash" in existing.columns
+    # Filled by the first job that reads it: a new sink needs no pass of its own.
+    keyed = cached(with_identity(frame, key_mapper))
+    # Counted from the source (its files' metadata, where the format keeps counts).
+    input_rows = reading_source(config.source, frame.count)
+    # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
+    recorded = sink.format == "delta" and existing is not None and (
+        "request_hash" in existing.columns
+    )
+    try:
+        return plan_work(
+            keyed,
+            input_rows,
+            existing if sink.mode == "merge" else None,
+            sink,
+            None if recorded else identify,
         )
-        try:
-            work = plan_work(
-                keyed,
-                input_rows,
-                existing if sink.mode == "merge" else None,
-                sink,
-                None if recorded else identify,
-            )
-        except BaseException:  # refused before sending: nothing stays cached in the session
-            keyed.unpersist()
-            raise
-        try:
-            yield work
-        finally:
-            work.release()
+    except BaseException:  # refused before sending: nothing stays cached in the session
+        keyed.unpersist()
+        raise
 
 
 def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> DataFrame | None:

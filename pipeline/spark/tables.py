@@ -215,6 +215,20 @@ def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
     return spark.read.schema(current.schema).option("basePath", base or "").parquet(*files)
 
 
+def sink_state(spark: SparkSession, sink: SinkConfig) -> tuple[object, ...] | None:
+    """What the sink holds now, in a form every commit changes: its Delta version, or its
+    Parquet files; None when it holds no table."""
+    if sink.format == "delta":
+        version = delta_version(spark, sink_ident(sink))
+        return None if version is None else (version,)
+    try:
+        return tuple(sorted(read_sink(spark, sink).inputFiles()))
+    except Exception as err:
+        if has_condition(err, *MISSING, "UNABLE_TO_INFER_SCHEMA"):
+            return None
+        raise
+
+
 def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
     """The output table as written (Parquet files written before a column was added read it as
     null)."""
