@@ -126,7 +126,8 @@ def endpoint(*flags: str) -> Iterator[LocalEndpoint]:
 
 
 def served_rate(stats: dict[str, Any], count: int | None = None) -> float:
-    """Requests per second the endpoint saw between its first and last request."""
+    """`count` (default: the requests) per second, between the first and the last request the
+    endpoint saw."""
     span = (stats["last_request_at"] or 0.0) - (stats["first_request_at"] or 0.0)
     total = stats["requests_total"] if count is None else count
     return total / span if span > 0 else 0.0
@@ -235,21 +236,37 @@ def _serve_noop(ready: Any) -> None:
 
 def thread_pool_udf(bench: Bench, server: LocalEndpoint, rows: int, threads: int) -> None:
     """The pattern of Databricks' batch-inference notebook: each row posted with `requests`."""
-    url = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    answer = thread_pool_answers(
+        f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", TOKEN, threads, max_tokens=8
+    )
+    frame = bench.spark.read.parquet(bench.prompts(rows)).repartition(TASKS)
+    frame.withColumn("answer", answer("prompt")).write.format("noop").mode("overwrite").save()
+
+
+def thread_pool_answers(url: str, token: str, threads: int, *, max_tokens: int) -> Any:
+    """A pandas UDF answering each prompt with a `requests` post, `threads` at a time."""
+    headers = {"Authorization": f"Bearer {token}"}
 
     @pandas_udf("string")  # type: ignore[call-overload]
     def answer(prompts: pd.Series) -> pd.Series:
         def post(prompt: str) -> str:
-            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}
+            body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
             reply = requests.post(url, json=body, headers=headers, timeout=60)
             return str(reply.json()["choices"][0]["message"]["content"])
 
         with ThreadPoolExecutor(threads) as pool:
             return pd.Series(list(pool.map(post, prompts)))
 
-    frame = bench.spark.read.parquet(bench.prompts(rows)).repartition(TASKS)
-    frame.withColumn("answer", answer("prompt")).write.format("noop").mode("overwrite").save()
+    return answer
+
+
+def udf_job(url: str, source: str, out: str) -> None:
+    """The thread-pool UDF as a user runs it (`benchmark.py udf-job URL SOURCE OUT`): its own
+    session, the Delta source, a Delta table written (the token from TOKEN_ENV)."""
+    spark = spark_session("thread-pool-udf")
+    answer = thread_pool_answers(url, os.environ[TOKEN_ENV], 64, max_tokens=32)
+    frame = spark.read.format("delta").load(source)
+    frame.withColumn("answer", answer("prompt")).write.format("delta").save(out)
 
 
 def latency_bound(bench: Bench) -> list[Figure]:
@@ -397,9 +414,8 @@ def _matrix_run(
     limits = {unit: limit * 60} if budget else {}
     bench.run(server, max(rows, 100), tasks=tasks, concurrency=in_flight, **limits)
     stats = server.stats()
-    span = (stats["last_request_at"] or 0.0) - (stats["first_request_at"] or 0.0)
     served = stats["tokens_served"] if tokens else stats["by_status"].get("200", 0)
-    return served / span if span > 0 else 0.0, stats["rate_limited"] / stats["requests_total"]
+    return served_rate(stats, served), stats["rate_limited"] / stats["requests_total"]
 
 
 # What a user waits for: a new process per command, the example config, a new sink.
@@ -409,27 +425,6 @@ import sys
 from pipeline.spark.session import spark_session
 spark = spark_session("bare")
 spark.read.format("delta").load(sys.argv[1]).count()
-"""
-UDF_JOB = """
-import sys
-from concurrent.futures import ThreadPoolExecutor
-import pandas as pd
-import requests
-from pyspark.sql.functions import pandas_udf
-from pipeline.spark.session import spark_session
-url, token, source, out = sys.argv[1:5]
-spark = spark_session("thread-pool-udf")
-@pandas_udf("string")
-def answer(prompts: pd.Series) -> pd.Series:
-    def post(prompt):
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 32}
-        reply = requests.post(url, json=body, headers={"Authorization": f"Bearer {token}"},
-                              timeout=60)
-        return str(reply.json()["choices"][0]["message"]["content"])
-    with ThreadPoolExecutor(64) as pool:
-        return pd.Series(list(pool.map(post, prompts)))
-frame = spark.read.format("delta").load(source)
-frame.withColumn("answer", answer("prompt")).write.format("delta").save(out)
 """
 
 
@@ -457,7 +452,7 @@ def fast_start(bench: Bench) -> list[Figure]:
         first = (server.stats()["first_request_at"] or started) - started
         server.reset()
         url = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
-        udf = _timed([python, "-c", UDF_JOB, url, TOKEN, source,
+        udf = _timed([python, __file__, "udf-job", url, source,
                       str(bench.workdir / f"udf_out_{rows}")], env)  # fmt: skip
     return [
         Figure("command to first request vs bare session + count", first / bare, 1.5, False,
@@ -579,4 +574,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["udf-job"]:
+        udf_job(*sys.argv[2:5])
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

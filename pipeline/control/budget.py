@@ -160,8 +160,8 @@ class JobBudget:
     def lease(self, ask: LeaseAsk) -> LeaseGrant:
         """Grant what the budgets allow within the next `LEASE_SECONDS`, after learning from
         what the task saw."""
-        self._learn(ask)
         now = self._clock()
+        self._learn(ask, now)
         if ask.requests <= 0:
             self._tasks.pop(ask.task, None)  # its last ask
             return LeaseGrant(0, 0.0, 0.0)
@@ -201,8 +201,7 @@ class JobBudget:
             del self._tasks[name]
         return (started, task) == min((first, name) for name, (first, _) in self._tasks.items())
 
-    def _learn(self, ask: LeaseAsk) -> None:
-        now = self._clock()
+    def _learn(self, ask: LeaseAsk, now: float) -> None:
         if self._first_ask is None:
             self._first_ask = self._period_start = now
         self.ok += ask.ok
@@ -221,15 +220,14 @@ class JobBudget:
                 self._ceiling = announced
                 self._set_rate(min(self.rate_per_s or announced, announced))
                 # 429s still to come answer requests sent before the ceiling was known.
-                self._decreased_at = self._clock()
+                self._decreased_at = now
         if ask.endpoint_tokens_per_minute and self._tokens is None:
             self._token_ceiling = ask.endpoint_tokens_per_minute / 60 * MARGIN
             self._tokens = Schedule(self._token_ceiling, self._clock)
         if self._adaptive:
-            self._adapt(ask)
+            self._adapt(ask, now)
 
-    def _adapt(self, ask: LeaseAsk) -> None:
-        now = self._clock()
+    def _adapt(self, ask: LeaseAsk, now: float) -> None:
         self._period_ok += ask.ok
         self._period_limited += ask.rate_limited
         answers = self._period_ok + self._period_limited

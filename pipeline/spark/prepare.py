@@ -26,6 +26,7 @@ from pipeline.spark.mapper import make_key_mapper, with_identity
 from pipeline.spark.session import session_conf
 from pipeline.spark.sink_schema import check_appendable
 from pipeline.spark.tables import (
+    Snapshot,
     check_sink_is_not_source,
     read_source,
     reading_source,
@@ -93,13 +94,12 @@ def planned(
         # Only a merge plans against what the sink holds.
         guarded = lease is not None and config.sink.mode == "merge"
         while True:
-            before = sink_state(spark, config.sink) if guarded else None
-            work = _plan(spark, config, frame, metadata, lease)
+            work, planned_against = _plan(spark, config, frame, metadata, lease)
             if lease is None:
                 break
             try:
                 lease.wait()
-                changed = guarded and sink_state(spark, config.sink) != before
+                changed = guarded and sink_state(spark, config.sink) != planned_against
             except BaseException:
                 work.release()
                 raise
@@ -121,22 +121,25 @@ def _plan(
     frame: DataFrame,
     metadata: dict[str, Any] | None,
     lease: Lease | None,
-) -> WorkPlan:
+) -> tuple[WorkPlan, tuple[object, ...] | None]:
+    """The plan, and the sink state it was made against (see `sink_state`)."""
     sink = config.sink
     key_mapper = make_key_mapper(config.source, config.request, config.endpoint)
 
     def identify(rows: DataFrame) -> DataFrame:
         return identify_rows(rows, key_mapper, config.source, sink)
 
-    existing = _existing(spark, config, frame)
-    if existing is not None and sink.mode == "merge" and sink.format == "delta":
+    snapshot = _existing(spark, config, frame)
+    if snapshot is not None and sink.mode == "merge" and sink.format == "delta":
         if metadata is not None:
             if lease is not None:
                 lease.wait()  # a commit: under the lease
             if adopt(
-                spark, sink, existing, key_mapper, config.source, json.dumps(metadata, default=str)
-            ):
-                existing = sink_snapshot(spark, sink)
+                spark, sink, snapshot.frame, key_mapper, config.source,
+                json.dumps(metadata, default=str),
+            ):  # fmt: skip
+                snapshot = sink_snapshot(spark, sink)
+    existing = None if snapshot is None else snapshot.frame
     # Filled by the first job that reads it: a new sink needs no pass of its own.
     keyed = cached(with_identity(frame, key_mapper))
     # Counted from the source (its files' metadata, where the format keeps counts).
@@ -146,7 +149,7 @@ def _plan(
         "request_hash" in existing.columns
     )
     try:
-        return plan_work(
+        work = plan_work(
             keyed,
             input_rows,
             existing if sink.mode == "merge" else None,
@@ -156,9 +159,10 @@ def _plan(
     except BaseException:  # refused before sending: nothing stays cached in the session
         keyed.unpersist()
         raise
+    return work, None if snapshot is None else snapshot.state
 
 
-def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> DataFrame | None:
+def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> Snapshot | None:
     """The sink's rows now (pinned), after checking it can take this run's rows; None when
     there is no sink yet, or the run replaces it."""
     sink = config.sink
@@ -169,18 +173,18 @@ def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> DataF
         )
     if sink.mode in ("overwrite", "error"):
         return None
-    existing = sink_snapshot(spark, sink)
-    if existing is None:
+    snapshot = sink_snapshot(spark, sink)
+    if snapshot is None:
         return None
     if sink.mode == "merge":
-        check_is_output(existing, sink)
+        check_is_output(snapshot.frame, sink)
     check_appendable(
-        existing.schema,
+        snapshot.frame.schema,
         result_schema(frame, config),
         sink.table or sink.path or "",
         can_add_columns=sink.format == "delta" or sink.table is None,
     )
-    return existing
+    return snapshot
 
 
 def check_columns(schema: StructType, source: SourceConfig) -> None:

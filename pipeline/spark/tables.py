@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -185,7 +186,15 @@ def sink_exists(spark: SparkSession, sink: SinkConfig) -> bool:
     return True
 
 
-def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
+@dataclass(frozen=True)
+class Snapshot:
+    """The sink's rows, pinned (`frame`), and what it held then (`state`, see `sink_state`)."""
+
+    frame: DataFrame
+    state: tuple[object, ...]
+
+
+def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> Snapshot | None:
     """The sink's rows as they are now, pinned: later commits (this run's chunks) do not change
     what the returned frame reads. None when the sink holds no table yet (nothing there, or a
     first write that died before committing: files without a `_delta_log`).
@@ -197,7 +206,36 @@ def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
         version = delta_version(spark, sink_ident(sink))
         if version is None:
             return None
-        return spark.sql(f"SELECT * FROM {sink_ident(sink)} VERSION AS OF {version}")
+        pinned = spark.sql(f"SELECT * FROM {sink_ident(sink)} VERSION AS OF {version}")
+        return Snapshot(pinned, (version,))
+    listed = _parquet_files(spark, sink)
+    if listed is None:
+        return None
+    current, files = listed
+    # The files listed now, and only those: this run's own appends stay out of the plan.
+    base = sink.path if sink.table is None else _location(spark, sink.table, None)
+    pinned = spark.read.schema(current.schema).option("basePath", base or "").parquet(*files)
+    return Snapshot(pinned, files)
+
+
+def sink_state(spark: SparkSession, sink: SinkConfig) -> tuple[object, ...] | None:
+    """What the sink holds now, in a form every commit changes: its Delta version, or its
+    Parquet files; None when it holds no table (as `sink_snapshot` says).
+
+    Raises:
+        ConfigError: naming `sink`, when the sink cannot be read.
+    """
+    if sink.format == "delta":
+        version = delta_version(spark, sink_ident(sink))
+        return None if version is None else (version,)
+    listed = _parquet_files(spark, sink)
+    return None if listed is None else listed[1]
+
+
+def _parquet_files(
+    spark: SparkSession, sink: SinkConfig
+) -> tuple[DataFrame, tuple[str, ...]] | None:
+    """The Parquet sink as read now, and its files (sorted); None when it has none."""
     try:
         current = read_sink(spark, sink)
         files = current.inputFiles()
@@ -208,25 +246,7 @@ def sink_snapshot(spark: SparkSession, sink: SinkConfig) -> DataFrame | None:
         if problem is None:
             raise
         raise problem from None
-    if not files:
-        return None
-    # The files listed now, and only those: this run's own appends stay out of the plan.
-    base = sink.path if sink.table is None else _location(spark, sink.table, None)
-    return spark.read.schema(current.schema).option("basePath", base or "").parquet(*files)
-
-
-def sink_state(spark: SparkSession, sink: SinkConfig) -> tuple[object, ...] | None:
-    """What the sink holds now, in a form every commit changes: its Delta version, or its
-    Parquet files; None when it holds no table."""
-    if sink.format == "delta":
-        version = delta_version(spark, sink_ident(sink))
-        return None if version is None else (version,)
-    try:
-        return tuple(sorted(read_sink(spark, sink).inputFiles()))
-    except Exception as err:
-        if has_condition(err, *MISSING, "UNABLE_TO_INFER_SCHEMA"):
-            return None
-        raise
+    return (current, tuple(sorted(files))) if files else None
 
 
 def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
