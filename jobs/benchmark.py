@@ -102,9 +102,16 @@ class Bench:
         return str(path)
 
     def run(
-        self, endpoint: LocalEndpoint, rows: int, *, tasks: int | None = None, **limits: Any
+        self,
+        endpoint: LocalEndpoint,
+        rows: int,
+        *,
+        tasks: int | None = None,
+        sink: dict[str, Any] | None = None,
+        **limits: Any,
     ) -> RunSummary:
-        """The job over `rows` prompts, in `tasks` Spark tasks (None: one per slot)."""
+        """The job over `rows` prompts, in `tasks` Spark tasks (None: one per slot); `sink`: sink
+        settings over the default (a new Parquet folder, overwritten, in one chunk)."""
         self._runs += 1
         raw = {
             "source": {"path": self.prompts(rows), "id_column": "id", "prompt_column": "prompt",
@@ -113,7 +120,7 @@ class Bench:
             "request": {"max_tokens": 8},
             "limits": {"backoff_initial_s": 0.05, "max_attempts": 10, **limits},
             "sink": {"path": str(self.workdir / f"out_{self._runs}"), "format": "parquet",
-                     "mode": "overwrite"},
+                     "mode": "overwrite", **(sink or {})},
         }  # fmt: skip
         return run_job(config_from_dict(raw, env={}), self.spark, env={TOKEN_ENV: TOKEN})
 
@@ -463,6 +470,65 @@ def fast_start(bench: Bench) -> list[Figure]:
     ]  # fmt: skip
 
 
+# Per-chunk cost: the same rows in one chunk and in chunks of CHUNK_ROWS (Delta, as the example).
+CHUNKED_ROWS = 20_000
+CHUNK_ROWS = (1_000, 100)
+FLOOR_CHUNKS = 10  # bare Spark chunks timed for the floor (the median is taken)
+
+
+def chunked(bench: Bench) -> list[Figure]:
+    """Requests/s at the endpoint (first to last request) with the rows cut into chunks of
+    1,000 and of 100 (on a tenth of the rows: 20 chunks either way), over the same rows in one
+    chunk; beside them what a chunk costs Spark with no request at all (the same rows through
+    a shuffle, an identity `mapInPandas` and a Delta append), the floor under any chunk."""
+    rows = bench.rows(CHUNKED_ROWS)
+    delta = {"format": "delta", "mode": "merge"}
+    with endpoint() as server:
+        rates = {}
+        for chunk_rows, count in (
+            (rows, rows),
+            *((c, rows * c // CHUNK_ROWS[0]) for c in CHUNK_ROWS),
+        ):
+            server.reset()
+            bench.run(server, count, concurrency=64, sink={**delta, "chunk_rows": chunk_rows})
+            rates[chunk_rows] = served_rate(server.stats())
+    floor = _spark_chunk_seconds(bench, bench.prompts(rows), CHUNK_ROWS[0], FLOOR_CHUNKS)
+    one = rates[rows]
+    figures = [
+        Figure(f"chunk_rows {c} vs one chunk, requests/s at the endpoint", rates[c] / one, 0.9,
+               True, f"{rates[c]:.0f}/s vs {one:.0f}/s ({rows} rows in one chunk)")
+        for c in CHUNK_ROWS
+    ]  # fmt: skip
+    share = rows / one / (rows / one + rows / CHUNK_ROWS[0] * floor)
+    figures[0].detail += (
+        f"; a chunk of {CHUNK_ROWS[0]} rows costs Spark {floor:.2f} s with no request (shuffle, "
+        f"identity mapInPandas, Delta append): at most {share:.2f} of the one-chunk rate when "
+        "that cost is not hidden"
+    )
+    return figures
+
+
+def _spark_chunk_seconds(bench: Bench, source: str, rows: int, chunks: int) -> float:
+    """Median seconds of a chunk's Spark work alone: `rows` rows through a shuffle, an identity
+    `mapInPandas` and an append to a Delta table, `chunks` times."""
+
+    def identity(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield from frames
+
+    frame = bench.spark.read.parquet(source).persist()
+    total = frame.count()
+    out = str(bench.workdir / "bare_chunks")
+    seconds = []
+    for index in range(chunks):
+        started = time.monotonic()
+        part = frame.filter(F.pmod(F.col("id"), F.lit(max(1, total // rows))) == index)
+        part = part.repartition(TASKS)
+        part.mapInPandas(identity, part.schema).write.format("delta").mode("append").save(out)
+        seconds.append(time.monotonic() - started)
+    frame.unpersist()
+    return sorted(seconds)[len(seconds) // 2]
+
+
 def _timed(command: list[str], env: dict[str, str]) -> float:
     """Seconds `command` took, from start to exit (it must succeed)."""
     started = time.monotonic()
@@ -486,12 +552,20 @@ def memory(bench: Bench) -> Figure:
                   False, f"{peaks[small]:.0f} MiB vs {peaks[large]:.0f} MiB")  # fmt: skip
 
 
+# The processes whose memory a run shows: a marker in the command line, or this process.
+WORKERS = (b"pyspark.daemon", b"pyspark.worker")
+DRIVER_JVM = (b"org.apache.spark.deploy.SparkSubmit",)
+
+
 class WorkerMemory:
-    """Samples the resident memory of PySpark's Python workers; keeps the peak."""
+    """Samples the resident memory of the processes whose command line holds one of `markers`
+    (by default PySpark's Python workers), or of this process when `markers` is empty; keeps
+    the largest one process reached."""
 
     INTERVAL_S = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, markers: tuple[bytes, ...] = WORKERS) -> None:
+        self.markers = markers
         self.peak_mib = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -506,21 +580,101 @@ class WorkerMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.INTERVAL_S):
-            for rss in _worker_rss_mib():
+            for rss in _rss_mib(self.markers):
                 self.peak_mib = max(self.peak_mib, rss)
 
 
-def _worker_rss_mib() -> Iterator[float]:
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+def _rss_mib(markers: tuple[bytes, ...]) -> Iterator[float]:
+    pids = [str(os.getpid())] if not markers else [p for p in os.listdir("/proc") if p.isdigit()]
+    for pid in pids:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"pyspark.daemon" not in cmdline and b"pyspark.worker" not in cmdline:
+            if markers and not any(marker in cmdline for marker in markers):
                 continue
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     yield int(line.split()[1]) / 1024
         except OSError:  # the process ended while we looked
             continue
+
+
+# Scale: the job on SCALE_ROWS[1] rows against SCALE_ROWS[0]; then a merge rerun over the larger
+# sink with RERUN_NEW of its rows new.
+SCALE_ROWS = (100_000, 1_000_000)
+RERUN_NEW = 0.01
+
+
+def scale(bench: Bench) -> list[Figure]:
+    """Not in the default run (`--only scale`; about 10 minutes): peak memory and throughput at
+    1M rows against 100k rows, Delta sinks in merge mode as the example config; then the
+    planning of a merge rerun (1 % new rows) against a bare Spark anti-join count of the same
+    two tables."""
+    seen: dict[int, dict[str, float]] = {}
+    sinks: dict[int, str] = {}
+    with endpoint() as server:
+        for rows in SCALE_ROWS:
+            server.reset()
+            samplers = {"driver JVM": WorkerMemory(DRIVER_JVM), "driver Python": WorkerMemory(()),
+                        "worker": WorkerMemory()}  # fmt: skip
+            for sampler in samplers.values():
+                sampler.__enter__()
+            started = time.monotonic()
+            summary = bench.run(server, rows, concurrency=64,
+                                sink={"format": "delta", "mode": "merge"})  # fmt: skip
+            wall = time.monotonic() - started
+            for sampler in samplers.values():
+                sampler.__exit__()
+            sinks[rows] = summary.sink
+            seen[rows] = {"rate": served_rate(server.stats()), "wall": wall,
+                          **{k: v.peak_mib for k, v in samplers.items()}}  # fmt: skip
+        small, large = (seen[r] for r in SCALE_ROWS)
+        figures = [
+            Figure(f"{name} peak RSS, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows",
+                   large[name] / small[name], 1.15, False,
+                   f"{small[name]:.0f} MiB vs {large[name]:.0f} MiB")
+            for name in ("driver JVM", "driver Python", "worker")
+        ]  # fmt: skip
+        rate = large["rate"] / small["rate"]
+        figures.append(Figure(
+            f"requests/s, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows", rate, 0.9, True,
+            f"{large['rate']:.0f}/s vs {small['rate']:.0f}/s at the endpoint; command to table "
+            f"written {large['wall']:.0f} s vs {small['wall']:.0f} s"))  # fmt: skip
+        figures.append(_rerun_planning(bench, server, sinks[SCALE_ROWS[1]]))
+    return figures
+
+
+def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
+    """A merge rerun over `sink` whose input has RERUN_NEW more rows: its call to its first
+    request, over a bare anti-join count of the same input and sink (median of two)."""
+    rows = SCALE_ROWS[1]
+    new = int(rows * RERUN_NEW)
+    source = str(bench.workdir / f"rerun_{rows}")
+    more = bench.spark.range(rows, rows + new).select(
+        F.col("id"), F.concat(F.lit("question number "), F.col("id")).alias("prompt")
+    )
+    bench.spark.read.parquet(bench.prompts(rows)).unionByName(more).write.parquet(source)
+    bare = []
+    for _ in range(2):
+        started = time.monotonic()
+        answered = bench.spark.read.format("delta").load(sink).select("id")
+        bench.spark.read.parquet(source).join(answered, "id", "left_anti").count()
+        bare.append(time.monotonic() - started)
+    server.reset()
+    started = time.time()
+    raw = {
+        "source": {"path": source, "id_column": "id", "prompt_column": "prompt"},
+        "endpoint": {"name": ENDPOINT, "host": server.url, "token_env": TOKEN_ENV},
+        "request": {"max_tokens": 8},
+        "limits": {"concurrency": 64},
+        "sink": {"path": sink, "format": "delta", "mode": "merge"},
+    }  # fmt: skip
+    summary = run_job(config_from_dict(raw, env={}), bench.spark, env={TOKEN_ENV: TOKEN})
+    first = (server.stats()["first_request_at"] or started) - started
+    median = sorted(bare)[len(bare) // 2]
+    return Figure(f"merge rerun planning vs bare anti-join, {rows} rows, {new} new",
+                  first / median, 2.0, False,
+                  f"call to first request {first:.1f} s vs anti-join count {median:.1f} s; "
+                  f"{summary.rows} rows sent")  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -541,12 +695,15 @@ def main(argv: list[str]) -> int:
             latency_bound,
             rate_matrix,
             fast_start,
+            chunked,
             fixed_limit,
             adaptive,
             adaptive_blind,
             adaptive_alone,
             memory,
         ]
+        if args.only is not None and "scale" in args.only:
+            steps.append(scale)
         for step in steps:
             if args.only is not None and step.__name__ not in args.only:
                 continue

@@ -23,6 +23,10 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from pipeline.spark.archives import read_once
+
+read_once()  # this module runs in every task (see `archives`)
+
 BatchMapper = Callable[[Iterable[pd.DataFrame]], Iterable[pd.DataFrame]]
 
 

@@ -73,6 +73,8 @@ class Inflight:
         self._spark = spark
         self.plan = plan
         self._removing: threading.Thread | None = None
+        self._committed: list[str] = []  # committed chunks' folders not removed yet
+        self._lock = threading.Lock()
         self._found = False  # whether the folder was there at the start (earlier runs' files)
 
     def _query(self, answer: Callable[[DataFrame], T]) -> T | None:
@@ -124,26 +126,35 @@ class Inflight:
         return Counter({name: int((row[name] if row else 0) or 0) for name in PAID})
 
     def committed(self, chunk: int) -> None:
-        """Chunk `chunk` is committed: its files go, on a thread while the next chunk runs."""
+        """Chunk `chunk` is committed: its files go, on a thread while the next chunks run
+        (one Spark task at a time removes every chunk committed since the last one started)."""
         root = self.plan.folder.rstrip("/")
-        folder = f"{root}/run={self.plan.run_id}/chunk={chunk}"
-        self._join()
-        self._removing = threading.Thread(
-            target=self._remove, args=([folder],), name="inflight-removal", daemon=True
-        )
-        self._removing.start()
+        with self._lock:
+            self._committed.append(f"{root}/run={self.plan.run_id}/chunk={chunk}")
+            if self._removing is None:
+                self._removing = threading.Thread(
+                    target=self._remove_committed, name="inflight-removal", daemon=True
+                )
+                self._removing.start()
 
     def finish(self, chunks: int) -> None:
         """All `chunks` chunks are committed: remove every run's files (every answer an
         earlier run left that this run's input still asks is committed too)."""
-        self._join()
+        with self._lock:
+            removing = self._removing
+        if removing is not None:
+            removing.join()
         if self._found or chunks:
             self._remove([self.plan.folder])
 
-    def _join(self) -> None:
-        if self._removing is not None:
-            self._removing.join()
-            self._removing = None
+    def _remove_committed(self) -> None:
+        while True:
+            with self._lock:
+                folders, self._committed = self._committed, []
+                if not folders:
+                    self._removing = None
+                    return
+            self._remove(folders)
 
     def _remove(self, folders: list[str]) -> None:
         def remove(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:

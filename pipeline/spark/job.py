@@ -13,7 +13,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -53,6 +55,9 @@ FIRST_SAVE_MODE: dict[str, SaveMode] = {
     "overwrite": "overwrite",
     "error": "errorifexists",
 }
+
+# Chunks answered at once: the next one's tasks start while the one before commits.
+CHUNKS_AT_ONCE = 2
 
 
 def run_job(
@@ -154,7 +159,6 @@ def _answer_chunks(
         output=config.request.output_format,
         tasks=tasks,
     )
-    saved_config = config.to_dict()  # holds the token's variable name, never the token
     totals = ChunkTotals()
     with _driver_server(spark, limits, board, credentials) as server, _showing(board):
         live = _reachable(spark, server, limits)
@@ -169,14 +173,11 @@ def _answer_chunks(
         journal = None if run.inflight is None else run.inflight.plan
         plan = TaskPlan(config.request, client, journal)
         earlier = None if run.inflight is None else run.inflight.earlier_answers()
-        for index in range(work.chunks):
-            run.lease.check()  # never commit over another run's work
-            metadata = json.dumps(
-                {"batch_chat_run": run.run_id, "chunk": f"{index + 1}/{work.chunks}",
-                 "config": saved_config},
-                default=str,
-            )  # fmt: skip
-            chunk = _commit_chunk(spark, run, work, plan, index, metadata, earlier)
+
+        def answer(index: int, metadata: str) -> dict[str, Any]:
+            return _commit_chunk(spark, run, work, plan, index, metadata, earlier)
+
+        def committed(index: int, chunk: dict[str, Any]) -> None:
             if run.inflight is not None:
                 if not live:  # what lost task attempts paid: only their files say
                     chunk.update(run.inflight.paid(index))
@@ -188,6 +189,8 @@ def _answer_chunks(
                 index + 1, work.chunks, int(chunk.get("rows") or 0), int(chunk.get("ok") or 0),
                 int(chunk.get("attempts") or 0), _rate_note(server.budget),
             )  # fmt: skip
+
+        _overlapped(spark, run, work, answer, committed)
     if run.inflight is not None and live:
         # The written rows say what their answers cost, whoever paid (an earlier run whose
         # answers were recovered too); the tasks' reports say what this run paid, lost
@@ -251,6 +254,67 @@ def _rate_note(budget: JobBudget | None) -> str:
     return f"; request rate {shown}, {budget.rate_limited} answered 429"
 
 
+def _overlapped(
+    spark: SparkSession,
+    run: _Run,
+    work: WorkPlan,
+    answer: Callable[[int, str], dict[str, Any]],
+    committed: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """Run `answer(index, metadata)` (one chunk's Spark job, ending in its commit) for every
+    chunk, and `committed(index, counts)` after each, in chunk order.
+
+    A chunk may start while the one before is still answered or committed (`CHUNKS_AT_ONCE`
+    Spark jobs, from as many driver threads): its tasks take the slots the earlier chunk's last
+    tasks free, so the endpoint does not idle while a chunk commits or the next one starts.
+    Only where commits commute (see `_may_overlap`); any other chunk waits for every earlier
+    one. When a chunk fails, the chunks already running finish (their answers are paid for and
+    get committed), and the first failure is raised; on Ctrl-C they are cancelled.
+    """
+    config = run.config
+    saved_config = config.to_dict()  # holds the token's variable name, never the token
+    running: deque[tuple[int, Future[dict[str, Any]]]] = deque()
+
+    def settle(at_most: int) -> None:
+        while len(running) > at_most:
+            index, future = running.popleft()
+            committed(index, future.result())
+
+    with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
+        try:
+            for index in range(work.chunks):
+                settle(CHUNKS_AT_ONCE - 1 if _may_overlap(config, work, index) else 0)
+                run.lease.check()  # never commit over another run's work
+                metadata = json.dumps(
+                    {"batch_chat_run": run.run_id, "chunk": f"{index + 1}/{work.chunks}",
+                     "config": saved_config},
+                    default=str,
+                )  # fmt: skip
+                replaced = work.replaced_in(index)
+                if replaced is not None:
+                    # Its own commit, before the chunk's: a crash in between leaves those rows
+                    # without any row, so the next run answers them again; nothing is lost or
+                    # doubled.
+                    delete_rows(spark, config.sink, replaced, metadata)
+                running.append((index, pool.submit(answer, index, metadata)))
+                if index == 0:
+                    settle(0)  # it makes or replaces the table, which later chunks append to
+            settle(0)
+        except BaseException as err:
+            if not isinstance(err, Exception) and is_connect(spark):
+                spark.interruptAll()  # Ctrl-C (classic pyspark cancels its jobs itself)
+            wait([future for _, future in running])
+            raise
+
+
+def _may_overlap(config: JobConfig, work: WorkPlan, index: int) -> bool:
+    """Whether chunk `index` may run beside earlier chunks. Delta appends of one schema commute;
+    a chunk that first deletes rows must not (Delta refuses a delete when a file was appended
+    meanwhile), nor Parquet, whose concurrent writes to one folder share its `_temporary`
+    folder (one job's commit removes the other's files)."""
+    return config.sink.format == "delta" and not work.replaced_per_chunk.get(index)
+
+
 def _commit_chunk(
     spark: SparkSession,
     run: _Run,
@@ -263,11 +327,6 @@ def _commit_chunk(
     """Answer chunk `index` and commit it; what was observed on its rows. Rows whose request
     `earlier` answers (earlier runs' in-flight answers) get that answer."""
     config = run.config
-    replaced = work.replaced_in(index)
-    if replaced is not None:
-        # Its own commit, before the chunk's: a crash in between leaves those rows without
-        # any row, so the next run answers them again; nothing is lost or doubled.
-        delete_rows(spark, config.sink, replaced, metadata)
     chunk = work.chunk(index)
     if earlier is not None:
         chunk = chunk.join(earlier, "request_hash", "left")

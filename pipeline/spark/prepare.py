@@ -140,10 +140,16 @@ def _plan(
             ):  # fmt: skip
                 snapshot = sink_snapshot(spark, sink)
     existing = None if snapshot is None else snapshot.frame
-    # Filled by the first job that reads it: a new sink needs no pass of its own.
-    keyed = cached(with_identity(frame, key_mapper))
     # Counted from the source (its files' metadata, where the format keeps counts).
     input_rows = reading_source(config.source, frame.count)
+    keyed = with_identity(frame, key_mapper)
+    if metadata is None or (existing is not None and sink.mode == "merge") or (
+        input_rows > sink.chunk_rows
+    ):
+        # Read more than once (the anti-join, chunk sizes, each chunk; a dry run's two sums):
+        # kept, filled by the first job that reads it. One chunk into a new sink reads it once,
+        # in the job that answers it: nothing is kept (the driver's memory stays flat).
+        keyed = cached(keyed)
     # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
     recorded = sink.format == "delta" and existing is not None and (
         "request_hash" in existing.columns

@@ -1,0 +1,139 @@
+"""Chunks answered side by side: which chunks may run beside earlier ones, that at most two do,
+and that what they commit is taken in chunk order. The chunk jobs here are plain functions
+(the scheduling is what is tested); the lease is a real one on a temp sink.
+
+Also: the archives on a Spark worker's import path are read once, not at every task."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import SparkSession
+
+from pipeline.core.loader import config_from_dict
+from pipeline.spark.archives import read_once
+from pipeline.spark.chunks import WorkPlan
+from pipeline.spark.job import CHUNKS_AT_ONCE, _overlapped, _Run
+from pipeline.spark.lease import SinkLease
+
+WAIT_S = 20.0  # for a chunk that must be running beside another: a deadline, not a pause
+
+
+@contextmanager
+def a_run(spark: SparkSession, tmp_path: Path, sink_format: str) -> Iterator[_Run]:
+    raw = {
+        "source": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+        "endpoint": {"name": "echo", "host": "http://127.0.0.1:1"},
+        "sink": {"path": str(tmp_path / "out"), "format": sink_format},
+    }
+    config = config_from_dict(raw, env={})
+    with SinkLease(spark, config.sink, "overlap-run") as lease:
+        yield _Run(config, "overlap-run", 2, lease, spark.range(1).schema)
+
+
+def work_of(spark: SparkSession, chunks: int, replaced: dict[int, int] | None = None) -> WorkPlan:
+    return WorkPlan(spark.range(1), chunks, [1] * chunks, replaced_per_chunk=replaced or {})
+
+
+class Chunks:
+    """Chunk jobs that note which chunks run at once; `hold[i]`: chunk i waits (with a
+    deadline) until chunk hold[i] has started, so it can only finish when both overlap."""
+
+    def __init__(self, hold: dict[int, int] | None = None, fail: int | None = None) -> None:
+        self.hold = hold or {}
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.running: set[int] = set()
+        self.beside: dict[int, set[int]] = {}  # chunk: the chunks that ran while it started
+        self.started = {i: threading.Event() for i in range(64)}
+        self.committed: list[int] = []
+
+    def answer(self, index: int, metadata: str) -> dict[str, Any]:
+        assert f'"chunk": "{index + 1}/' in metadata
+        with self.lock:
+            self.beside[index] = set(self.running)
+            self.running.add(index)
+        self.started[index].set()
+        try:
+            if index in self.hold and not self.started[self.hold[index]].wait(WAIT_S):
+                raise AssertionError(f"chunk {self.hold[index]} never started beside {index}")
+            if index == self.fail:
+                raise RuntimeError(f"chunk {index} failed")
+            return {"rows": 1, "ok": 1}
+        finally:
+            with self.lock:
+                self.running.discard(index)
+
+    def on_commit(self) -> Callable[[int, dict[str, Any]], None]:
+        return lambda index, counts: self.committed.append(index)
+
+
+def test_delta_chunks_overlap_two_at_a_time_after_the_first(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    chunks = Chunks(hold={1: 2, 3: 4})
+    with a_run(spark, tmp_path, "delta") as run:
+        _overlapped(spark, run, work_of(spark, 6), chunks.answer, chunks.on_commit())
+    assert chunks.committed == [0, 1, 2, 3, 4, 5]
+    assert chunks.beside[0] == set()  # it makes the table: nothing beside it
+    assert all(0 not in beside for beside in chunks.beside.values())
+    assert max(len(b) + 1 for b in chunks.beside.values()) <= CHUNKS_AT_ONCE
+    assert 1 in chunks.beside[2] and 3 in chunks.beside[4]
+
+
+def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    chunks = Chunks()
+    with a_run(spark, tmp_path, "parquet") as run:
+        _overlapped(spark, run, work_of(spark, 4), chunks.answer, chunks.on_commit())
+    assert chunks.committed == [0, 1, 2, 3]
+    assert all(beside == set() for beside in chunks.beside.values())
+
+    chunks = Chunks(hold={1: 2})  # 2 may start beside 1; 3 deletes rows first: alone
+    with a_run(spark, tmp_path / "delta", "delta") as run:
+        work = work_of(spark, 5, replaced={3: 7})
+        _overlapped(spark, run, work, chunks.answer, chunks.on_commit())
+    assert chunks.committed == [0, 1, 2, 3, 4]
+    assert chunks.beside[3] == set()
+    assert 1 in chunks.beside[2]
+
+
+def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    chunks = Chunks(hold={1: 2}, fail=1)
+    with a_run(spark, tmp_path, "delta") as run, pytest.raises(RuntimeError, match="chunk 1"):
+        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit())
+    assert chunks.committed == [0]
+    assert set(chunks.beside) == {0, 1, 2}  # 2 ran (and finished); 3 and 4 never started
+    assert chunks.running == set()
+
+
+def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:
+    archive = tmp_path / "zipped.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("zipped_first.py", "VALUE = 1\n")
+        zipped.writestr("zipped_second.py", "VALUE = 2\n")
+    sys.path.insert(0, str(archive))
+    try:
+        assert importlib.import_module("zipped_first").VALUE == 1
+        read_once()
+        index = sys.path_importer_cache[str(archive)]._files  # type: ignore[union-attr]
+        importlib.invalidate_caches()  # what a PySpark worker does at every task
+        if sys.version_info < (3, 13):
+            assert sys.path_importer_cache[str(archive)]._files is index  # type: ignore[union-attr]
+        assert importlib.import_module("zipped_second").VALUE == 2  # still imports from it
+    finally:
+        sys.path.remove(str(archive))
+        sys.path_importer_cache.pop(str(archive), None)
+        for name in ("zipped_first", "zipped_second"):
+            sys.modules.pop(name, None)
