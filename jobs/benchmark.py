@@ -21,14 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import requests
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
@@ -95,10 +95,7 @@ class Bench:
     def prompts(self, rows: int) -> str:
         path = self.workdir / f"prompts_{rows}"
         if not path.exists():
-            frame = self.spark.range(rows).select(
-                F.col("id"), F.concat(F.lit("question number "), F.col("id")).alias("prompt")
-            )
-            frame.repartition(TASKS).write.parquet(str(path))
+            prompt_rows(self.spark, 0, rows).repartition(TASKS).write.parquet(str(path))
         return str(path)
 
     def run(
@@ -107,15 +104,17 @@ class Bench:
         rows: int,
         *,
         tasks: int | None = None,
+        source: str | None = None,
         sink: dict[str, Any] | None = None,
         **limits: Any,
     ) -> RunSummary:
-        """The job over `rows` prompts, in `tasks` Spark tasks (None: one per slot); `sink`: sink
-        settings over the default (a new Parquet folder, overwritten, in one chunk)."""
+        """The job over `rows` prompts (or the prompts at `source`), in `tasks` Spark tasks
+        (None: one per slot); `sink`: sink settings over the default (a new Parquet folder,
+        overwritten, in one chunk)."""
         self._runs += 1
         raw = {
-            "source": {"path": self.prompts(rows), "id_column": "id", "prompt_column": "prompt",
-                       "partitions": tasks},
+            "source": {"path": source or self.prompts(rows), "id_column": "id",
+                       "prompt_column": "prompt", "partitions": tasks},
             "endpoint": {"name": ENDPOINT, "host": endpoint.url, "token_env": TOKEN_ENV},
             "request": {"max_tokens": 8},
             "limits": {"backoff_initial_s": 0.05, "max_attempts": 10, **limits},
@@ -123,6 +122,13 @@ class Bench:
                      "mode": "overwrite", **(sink or {})},
         }  # fmt: skip
         return run_job(config_from_dict(raw, env={}), self.spark, env={TOKEN_ENV: TOKEN})
+
+
+def prompt_rows(spark: SparkSession, start: int, end: int) -> DataFrame:
+    """Prompt rows with ids `start` to `end` (excluded)."""
+    return spark.range(start, end).select(
+        F.col("id"), F.concat(F.lit("question number "), F.col("id")).alias("prompt")
+    )
 
 
 @contextmanager
@@ -622,14 +628,13 @@ def scale(bench: Bench) -> list[Figure]:
             server.reset()
             samplers = {"driver JVM": WorkerMemory(DRIVER_JVM), "driver Python": WorkerMemory(()),
                         "worker": WorkerMemory()}  # fmt: skip
-            for sampler in samplers.values():
-                sampler.__enter__()
-            started = time.monotonic()
-            summary = bench.run(server, rows, concurrency=64,
-                                sink={"format": "delta", "mode": "merge"})  # fmt: skip
-            wall = time.monotonic() - started
-            for sampler in samplers.values():
-                sampler.__exit__()
+            with ExitStack() as sampling:
+                for sampler in samplers.values():
+                    sampling.enter_context(sampler)
+                started = time.monotonic()
+                summary = bench.run(server, rows, concurrency=64,
+                                    sink={"format": "delta", "mode": "merge"})  # fmt: skip
+                wall = time.monotonic() - started
             sinks[rows] = summary.sink
             seen[rows] = {"rate": served_rate(server.stats()), "wall": wall,
                           **{k: v.peak_mib for k, v in samplers.items()}}  # fmt: skip
@@ -655,9 +660,7 @@ def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
     rows = SCALE_ROWS[1]
     new = int(rows * RERUN_NEW)
     source = str(bench.workdir / f"rerun_{rows}")
-    more = bench.spark.range(rows, rows + new).select(
-        F.col("id"), F.concat(F.lit("question number "), F.col("id")).alias("prompt")
-    )
+    more = prompt_rows(bench.spark, rows, rows + new)
     bench.spark.read.parquet(bench.prompts(rows)).unionByName(more).write.parquet(source)
     bare = []
     for _ in range(2):
@@ -667,14 +670,8 @@ def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
         bare.append(time.monotonic() - started)
     server.reset()
     started = time.time()
-    raw = {
-        "source": {"path": source, "id_column": "id", "prompt_column": "prompt"},
-        "endpoint": {"name": ENDPOINT, "host": server.url, "token_env": TOKEN_ENV},
-        "request": {"max_tokens": 8},
-        "limits": {"concurrency": 64},
-        "sink": {"path": sink, "format": "delta", "mode": "merge"},
-    }  # fmt: skip
-    summary = run_job(config_from_dict(raw, env={}), bench.spark, env={TOKEN_ENV: TOKEN})
+    summary = bench.run(server, rows + new, source=source, concurrency=64,
+                        sink={"path": sink, "format": "delta", "mode": "merge"})  # fmt: skip
     first = (server.stats()["first_request_at"] or started) - started
     median = sorted(bare)[len(bare) // 2]
     return Figure(f"merge rerun planning vs bare anti-join, {rows} rows, {new} new",
