@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from pipeline.control.budget import (
@@ -9,8 +11,12 @@ from pipeline.control.budget import (
     BACKOFF,
     CONFIGURED_BACKOFF,
     DECREASE_COOLDOWN_S,
+    INCREASE,
     LEASE_SECONDS,
     MARGIN,
+    MAX_PROBE,
+    PATIENCE,
+    RECOUNT_AFTER_S,
     JobBudget,
     Schedule,
 )
@@ -146,6 +152,47 @@ def test_adaptive_starts_with_no_rate_and_backs_off_below_the_rate_answers_came_
     assert budget.rate_per_s == pytest.approx(155 * BACKOFF)
 
 
+def test_a_first_decrease_on_thin_evidence_is_counted_again_once_every_task_has_told() -> None:
+    """The endpoint lets 100 through in its first window; the first report of a 429 holds one
+    task's 40 of them, the other task tells its 60 later: a period on, the rate is the 100."""
+    clock = FakeClock(START)
+    budget = JobBudget(None, None, adaptive=True, clock=clock)
+    budget.lease(LeaseAsk(requests=64, task="a"))
+    clock.now += 0.1
+    budget.lease(LeaseAsk(requests=64, task="a", ok=40, rate_limited=5))
+    first = budget.rate_per_s
+    assert first is not None and first < 45  # judged on what task a told
+    clock.now += 0.05
+    budget.lease(LeaseAsk(requests=64, task="b", ok=60, rate_limited=30))
+    assert budget.rate_per_s == first  # the same burst of 429s: no second judgement yet
+    while clock.now < START + 0.1 + RECOUNT_AFTER_S * 0.9:  # successes at the new rate
+        clock.now += 0.05
+        budget.lease(LeaseAsk(requests=8, task="a", ok=round(first * 0.05)))
+    assert budget.rate_per_s == first
+    clock.now += 0.05
+    budget.lease(LeaseAsk(requests=8, task="a"))
+    assert budget.rate_per_s == pytest.approx(100, rel=0.1)
+    for _ in range(int(3 / 0.05)):  # the same count later changes nothing
+        clock.now += 0.05
+        budget.lease(LeaseAsk(requests=8, task="a"))
+    assert budget.rate_per_s == pytest.approx(100, rel=0.1)
+
+
+def test_a_first_decrease_that_was_right_is_left_as_it_is() -> None:
+    """Every success was told with the first 429s: counting again changes nothing, and the
+    quiet period searches back towards the 120/s answers came at, as after any decrease."""
+    clock = FakeClock(START)
+    budget = JobBudget(None, None, adaptive=True, clock=clock)
+    budget.lease(LeaseAsk(requests=64, task="a"))
+    clock.now += 0.1
+    budget.lease(LeaseAsk(requests=64, task="a", ok=100, rate_limited=20))
+    assert budget.rate_per_s == pytest.approx(100)  # what the endpoint admitted
+    while clock.now < START + 0.1 + ADAPT_PERIOD_S * 1.5:
+        clock.now += 0.05
+        budget.lease(LeaseAsk(requests=8, task="a", ok=5))  # 100/s, every report in
+    assert budget.rate_per_s == pytest.approx(110)  # half way back to 120/s
+
+
 def test_later_429s_back_off_on_evidence_at_most_half_and_quiet_periods_search_back() -> None:
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock)
@@ -183,6 +230,38 @@ def test_429s_that_slowing_down_does_not_lessen_do_not_slow_it_down(
         clock.now += 0.5
     assert rates[0] != before  # the first 429s: slowed down
     assert rates[-1] == before and set(rates[8:]) == {before}
+
+
+@pytest.mark.parametrize("sees_all", [False, True])
+def test_a_task_alone_probes_gently_then_faster_and_a_429_starts_it_over(sees_all: bool) -> None:
+    """A task's own budget cannot see other tasks end and leave it their rate: while quiet, it
+    probes faster and faster. The job's budget sees every task: 3 % a period is enough."""
+    clock = FakeClock(START)
+    budget = JobBudget(None, None, adaptive=True, clock=clock, sees_all=sees_all)
+    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=30))  # 100/s; 130/s drew 429s
+
+    def growth(periods: int) -> list[float]:
+        rates = [budget.rate_per_s or 0.0]
+        for _ in range(periods):
+            drain(budget, clock, ADAPT_PERIOD_S * 1.01, tasks=2)  # every permit used
+            rates.append(budget.rate_per_s or 0.0)
+        return [after / before - 1 for before, after in pairwise(rates)]
+
+    steps = growth(10)
+    assert steps[0] > steps[1] > steps[2]  # the search back towards 130/s, halving the distance
+    probing = steps[3:]
+    assert probing[:PATIENCE] == pytest.approx([INCREASE] * PATIENCE)
+    if sees_all:
+        assert probing == pytest.approx([INCREASE] * len(probing))
+        return
+    assert probing[PATIENCE:PATIENCE + 2] == pytest.approx([2 * INCREASE, 4 * INCREASE])
+    assert max(probing) == pytest.approx(MAX_PROBE)
+    rate = budget.rate_per_s
+    clock.now += DECREASE_COOLDOWN_S
+    budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=10))
+    assert budget.rate_per_s is not None and rate is not None and budget.rate_per_s < rate
+    steps = growth(6)
+    assert max(steps[-PATIENCE:]) < MAX_PROBE  # gently again, after the search back
 
 
 def test_an_unused_rate_does_not_grow() -> None:

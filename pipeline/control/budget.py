@@ -14,7 +14,9 @@ bound). On 429s it backs off on evidence: to the rate the endpoint was seen to a
 last change, and at least a step below the rate that drew them (a small step under a configured
 budget, whose 429s say the endpoint is shared or its window is shorter; a larger one
 otherwise). Quiet seconds search back towards the rate that drew 429s (halving the distance
-each second, as TCP BIC does) before probing a few percent further. An `x-ratelimit-limit-*`
+each second, as TCP BIC does) before probing a few percent further (a task's own budget: faster
+while it stays quiet). The first decrease, judged on the first report of a 429, is counted
+again once every task has told what got through. An `x-ratelimit-limit-*`
 header, when the endpoint sends one, sets the ceiling outright. Pure logic: the clock is
 injected.
 """
@@ -47,12 +49,20 @@ UNPACED_GRANT = 256
 MIN_WAIT_S = 0.005
 # The adaptive rate changes at most once per this many seconds.
 ADAPT_PERIOD_S = 1.0
+# The first decrease is counted again this long after it, when every task has told its answers
+# of that time (tasks that send at no rate ask seldom).
+RECOUNT_AFTER_S = 0.5
 # On 429s: at most this share of the rate that drew them, under a budget the user configured
 # (the endpoint let through about what was asked) ...
 CONFIGURED_BACKOFF = 0.98
 BACKOFF = 0.85  # ... and without one
 DECREASE = 0.5  # never more than this off at once: the evidence may be thin
-INCREASE = 0.03  # share of the rate added per quiet period, when probing
+INCREASE = 0.03  # share of the rate added per quiet period, when probing; for a task's own
+# budget, after PATIENCE quiet periods of probing in a row, twice the step at each, up to
+# MAX_PROBE: a task that another task's end left with its small share climbs back in seconds,
+# not a minute (TCP BIC's max probing)
+PATIENCE = 2
+MAX_PROBE = 0.15
 CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
 # 429s keep coming for a while after a decrease (retries waiting out a full window): one
 # decrease per this long.
@@ -145,10 +155,14 @@ class JobBudget:
         # Answers reported in the last DECREASE_COOLDOWN_S: (when, successes, 429s).
         self._recent: deque[tuple[float, int, int]] = deque()
         self._first_ask: float | None = None
+        self._first_answer: float | None = None  # when the first answer was told
         # Each task's first and last ask: (started, last seen), by name.
         self._tasks: dict[str, tuple[float, float]] = {}
         # The rate that last drew 429s: increases search back towards it.
         self._too_fast: float | None = None
+        # When the first decrease (made at no rate) is counted again, every report in.
+        self._recount_at: float | None = None
+        self._probes = 0  # quiet periods of probing in a row
         self.ok = 0
         self.rate_limited = 0
 
@@ -205,6 +219,8 @@ class JobBudget:
         if self._first_ask is None:
             self._first_ask = self._period_start = now
         self.ok += ask.ok
+        if (ask.ok or ask.rate_limited) and self._first_answer is None:
+            self._first_answer = now
         if ask.ok or ask.rate_limited:
             self._recent.append((now, ask.ok, ask.rate_limited))
         while self._recent and self._recent[0][0] < now - DECREASE_COOLDOWN_S:
@@ -230,6 +246,8 @@ class JobBudget:
     def _adapt(self, ask: LeaseAsk, now: float) -> None:
         self._period_ok += ask.ok
         self._period_limited += ask.rate_limited
+        if self._recount_at is not None and now >= self._recount_at:
+            self._recount(now)
         answers = self._period_ok + self._period_limited
         share = self._period_limited / max(1, answers)
         # 429s still answer requests sent before the last decrease for a while: one decrease
@@ -265,11 +283,14 @@ class JobBudget:
             return
         tokens = None if self._tokens is None else self._tokens.rate_per_s
         self._slowed = _Slowed(share, self.rate_per_s, tokens)
+        self._probes = 0
         if self._requests is None and self._tokens is not None:  # the token budget binds
             self._tokens.set_rate(self._tokens.rate_per_s * CONFIGURED_BACKOFF)
         else:
             before = self.rate_per_s
             rate = self._decreased(before, now)
+            if before is None:
+                self._recount_at = now + RECOUNT_AFTER_S
             if self._ceiling is not None:
                 rate = min(rate, self._ceiling)
             was = "no rate" if before is None else f"{before * 60:.0f}/min"
@@ -277,6 +298,26 @@ class JobBudget:
             self._set_rate(max(MIN_RATE, rate))
         self._decreased_at = now
         self._new_period(now)
+
+    def _recount(self, now: float) -> None:
+        """The first decrease is judged on the first report of a 429, about 0.1 s in, when the
+        other tasks have not yet told what they got through in the same window of the
+        endpoint's. `RECOUNT_AFTER_S` later every report is in: the successes before that
+        decrease (all counted now, less what the new rate may have added since) set the rate,
+        when they say more."""
+        self._recount_at = None
+        rate = self.rate_per_s
+        if rate is None or self._first_answer is None:
+            return
+        before = self.ok - rate * (now - self._decreased_at)
+        admitted = before / max(ADAPT_PERIOD_S, self._decreased_at - self._first_answer)
+        if self._ceiling is not None:
+            admitted = min(admitted, self._ceiling)
+        if admitted > rate * (1 + INCREASE):
+            log.info("request rate %.0f/min: the successes before the first 429s counted again "
+                     "(was %.0f/min)", admitted * 60, rate * 60)  # fmt: skip
+            self._set_rate(admitted)
+            self._too_fast = None
 
     def _speed_up(self, now: float) -> None:
         """A quiet period: grow a rate that is being used (a job held back by latency or
@@ -290,6 +331,8 @@ class JobBudget:
             return
         if self._granted_since_change >= 0.5 * rate * (now - self._period_start):
             rate = self._increased(rate)
+        else:
+            self._probes = 0
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
         self._set_rate(max(MIN_RATE, rate))
@@ -327,12 +370,14 @@ class JobBudget:
         step = rate * INCREASE
         if self._ceiling is not None:
             step = max(step, self._ceiling * CEILING_STEP)
-        if self._too_fast is not None:
-            if rate < self._too_fast * (1 - INCREASE):
-                step = max(step, (self._too_fast - rate) / 2)
-            else:
-                self._too_fast = None  # quiet at that rate now: probe on
-        return rate + step
+        if self._too_fast is not None and rate < self._too_fast * (1 - INCREASE):
+            return rate + max(step, (self._too_fast - rate) / 2)
+        self._too_fast = None  # quiet at that rate now: probe on
+        self._probes += 1
+        # A budget of one task among others (see `sees_all`) does not see them end: the rate
+        # they leave may be far above. The job's budget gives it to the others at once.
+        growth = 1.0 if self._sees_all else 2.0 ** max(0, self._probes - PATIENCE)
+        return rate + max(step, rate * min(MAX_PROBE, INCREASE * growth))
 
     def _set_rate(self, rate: float) -> None:
         if self._requests is None:
