@@ -154,7 +154,7 @@ def test_adaptive_starts_with_no_rate_and_backs_off_below_the_rate_answers_came_
 
 def test_a_first_decrease_on_thin_evidence_is_counted_again_once_every_task_has_told() -> None:
     """The endpoint lets 100 through in its first window; the first report of a 429 holds one
-    task's 40 of them, the other task tells its 60 later: a period on, the rate is the 100."""
+    task's 40 of them, the other task tells its 60 later: RECOUNT_AFTER_S on, the rate is 100."""
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock)
     budget.lease(LeaseAsk(requests=64, task="a"))

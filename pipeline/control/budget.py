@@ -219,9 +219,9 @@ class JobBudget:
         if self._first_ask is None:
             self._first_ask = self._period_start = now
         self.ok += ask.ok
-        if (ask.ok or ask.rate_limited) and self._first_answer is None:
-            self._first_answer = now
         if ask.ok or ask.rate_limited:
+            if self._first_answer is None:
+                self._first_answer = now
             self._recent.append((now, ask.ok, ask.rate_limited))
         while self._recent and self._recent[0][0] < now - DECREASE_COOLDOWN_S:
             self._recent.popleft()
