@@ -97,6 +97,22 @@ def test_the_oldest_task_is_served_first_and_the_next_takes_over_at_once() -> No
     assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 1  # at once
 
 
+def test_a_task_that_ended_keeps_its_place_for_a_retry() -> None:
+    # Its input ended and it gave its permits back, then a 429 left it one retry: it is served
+    # as the oldest again (its Spark task ends, and its slot starts the next task), not after
+    # the task that took over.
+    clock = FakeClock(START)
+    budget = JobBudget(12_000, None, adaptive=False, clock=clock)  # 200/s: 10 per lease
+    held = budget.lease(LeaseAsk(requests=8, task="task-0")).requests
+    clock.now += 0.001
+    budget.lease(LeaseAsk(requests=0, returned=held, task="task-0"))  # ended
+    assert budget.lease(LeaseAsk(requests=64, task="task-1")).requests > 2  # oldest now
+    clock.now += 0.001
+    retry = budget.lease(LeaseAsk(requests=1, task="task-0"))
+    assert retry.requests == 1
+    assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 0  # younger again
+
+
 def test_leases_are_small_slices_of_the_rate() -> None:
     clock = FakeClock(START)
     budget = JobBudget(60_000, None, adaptive=False, clock=clock)

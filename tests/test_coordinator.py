@@ -151,3 +151,35 @@ def test_a_tasks_permits_go_at_their_times_and_what_it_did_not_use_goes_back() -
     # the last one used, not after those it held.
     next_one = budget.lease(LeaseAsk(requests=1, task="next"))
     assert next_one.start_s == pytest.approx(1 / (100 * MARGIN))
+
+
+def test_a_task_whose_input_ended_gives_back_what_nobody_waits_for_and_asks_only_for_retries(
+) -> None:
+    clock = FakeClock(1000.0)
+    budget = JobBudget(6000, None, adaptive=False, clock=clock)  # 98.5/s, with the margin
+    limits = SharedLimits(LocalLessor(budget), RateLimits(None, None), batch=8,
+                          uses_tokens=False, clock=clock, sleep=clock.sleep)  # fmt: skip
+
+    async def scenario() -> None:
+        await limits.acquire(10)  # holds the rest of its lease
+        limits.ending()
+        await asyncio.sleep(0)  # the permits go back in the background
+        # Given back at once, and the task no longer counts as running: another task's
+        # permit is due one interval after the one used, and it books as the oldest.
+        other = budget.lease(LeaseAsk(requests=8, task="other"))
+        assert other.start_s == pytest.approx(1 / (100 * MARGIN) - (clock.now - 1000.0))
+        assert other.requests > 1
+        # A retry asks for one permit, not a batch.
+        asked: list[int] = []
+        lease = budget.lease
+
+        def counted(ask: LeaseAsk) -> LeaseGrant:
+            asked.append(ask.requests)
+            return lease(ask)
+
+        budget.lease = counted  # type: ignore[method-assign]
+        await limits.acquire(10)
+        assert asked[0] == 1
+        await limits.close()
+
+    asyncio.run(scenario())

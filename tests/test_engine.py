@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from pipeline.control.budget import JobBudget
+from pipeline.control.server import DriverServer
 from pipeline.core.chat import ChatRequest, Message, RowResult
 from pipeline.core.config import EndpointConfig, LimitsConfig
 from pipeline.core.secrets import Secret
@@ -12,6 +16,7 @@ from pipeline.http.engine import Engine
 from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ENDPOINT_NAME, TOKEN
+from tests.polling import wait_until
 
 
 def client_settings(echo: LocalEndpoint, concurrency: int) -> ClientSettings:
@@ -44,6 +49,20 @@ def test_batches_come_back_in_order_with_rejected_rows_in_place(echo: LocalEndpo
     stats = echo.stats()
     assert stats["requests_total"] == 49  # the rejected row never reached the endpoint
     assert stats["peak_in_flight"] <= 4
+
+
+def test_a_task_whose_input_ended_stops_counting_on_the_budget_before_it_closes(
+    echo: LocalEndpoint,
+) -> None:
+    # So the next task running books as the oldest while this one's Spark task still ends.
+    budget = JobBudget(60_000, None, adaptive=False)
+    with DriverServer(budget, advertise="127.0.0.1") as driver:
+        settings = replace(client_settings(echo, concurrency=4), budget_url=driver.url)
+        with Engine(settings) as engine:
+            assert len(engine.submit([request(i) for i in range(20)]).result(timeout=30)) == 20
+            assert budget.tasks_running == 1
+            engine.input_ended()
+            wait_until(lambda: budget.tasks_running == 0, "the task's ending ask", 10.0)
 
 
 def test_batch_of_only_rejected_rows_needs_no_request(echo: LocalEndpoint) -> None:

@@ -15,7 +15,6 @@ and only its progress goes unseen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -173,6 +172,10 @@ class SharedLimits:
         self._name = secrets.token_hex(8)  # names this task to the budget
         self._leased = False  # whether the lessor ever answered
         self._usage = [0, 0]  # tokens the answers used, and how many answers
+        self._waiting = 0  # requests waiting for a permit
+        self._ending = False  # no request beyond those waiting will come (see `ending`)
+        self._returning: set[asyncio.Task[None]] = set()  # permits going back (see `_spare`)
+        self._counted = False  # whether the budget counts this task as running
 
     def check(self, estimated_tokens: int) -> None:
         """See `RateLimits.check`."""
@@ -182,26 +185,34 @@ class SharedLimits:
         """Wait for one request permit and `estimated_tokens` of token budget."""
         self.check(estimated_tokens)
         self._estimate = estimated_tokens
-        async with self._lock:
-            while not self._held and not self._detached:
-                await asyncio.shield(self._refilling(estimated_tokens))
-            if self._detached:  # the lessor is gone: this task's static share from now on
-                await self._fallback.acquire(estimated_tokens)
-                return
-            permits = self._permits[0]
-            due = permits.at
-            permits.at += permits.interval
-            permits.count -= 1
-            self._held -= 1
-            if not permits.count:
-                self._permits.popleft()
-            if self._needs_tokens():
-                self._seen["token_correction"] += estimated_tokens - permits.tokens
-            if self._held < (self._batch + 1) // 2:
-                self._refilling(estimated_tokens)
-            wait = due - self._clock()
-            if wait > 0:
-                await self._sleep(wait)
+        self._waiting += 1
+        waiting = True
+        try:
+            async with self._lock:
+                while not self._held and not self._detached:
+                    await asyncio.shield(self._refilling(estimated_tokens))
+                self._waiting -= 1
+                waiting = False
+                if self._detached:  # the lessor is gone: this task's static share from now on
+                    await self._fallback.acquire(estimated_tokens)
+                    return
+                permits = self._permits[0]
+                due = permits.at
+                permits.at += permits.interval
+                permits.count -= 1
+                self._held -= 1
+                if not permits.count:
+                    self._permits.popleft()
+                if self._needs_tokens():
+                    self._seen["token_correction"] += estimated_tokens - permits.tokens
+                if not self._spare() and self._held < (self._batch + 1) // 2:
+                    self._refilling(estimated_tokens)
+                wait = due - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+        finally:
+            if waiting:
+                self._waiting -= 1
 
     def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
         """Report the real usage with the next lease."""
@@ -231,18 +242,57 @@ class SharedLimits:
                 self._held -= permits.count
             self._refilling(self._estimate)  # the budget learns of it now, not a batch later
 
+    def ending(self) -> None:
+        """See `Limiter.ending`: from now on, permits nobody waits for go back at once, and the
+        budget counts this task as ended until a retry asks again (so the next task running
+        books ahead as the oldest, without waiting for this one's Spark task to end)."""
+        self._ending = True
+        self._spare()
+
     async def close(self) -> None:
         """Give back the permits not used, and close the lessor (the session to the driver)."""
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
-        paced = sum(p.count for p in self._permits if p.interval)
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
         if self._leased and not self._detached:  # its last ask: no longer counted as running
-            reported = dict(self._seen)
-            last = replace(self._ask(0, reported), requests=0, tokens=0.0, returned=paced)
-            with contextlib.suppress(LeaseFailed):
-                await self._lessor.lease(last)
+            await self._tell_ended(*self._drop())
         await self._lessor.close()
+
+    def _spare(self) -> bool:
+        """After `ending`, with no request waiting for a permit: give back every permit held
+        and tell the budget this task is done, in the background. Whether it is so."""
+        if not self._ending or self._waiting or self._detached or not self._leased:
+            return False
+        if self._permits or self._counted:
+            told = asyncio.get_running_loop().create_task(self._tell_ended(*self._drop()))
+            self._returning.add(told)
+            told.add_done_callback(self._returning.discard)
+        return True
+
+    def _drop(self) -> tuple[int, float]:
+        """Drop the permits held: how many were paced, and the tokens booked for them all."""
+        paced = sum(p.count for p in self._permits if p.interval)
+        booked = sum(p.count * p.tokens for p in self._permits)
+        self._permits.clear()
+        self._held = 0
+        self._counted = False
+        return paced, booked
+
+    async def _tell_ended(self, paced: int, booked: float) -> None:
+        """An ask for nothing, with what was seen since the last ask: the budget takes back
+        `paced` permits and `booked` tokens, and no longer counts this task as running."""
+        if self._needs_tokens():
+            self._seen["token_correction"] -= booked
+        reported = dict(self._seen)
+        last = replace(self._ask(0, reported), requests=0, tokens=0.0, returned=paced)
+        try:
+            await self._lessor.lease(last)
+        except LeaseFailed:
+            return  # the budget counts the task as ended after TASK_GONE_S
+        for name, value in reported.items():
+            self._seen[name] -= value
 
     def _needs_tokens(self) -> bool:
         return self._uses_tokens or "endpoint_tokens_per_minute" in self._announced
@@ -270,6 +320,7 @@ class SharedLimits:
                     )
                 )
                 self._held += grant.requests
+                self._spare()  # nobody waits any more: back at once
                 return
             await self._sleep(grant.wait_s)
 
@@ -283,9 +334,11 @@ class SharedLimits:
         return min(float(estimated_tokens), used / answers * USAGE_MARGIN)
 
     def _ask(self, estimated_tokens: int, reported: Mapping[str, float]) -> LeaseAsk:
-        tokens = self._booking(estimated_tokens) * self._batch if self._needs_tokens() else 0
+        # Once the input ended, only what the requests waiting need.
+        requests = max(1, self._waiting) if self._ending else self._batch
+        tokens = self._booking(estimated_tokens) * requests if self._needs_tokens() else 0
         return LeaseAsk(
-            requests=self._batch,
+            requests=requests,
             tokens=float(tokens),
             ok=int(reported["ok"]),
             rate_limited=int(reported["rate_limited"]),
@@ -310,7 +363,7 @@ class SharedLimits:
                 return None
             return LeaseGrant(0, 0.0, LEASE_RETRY_S)
         self._failures = 0
-        self._leased = True
+        self._leased = self._counted = True
         for name, value in reported.items():
             self._seen[name] -= value
         return grant

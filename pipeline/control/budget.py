@@ -43,6 +43,8 @@ LEASE_SECONDS = 0.05
 YOUNGER_LEASE_SECONDS = 0.01
 # A task that has not asked for this long has ended.
 TASK_GONE_S = 2.0
+# A task that ended keeps its place among the tasks running this long, for a retry it may send.
+ENDED_KEPT_S = 60.0
 # Permits granted at once while there is no rate at all (the task drops them on a 429).
 UNPACED_GRANT = 256
 # A task refused a lease asks again after at least this long.
@@ -158,6 +160,8 @@ class JobBudget:
         self._first_answer: float | None = None  # when the first answer was told
         # Each task's first and last ask: (started, last seen), by name.
         self._tasks: dict[str, tuple[float, float]] = {}
+        # Tasks that said they ended, with their first ask and their end, for ENDED_KEPT_S.
+        self._ended: dict[str, tuple[float, float]] = {}
         # The rate that last drew 429s: increases search back towards it.
         self._too_fast: float | None = None
         # When the first decrease (made at no rate) is counted again, every report in.
@@ -171,13 +175,20 @@ class JobBudget:
         """The request rate now; None: no rate (the tasks' concurrency is the bound)."""
         return None if self._requests is None else self._requests.rate_per_s
 
+    @property
+    def tasks_running(self) -> int:
+        """Tasks counted as running: asked lately, and not told they ended."""
+        return len(self._tasks)
+
     def lease(self, ask: LeaseAsk) -> LeaseGrant:
         """Grant what the budgets allow within the next `LEASE_SECONDS`, after learning from
         what the task saw."""
         now = self._clock()
         self._learn(ask, now)
-        if ask.requests <= 0:
-            self._tasks.pop(ask.task, None)  # its last ask
+        if ask.requests <= 0:  # its last ask, unless a retry is still to come
+            ended = self._tasks.pop(ask.task, None)
+            if ended is not None:
+                self._ended[ask.task] = (ended[0], now)
             return LeaseGrant(0, 0.0, 0.0)
         per_request = ask.tokens / ask.requests if ask.tokens > 0 else 0.0
         schedules = [self._requests] if self._requests is not None else []
@@ -208,11 +219,14 @@ class JobBudget:
         """Whether `task` is the oldest of the tasks running (an unnamed one counts as such)."""
         if not task:
             return True
-        started = self._tasks.get(task, (now, now))[0]
+        # A task back after it ended (a retry) keeps its place: its Spark task ends sooner.
+        started = (self._tasks.get(task) or self._ended.pop(task, None) or (now, now))[0]
         self._tasks[task] = (started, now)
         gone = [name for name, (_, seen) in self._tasks.items() if now - seen > TASK_GONE_S]
         for name in gone:
             del self._tasks[name]
+        if self._ended and now - next(iter(self._ended.values()))[1] > ENDED_KEPT_S:
+            self._ended = {k: v for k, v in self._ended.items() if now - v[1] <= ENDED_KEPT_S}
         return (started, task) == min((first, name) for name, (first, _) in self._tasks.items())
 
     def _learn(self, ask: LeaseAsk, now: float) -> None:

@@ -175,6 +175,9 @@ class RateLimits:
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """An answer's status and headers; a task's own buckets do not adapt."""
 
+    def ending(self) -> None:
+        """A task's own buckets hold nothing another task could use."""
+
     async def close(self) -> None:
         """Nothing to release."""
 

@@ -107,6 +107,8 @@ class Engine:
         # Rows finished so far (touched on the loop's thread), reported to the driver.
         self._tally = Tally()
         self._reporter: Reporter | None = None
+        # The task's input has ended: once the queue is empty, no request but a retry comes.
+        self._input_ended = False
 
     def __enter__(self) -> Engine:
         self._loop.start()
@@ -147,6 +149,21 @@ class Engine:
         batch = _Batch(results, remaining=len(pending), tally=self._tally)
         self._loop.call_soon(self._enqueue, batch, pending)
         return batch.future
+
+    def input_ended(self) -> None:
+        """No batch will be submitted after this one: once the last request is taken, the
+        limiter gives back what it holds for more (see `Limiter.ending`)."""
+        self._loop.call_soon(self._end_input)
+
+    def _end_input(self) -> None:
+        self._input_ended = True
+        self._tell_ending()
+
+    def _tell_ending(self) -> None:
+        """The limiter told, once the input ended and no request is left in the queue."""
+        assert self._queue is not None and self._limiter is not None
+        if self._input_ended and self._queue.empty():
+            self._limiter.ending()
 
     def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
         assert self._queue is not None
@@ -202,6 +219,10 @@ class Engine:
         assert self._queue is not None and self._client is not None
         while True:
             batch, index, request = await self._queue.get()
+            if self._input_ended and self._queue.empty():
+                # Once this request waits for its permit (the limiter gives back only what
+                # nobody waits for): this worker runs on into `acquire` before the loop turns.
+                asyncio.get_running_loop().call_soon(self._tell_ending)
             if self.superseded:
                 batch.complete(index, _not_sent(request, "superseded by a newer attempt"))
                 continue

@@ -48,6 +48,10 @@ class Limiter(Protocol):
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """An answer's status and headers (429s, announced limits), for limits that adapt."""
 
+    def ending(self) -> None:
+        """No request will come beyond those already waiting for a permit (a retry may): what
+        is held for more can go back to the budget, for the tasks still running."""
+
     async def close(self) -> None:
         """Release what the limiter holds (a session to the driver)."""
 

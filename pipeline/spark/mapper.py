@@ -89,6 +89,7 @@ def make_batch_mapper(plan: TaskPlan, chunk: int = 0) -> BatchMapper:
                     results = future.result()
                     _stop_if_aborted(engine)
                     yield with_results(head, results, parsed)
+            engine.input_ended()
             while pending:
                 head, future = pending.popleft()
                 results = future.result()
