@@ -405,14 +405,19 @@ def rate_matrix(bench: Bench) -> list[Figure]:
                                         tokens=True)  # fmt: skip
             shapes.append(Shape(f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight}",
                                 rate / TOKEN_LIMIT_PER_S, limited))  # fmt: skip
-    worst = min(shapes, key=lambda s: s.achieved)
-    most = max(shapes, key=lambda s: s.rate_limited)
-    every = "; ".join(f"{s.label}: {s.achieved:.3f}, {s.rate_limited:.1%} 429" for s in shapes)
-    return [
-        Figure("rate budgets: worst achieved/limit", worst.achieved, 0.97, True,
-               f"{worst.label} of {len(shapes)} shapes ({every})"),
-        Figure("rate budgets: worst 429 share", most.rate_limited, 0.01, False, most.label),
-    ]  # fmt: skip
+    figures: list[Figure] = []
+    for unit in ("requests", "tokens"):
+        some = [s for s in shapes if ("tokens/s" in s.label) == (unit == "tokens")]
+        worst = min(some, key=lambda s: s.achieved)
+        most = max(some, key=lambda s: s.rate_limited)
+        every = "; ".join(f"{s.label}: {s.achieved:.3f}, {s.rate_limited:.1%} 429" for s in some)
+        figures += [
+            Figure(f"rate budgets, {unit}: worst achieved/limit", worst.achieved, 0.97, True,
+                   f"{worst.label} of {len(some)} shapes ({every})"),
+            Figure(f"rate budgets, {unit}: worst 429 share", most.rate_limited, 0.01, False,
+                   most.label),
+        ]  # fmt: skip
+    return figures
 
 
 def _matrix_run(
