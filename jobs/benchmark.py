@@ -380,6 +380,7 @@ class Shape:
     label: str
     achieved: float  # of min(limit, what the shape reaches with no budget)
     rate_limited: float  # share of requests answered 429
+    tokens: bool = False  # a tokens_per_minute budget (else requests_per_minute)
 
 
 def rate_matrix(bench: Bench) -> list[Figure]:
@@ -404,10 +405,10 @@ def rate_matrix(bench: Bench) -> list[Figure]:
             rate, limited = _matrix_run(bench, server, TOKEN_LIMIT_PER_S, tasks, in_flight,
                                         tokens=True)  # fmt: skip
             shapes.append(Shape(f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight}",
-                                rate / TOKEN_LIMIT_PER_S, limited))  # fmt: skip
+                                rate / TOKEN_LIMIT_PER_S, limited, tokens=True))  # fmt: skip
     figures: list[Figure] = []
     for unit in ("requests", "tokens"):
-        some = [s for s in shapes if ("tokens/s" in s.label) == (unit == "tokens")]
+        some = [s for s in shapes if s.tokens == (unit == "tokens")]
         worst = min(some, key=lambda s: s.achieved)
         most = max(some, key=lambda s: s.rate_limited)
         every = "; ".join(f"{s.label}: {s.achieved:.3f}, {s.rate_limited:.1%} 429" for s in some)
