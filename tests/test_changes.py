@@ -168,7 +168,7 @@ def test_a_sink_written_before_request_hash_counts_as_answered(
     sink, source = tmp_path / "out", save(prompts(spark, 10), tmp_path / "in")
     settings = {"source": {"id_column": id_column}}
     run(spark, ask(echo, source, sink, **settings))
-    legacy = sink_rows(spark, sink).drop("request_hash")
+    legacy = sink_rows(spark, sink).drop("request_hash", "config_hash")
     if id_column is None:
         legacy = legacy.withColumn("request_id", F.sha2(F.col("prompt"), 256).substr(1, 32))
     legacy.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
@@ -210,7 +210,8 @@ def test_a_parquet_sink_written_before_request_hash_keeps_working(
     prompts(spark, 10).write.parquet(str(source))
     parquet = {"sink": {"format": "parquet"}}
     run(spark, ask(echo, str(source), sink, **parquet))
-    sink_rows(spark, sink, "parquet").drop("request_hash").write.parquet(str(tmp_path / "old"))
+    old = sink_rows(spark, sink, "parquet").drop("request_hash", "config_hash")
+    old.write.parquet(str(tmp_path / "old"))
     shutil.rmtree(sink)
     shutil.move(tmp_path / "old", sink)
     echo.reset()
@@ -221,3 +222,8 @@ def test_a_parquet_sink_written_before_request_hash_keeps_working(
     assert (summary.rows, summary.skipped, echo.stats()["requests_total"]) == (2, 10, 2)
     out = sink_rows(spark, sink, "parquet")
     assert out.count() == 12 and out.filter("request_hash IS NOT NULL").count() == 2
+    # The new rows are recognised by their values from now on; the older ones are keyed.
+    assert out.filter("config_hash IS NOT NULL").count() == 2
+    echo.reset()
+    summary, _ = run(spark, ask(echo, str(source), sink, **parquet))
+    assert (summary.skipped, summary.recognised, echo.stats()["requests_total"]) == (12, 2, 0)

@@ -19,11 +19,19 @@ from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig, te
 from pipeline.core.errors import InvalidInput
 from pipeline.core.identity import (
     canonical,
+    digest,
     input_fingerprint,
     plain,
     request_fingerprint,
     row_fingerprint,
 )
+
+# Bump when the same row and config would be built into another request or given another id or
+# fingerprint (a wire body, a message rule, a normalisation): sink rows written before are then
+# keyed again rather than recognised by their values (see `RequestBuilder.config_hash`).
+BUILDER_VERSION = 1
+# Source settings that say where the rows are and how they are split, not what they ask.
+_WHERE = ("path", "table", "format", "partitions")
 
 
 class RequestBuilder:
@@ -43,11 +51,17 @@ class RequestBuilder:
         self._wire = endpoint.wire
         self._extra = self._wire.extra_fields(request.extra, request.output_format)
         self._template_fields = template_fields(source.template) if source.template else []
-        # What decides whether a row is valid and what it asks, besides its own values.
+        # What decides whether a row is valid and what it asks, besides its own values: not
+        # where the input is read from, nor how it is split.
+        roles = {k: v for k, v in dataclasses.asdict(source).items() if k not in _WHERE}
         self._signature = canonical(
-            [endpoint.api, endpoint.name, dataclasses.asdict(source), self._extra,
-             request.max_tokens, request.temperature]
+            [endpoint.api, endpoint.name, roles, self._extra, request.max_tokens,
+             request.temperature]
         )  # fmt: skip
+        self.config_hash = digest(canonical([BUILDER_VERSION, self._signature]))
+        """The fingerprint of everything besides a row's values that makes its `request_id`
+        and `request_hash`: rows written with the same one and holding the same values in
+        `columns` were given the ones this builder gives (see `pipeline.spark.recognised`)."""
 
     @property
     def columns(self) -> list[str]:

@@ -33,6 +33,7 @@ from pipeline.core.config import SinkConfig
 from pipeline.core.errors import ConfigError
 from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
 from pipeline.spark.crossing import column
+from pipeline.spark.recognised import HELD, TAKEN
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ KIND = "_kind"  # why a pending row is sent: new | retry | changed
 CHUNK = "_chunk"
 KINDS = ("new", "retry", "changed")
 
+# For keys whose request_id is in a frame: how many of their sink rows recognised input rows
+# took (see `pipeline.spark.recognised`).
+Taken = Callable[[DataFrame], DataFrame]
 # Computes request_id and request_hash, as this run would, for sink rows written before the
 # sink recorded request_hash (from the input columns they carry).
 Identify = Callable[[DataFrame], DataFrame]
@@ -76,6 +80,11 @@ class WorkPlan:
     replaced_per_chunk: dict[int, int] = field(default_factory=dict)
     changes: Changes = field(default_factory=Changes)
     cached: list[DataFrame] = field(default_factory=list)
+    # Stamped on the rows written (see `RequestBuilder.config_hash`); None: not stamped.
+    config_hash: str | None = None
+    # Input rows the sink answers that were recognised by their values, not keyed (see
+    # `pipeline.spark.recognised`).
+    recognised: int = 0
 
     @property
     def pending_rows(self) -> int:
@@ -115,10 +124,12 @@ def plan_work(
     existing: DataFrame | None,
     sink: SinkConfig,
     identify: Identify | None,
+    taken: Taken | None = None,
 ) -> WorkPlan:
     """Find which rows of `keyed` (the input with its identity columns, see `make_key_mapper`;
     cached, `input_rows` of them) the sink snapshot `existing` does not answer yet, and cut them
-    into chunks.
+    into chunks. `taken`: the rest of the input was recognised as answered in the sink, and took
+    the sink rows it counts (see `Recognised.taken`): they answer nothing in `keyed`.
 
     Raises:
         ConfigError: naming `sink`, when the existing sink is not this job's output, or
@@ -130,7 +141,17 @@ def plan_work(
         plan = WorkPlan(keyed, input_rows, sizes, changes=Changes(new=input_rows))
     else:
         check_is_output(existing, sink)
-        plan = _against(keyed, input_rows, identified(existing, identify), sink)
+        answers = identified(existing, identify)
+        # Rows keyed again in Python are read more than once: kept. Otherwise each step reads
+        # only the sink rows of the keys it needs, from the pinned snapshot.
+        kept = [] if identify is None else [answers := cached(answers)]
+        try:
+            plan = _against(keyed, input_rows, answers, sink, taken)
+        except BaseException:
+            for frame in kept:
+                frame.unpersist()
+            raise
+        plan.cached.extend(kept)
     sizes = plan.chunk_sizes
     log.info(
         "plan: %d input rows, %d already answered in the sink, %d to send (%s)%s",
@@ -141,13 +162,33 @@ def plan_work(
 
 
 def _against(
-    keyed: DataFrame, input_rows: int, answers: DataFrame, sink: SinkConfig
+    keyed: DataFrame,
+    input_rows: int,
+    answers: DataFrame,
+    sink: SinkConfig,
+    taken: Taken | None = None,
 ) -> WorkPlan:
-    """The plan for `keyed` against a sink whose rows' identity and status are `answers`."""
-    answers = cached(answers)
+    """The plan for `keyed` against a sink whose rows' identity and status are `answers`, less
+    the rows `taken` by input rows recognised as answered."""
+    keys = list(IDENTITY_COLUMNS)
+    # All the plan reads of the sink: the rows of the ids asked (read once; a rerun that asks
+    # few reads few).
+    answers = cached(
+        answers.join(keyed.select("request_id").distinct(), "request_id", "left_semi")
+    )
+    answers.count()
     answered = answers.filter(F.col("status") == "ok") if sink.retries_errors else answers
-    todo = numbered(keyed.select(*IDENTITY_COLUMNS)).join(
-        numbered(answered.select(*IDENTITY_COLUMNS)), [*IDENTITY_COLUMNS, COPY], "left_anti"
+    # Copy n of a key is answered when the sink holds n rows of it.
+    asked = keyed.select(*keys).distinct()
+    held = answered.join(asked, keys, "left_semi").groupBy(*keys).agg(F.count(F.lit(1)).alias(HELD))
+    if taken is not None:
+        took = F.coalesce(F.col(TAKEN), F.lit(0))
+        held = held.join(taken(asked), keys, "left").select(*keys, (F.col(HELD) - took).alias(HELD))
+    todo = (
+        numbered(keyed.select(*keys))
+        .join(held, keys, "left")
+        .filter(F.col(COPY) > F.coalesce(F.col(HELD), F.lit(0)))
+        .select(*keys, COPY)
     )
     classified = todo = cached(_classified(todo, answers))
     counts = Counter({str(r[KIND]): int(r["count"]) for r in todo.groupBy(KIND).count().collect()})
@@ -156,8 +197,8 @@ def _against(
         todo = todo.filter(F.col(KIND) != "changed")
         changes = Changes(counts["new"], counts["retry"], 0, kept=counts["changed"])
     elif counts["changed"] and sink.format == "parquet":
-        answers.unpersist()
         classified.unpersist()
+        answers.unpersist()
         raise ConfigError(
             "sink.on_change",
             f"is resend, and {counts['changed']} input rows ask another request than the one "
@@ -170,10 +211,10 @@ def _against(
     todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
     sizes = _chunk_sizes(todo, chunks, pending)
     plan = WorkPlan(
-        keyed, input_rows, sizes, todo=todo, changes=changes, cached=[answers, classified]
+        keyed, input_rows, sizes, todo=todo, changes=changes, cached=[classified, answers]
     )
-    if sink.format == "delta" and pending:
-        replaced = cached(_replaced(keyed, answers, todo, sink))
+    if sink.format == "delta" and (changes.changed or (changes.retry and sink.retries_errors)):
+        replaced = cached(_replaced(keyed, answers, todo, sink, taken))
         plan.cached.append(replaced)
         plan.replaced = replaced
         per_chunk = replaced.groupBy(CHUNK).count().collect()
@@ -218,6 +259,7 @@ def numbered(frame: DataFrame) -> DataFrame:
 
 
 def _classified(todo: DataFrame, answers: DataFrame) -> DataFrame:
+    answers = answers.join(todo.select("request_id").distinct(), "request_id", "left_semi")
     ids = answers.select("request_id").distinct().withColumn("_known_id", F.lit(True))
     keys = answers.groupBy(*IDENTITY_COLUMNS).agg(
         F.max(F.col("status") == "error").alias("_had_error")
@@ -232,11 +274,15 @@ def _classified(todo: DataFrame, answers: DataFrame) -> DataFrame:
 
 
 def _replaced(
-    keyed: DataFrame, answers: DataFrame, todo: DataFrame, sink: SinkConfig
+    keyed: DataFrame,
+    answers: DataFrame,
+    todo: DataFrame,
+    sink: SinkConfig,
+    taken: Taken | None,
 ) -> DataFrame:
     """Sink rows to delete, each before the chunk that answers its row again: error rows of a
     request sent again (`sink.retry_errors`), and rows of a changed id whose request is no longer
-    asked (stale)."""
+    asked (stale: by a row of `keyed`, or by a recognised one, whose keys `taken` holds)."""
     keys = list(IDENTITY_COLUMNS)
     frames = []
     if sink.retries_errors:
@@ -245,7 +291,10 @@ def _replaced(
     changed = todo.filter(F.col(KIND) == "changed").groupBy("request_id").agg(
         F.min(CHUNK).alias(CHUNK)
     )
-    asked = keyed.select(*keys).distinct()
+    asked = keyed.select(*keys)
+    if taken is not None:
+        asked = asked.unionByName(taken(changed).select(*keys))
+    asked = asked.join(changed, "request_id", "left_semi").distinct()
     stale = answers.select(*keys).distinct().join(changed, "request_id").join(
         asked, keys, "left_anti"
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -27,6 +29,7 @@ from pyspark.sql.types import (
 from pipeline.core.chat import Completion, RowResult
 from pipeline.core.errors import ConfigError
 from pipeline.core.structured import OutputFormat
+from pipeline.spark.crossing import column
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ _BY_NAME: Mapping[str, OutputColumn] = {c.name: c for c in OUTPUT_COLUMNS}
 PARSED = "parsed"
 # The columns that identify a row's request (see `pipeline.core.identity`).
 IDENTITY_COLUMNS = ("request_id", "request_hash")
+# Written after them: the fingerprint of the config that made them (see
+# `RequestBuilder.config_hash`), the same for every row of a run; stamped on the rows as they
+# are written.
+CONFIG_HASH = "config_hash"
 # Planning column, never written: the row's request as the keying pass built it (see
 # `pipeline.spark.mapper.encode_item`), so the answering pass does not build it again.
 REQUEST = "_request"
@@ -122,13 +129,16 @@ def parsed_type(output: OutputFormat | None) -> DataType | None:
     return StringType() if mapped is None else mapped
 
 
-def output_schema(input_schema: StructType, parsed: DataType | None = None) -> StructType:
-    """The input columns followed by the result columns.
+def output_schema(
+    input_schema: StructType, parsed: DataType | None = None, *, stamped: bool = False
+) -> StructType:
+    """The input columns followed by the result columns (with `config_hash` when `stamped`:
+    the schema of the rows written, see `stamp`).
 
     Raises:
         ConfigError: an input column already bears a result column's name.
     """
-    added = [*RESULT_COLUMNS, *([PARSED] if parsed is not None else [])]
+    added = [*RESULT_COLUMNS, CONFIG_HASH, *([PARSED] if parsed is not None else [])]
     clash = [name for name in (*added, REQUEST) if name in input_schema.fieldNames()]
     if clash:
         raise ConfigError(
@@ -137,6 +147,16 @@ def output_schema(input_schema: StructType, parsed: DataType | None = None) -> S
             f"(output columns: {', '.join(added)})",
         )
     extra = [StructField(c.name, c.spark_type, nullable=True) for c in OUTPUT_COLUMNS]
+    if stamped:
+        extra.insert(len(IDENTITY_COLUMNS), StructField(CONFIG_HASH, StringType(), nullable=True))
     if parsed is not None:
         extra.append(StructField(PARSED, parsed, nullable=True))
     return StructType([*input_schema.fields, *extra])
+
+
+def stamp(rows: DataFrame, config_hash: str) -> DataFrame:
+    """`rows` (see `output_schema`) with `config_hash` after `request_hash`."""
+    names = [name for name in rows.columns if name != CONFIG_HASH]
+    at = names.index(IDENTITY_COLUMNS[-1]) + 1
+    stamped = F.lit(config_hash).cast(StringType()).alias(CONFIG_HASH)
+    return rows.select(*map(column, names[:at]), stamped, *map(column, names[at:]))

@@ -32,7 +32,7 @@ from pipeline.core.errors import JobAborted
 from pipeline.core.secrets import Credentials, resolve_credentials
 from pipeline.http.settings import ClientSettings
 from pipeline.spark.chunks import WorkPlan, spread
-from pipeline.spark.columns import output_schema, parsed_type
+from pipeline.spark.columns import output_schema, parsed_type, stamp
 from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.inflight import EARLIER, Inflight, journal_plan
 from pipeline.spark.lease import SinkLease
@@ -104,6 +104,7 @@ def run_job(
             tasks=tasks,
             sink=config.sink.table or config.sink.path or "",
             skipped=work.input_rows - work.pending_rows,
+            recognised=work.recognised,
             chunks=work.chunks,
             run_id=run_id,
             config=config.to_dict(),
@@ -338,6 +339,8 @@ def _commit_chunk(
     observation = Observation(f"batch_chat_chunk_{index}")
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
     rows = as_text(answered, text_schema)
+    if work.config_hash is not None:
+        rows = stamp(rows, work.config_hash)
     try:
         write_sink(rows, config.sink, mode, metadata, observe=(observation, chunk_metrics()))
     except Exception as err:

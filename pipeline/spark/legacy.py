@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.config import SinkConfig, SourceConfig
 from pipeline.core.errors import ConfigError
-from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
+from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST, stamp
 from pipeline.spark.crossing import BatchMapper, as_text, column
 from pipeline.spark.mapper import with_identity
 from pipeline.spark.tables import write_sink
@@ -52,17 +52,18 @@ def adopt(
     key_mapper: BatchMapper,
     source: SourceConfig,
     metadata: str,
+    config_hash: str,
 ) -> bool:
     """Rewrite a Delta sink that has no `request_hash` column once, with it filled in for every
-    row (and the content `request_id` of this version when there is no id column); whether it
-    was rewritten. Every later writer records the column, so a Delta sink that has it needs no
-    second look."""
+    row (and the content `request_id` of this version when there is no id column), stamped with
+    this run's `config_hash`; whether it was rewritten. Every later writer records the column, so
+    a Delta sink that has it needs no second look."""
     if "request_hash" in existing.columns:
         return False
     rows = identify_rows(existing, key_mapper, source, sink)
     order = [name for name in existing.columns if name != "request_hash"]
     order.insert(order.index("request_id") + 1, "request_hash")
-    write_sink(rows.select(*map(column, order)), sink, "overwrite", metadata)
+    write_sink(stamp(rows.select(*map(column, order)), config_hash), sink, "overwrite", metadata)
     log.info(
         "the rows of %s were written before request_hash was recorded: filled in from their "
         "input columns (one commit)", sink.table or sink.path,

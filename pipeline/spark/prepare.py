@@ -15,14 +15,17 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from pipeline.core.config import JobConfig, SourceConfig
+from pipeline.core.config import JobConfig, SinkConfig, SourceConfig
 from pipeline.core.errors import ConfigError
+from pipeline.core.prompts import RequestBuilder
 from pipeline.spark.chunks import WorkPlan, cached, check_is_output, plan_work
-from pipeline.spark.columns import output_schema, parsed_type
+from pipeline.spark.columns import CONFIG_HASH, output_schema, parsed_type
 from pipeline.spark.legacy import adopt, identify_rows
 from pipeline.spark.mapper import make_key_mapper, with_identity
+from pipeline.spark.recognised import recognise, release
 from pipeline.spark.session import session_conf
 from pipeline.spark.sink_schema import check_appendable
 from pipeline.spark.tables import (
@@ -57,9 +60,9 @@ def read_input(spark: SparkSession, config: JobConfig) -> DataFrame:
     return frame
 
 
-def result_schema(frame: DataFrame, config: JobConfig) -> StructType:
-    """The sink's schema for rows of `frame`."""
-    return output_schema(frame.schema, parsed_type(config.request.output_format))
+def result_schema(frame: DataFrame, config: JobConfig, *, stamped: bool = True) -> StructType:
+    """The sink's schema for rows of `frame` (see `output_schema`)."""
+    return output_schema(frame.schema, parsed_type(config.request.output_format), stamped=stamped)
 
 
 class Lease(Protocol):
@@ -136,13 +139,17 @@ def _plan(
                 lease.wait()  # a commit: under the lease
             if adopt(
                 spark, sink, snapshot.frame, key_mapper, config.source,
-                json.dumps(metadata, default=str),
+                json.dumps(metadata, default=str), config_hash(config),
             ):  # fmt: skip
                 snapshot = sink_snapshot(spark, sink)
     existing = None if snapshot is None else snapshot.frame
     # Counted from the source (its files' metadata, where the format keeps counts).
     input_rows = reading_source(config.source, frame.count)
-    keyed = with_identity(frame, key_mapper)
+    known = None
+    if existing is not None and sink.mode == "merge":
+        answered = existing.filter(F.col("status") == "ok") if sink.retries_errors else existing
+        known = recognise(frame, answered, config.source.input_columns(), config_hash(config))
+    keyed = with_identity(frame if known is None else known.rest, key_mapper)
     if metadata is None or (existing is not None and sink.mode == "merge") or (
         input_rows > sink.chunk_rows
     ):
@@ -150,6 +157,16 @@ def _plan(
         # kept, filled by the first job that reads it. One chunk into a new sink reads it once,
         # in the job that answers it: nothing is kept (the driver's memory stays flat).
         keyed = cached(keyed)
+    if known is not None:
+        # Filled now: the plan then knows how few rows are left, and reads the sink for them
+        # alone (a lookup while it scans, not a shuffle of every sink row).
+        try:
+            work_rows = keyed.count()
+        except BaseException:
+            keyed.unpersist()
+            release(known.kept)
+            raise
+        log.info("%d input rows recognised as answered by their values", input_rows - work_rows)
     # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
     recorded = sink.format == "delta" and existing is not None and (
         "request_hash" in existing.columns
@@ -161,11 +178,24 @@ def _plan(
             existing if sink.mode == "merge" else None,
             sink,
             None if recorded else identify,
+            None if known is None else known.taken,
         )
     except BaseException:  # refused before sending: nothing stays cached in the session
         keyed.unpersist()
+        if known is not None:
+            release(known.kept)
         raise
+    if known is not None:
+        work.cached.extend(known.kept)
+        work.recognised = input_rows - work_rows
+    if stamps(sink, existing):
+        work.config_hash = config_hash(config)
     return work, None if snapshot is None else snapshot.state
+
+
+def config_hash(config: JobConfig) -> str:
+    """The `config_hash` this run's rows carry (see `RequestBuilder.config_hash`)."""
+    return RequestBuilder(config.source, config.request, config.endpoint).config_hash
 
 
 def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> Snapshot | None:
@@ -186,11 +216,22 @@ def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> Snaps
         check_is_output(snapshot.frame, sink)
     check_appendable(
         snapshot.frame.schema,
-        result_schema(frame, config),
+        result_schema(frame, config, stamped=stamps(sink, snapshot.frame)),
         sink.table or sink.path or "",
-        can_add_columns=sink.format == "delta" or sink.table is None,
+        can_add_columns=_can_add_columns(sink),
     )
     return snapshot
+
+
+def stamps(sink: SinkConfig, existing: DataFrame | None) -> bool:
+    """Whether this run's rows carry `config_hash`: unless they go to a table that cannot add
+    the column (a Parquet catalog table written before rows had it; its rows are then keyed
+    on every run, see `pipeline.spark.recognised`)."""
+    return existing is None or CONFIG_HASH in existing.columns or _can_add_columns(sink)
+
+
+def _can_add_columns(sink: SinkConfig) -> bool:
+    return sink.format == "delta" or sink.table is None
 
 
 def check_columns(schema: StructType, source: SourceConfig) -> None:

@@ -95,6 +95,9 @@ class RunSummary:
     sink: str
     # Input rows the sink already answered (sink.mode=merge): not sent, not written again.
     skipped: int = 0
+    # Of those, the rows recognised by their values (see `pipeline.spark.recognised`): their
+    # requests were not even built.
+    recognised: int = 0
     chunks: int = 1
     run_id: str = ""
     finish_reasons: dict[str, int] = field(default_factory=dict)

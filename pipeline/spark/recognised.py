@@ -1,0 +1,170 @@
+"""Input rows a merge run need not key in Python: the sink answers them, as the JVM can tell from
+their values alone.
+
+Every row the job writes carries `config_hash` (see `RequestBuilder.config_hash`): the fingerprint
+of everything besides a row's own values that makes its `request_id` and `request_hash` (the
+source's column roles, template and system prompt, the request parameters, the endpoint and its
+API, the version of the request builder). An input row whose request columns hold exactly the
+values of a sink row stamped with this run's `config_hash` would be given that row's id and hash,
+so a join finds the answered rows of a nightly rerun without building one request.
+
+Copies count as they do in planning (see `pipeline.spark.chunks`): input values held n times take
+at most n such sink rows. The rows left (new values, changed ones, surplus copies, rows of a sink
+written under another config) are keyed in Python and planned as before, against the sink rows
+the recognised ones did not take. Values compare exactly: text by its bytes, floating point by
+its spelling (so -0.0 and 0.0 are two values, as they are two requests); a request column whose
+type cannot be compared that way (a map, floating point inside a nested value) leaves every row
+to the keying pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    DataType,
+    DoubleType,
+    FloatType,
+    MapType,
+    StructType,
+)
+
+from pipeline.spark.columns import CONFIG_HASH, IDENTITY_COLUMNS
+from pipeline.spark.crossing import column
+
+VALUES = "_values"  # a row's request columns, as one comparable value
+HASH = "_values_hash"
+HELD = "_held"  # sink rows that hold those values
+ASKED = "_asked"  # input rows that hold them
+TAKEN = "_taken"  # sink rows of a key that recognised input rows took
+_COPY = "_value_copy"
+
+
+@dataclass(frozen=True)
+class Recognised:
+    """The input split by what the sink answers."""
+
+    # The input rows to key and plan (the source's columns).
+    rest: DataFrame
+    # The input, and the sink rows stamped with this run's config, each with the hash and the
+    # struct of its request columns (see `values_of`).
+    _asked: DataFrame
+    _stamped: DataFrame
+    # Kept while the run plans: the values the sink holds fewer times than the input, then
+    # what `taken` looked up.
+    kept: list[DataFrame]
+
+    def taken(self, ids: DataFrame) -> DataFrame:
+        """request_id, request_hash, _taken: how many sink rows of a key the recognised input
+        rows took, for the keys whose request_id is in `ids` (the plan's keys, few in a
+        nightly rerun: this reads both tables once more rather than keeping the split)."""
+        keys = [HASH, VALUES]
+        held = filled(
+            self._stamped.join(ids.select("request_id").distinct(), "request_id", "left_semi")
+            .groupBy(*keys, *IDENTITY_COLUMNS)
+            .agg(F.count(F.lit(1)).alias(HELD)),
+            self.kept,
+        )
+        asked = (
+            self._asked.join(held.select(*keys), keys, "left_semi")
+            .groupBy(*keys)
+            .agg(F.count(F.lit(1)).alias(ASKED))
+        )
+        took = F.least(F.col(ASKED), F.col(HELD))
+        return held.join(asked, keys).groupBy(*IDENTITY_COLUMNS).agg(F.sum(took).alias(TAKEN))
+
+
+def recognise(
+    frame: DataFrame,
+    answers: DataFrame,
+    columns: Sequence[str],
+    config_hash: str,
+) -> Recognised | None:
+    """Split `frame` (the input) by the sink rows `answers` (those that count as answered: `ok`
+    ones, or every row when errors are not retried) stamped with `config_hash`, comparing the
+    request columns `columns`; None when the sink cannot tell (rows without `config_hash`, no
+    request column, or one that cannot be compared exactly)."""
+    if not {CONFIG_HASH, "request_hash"} <= set(answers.columns) or not columns:
+        return None
+    asked_values = values_of(frame, columns)
+    held_values = values_of(answers, columns)
+    if asked_values is None or held_values is None:
+        return None
+    keys = [HASH, VALUES]
+    # Grouped by a hash of the values too: equal values are found by comparing longs first.
+    asked = frame.select("*", F.xxhash64(asked_values).alias(HASH), asked_values.alias(VALUES))
+    stamped = answers.filter(
+        (F.col(CONFIG_HASH) == config_hash) & F.col("request_hash").isNotNull()
+    ).select(*IDENTITY_COLUMNS, F.xxhash64(held_values).alias(HASH), held_values.alias(VALUES))
+    held = stamped.groupBy(*keys).agg(F.count(F.lit(1)).alias(HELD))
+    # Values the sink holds fewer times than the input (most often: not at all), found first:
+    # few, they are then looked up while the input is read, which is not shuffled again.
+    counts = asked.groupBy(*keys).agg(F.count(F.lit(1)).alias(ASKED)).alias("asked")
+    same = (F.col(f"asked.{HASH}") == F.col(f"held.{HASH}")) & F.coalesce(
+        F.col(f"asked.{VALUES}") == F.col(f"held.{VALUES}"), F.lit(False)
+    )  # joined by the hash, then compared: longs are sorted, not the values
+    kept: list[DataFrame] = []
+    short = filled(
+        counts.join(held.alias("held"), same, "left")
+        .filter(F.col(HELD).isNull() | (F.col(ASKED) > F.col(HELD)))
+        .select(f"asked.{HASH}", f"asked.{VALUES}", F.coalesce(F.col(HELD), F.lit(0)).alias(HELD)),
+        kept,
+    )
+    others = [column(f.name) for f in frame.schema.fields if not _holds(f.dataType, (MapType,))]
+    order = F.xxhash64(*others) if others else F.lit(0)
+    copy = F.row_number().over(Window.partitionBy(*keys).orderBy(order))
+    rest = (
+        asked.join(short, keys)
+        .withColumn(_COPY, copy)
+        .filter(F.col(_COPY) > F.col(HELD))
+        .select(*map(column, frame.columns))
+    )
+    return Recognised(rest, asked.select(*keys), stamped, kept)
+
+
+def filled(frame: DataFrame, kept: list[DataFrame]) -> DataFrame:
+    """`frame`, computed now and kept (added to `kept`): a later join then knows its size and
+    looks its rows up while it scans a table, rather than shuffling the table (and stages that
+    run at once never compute it twice)."""
+    frame = frame.persist()
+    kept.append(frame)
+    frame.count()
+    return frame
+
+
+def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
+    """`columns` of `frame` as one struct that is equal for two rows exactly when their
+    values are (floating point by its spelling); None when a column cannot be compared so."""
+    types = {f.name: f.dataType for f in frame.schema.fields}
+    parts = []
+    for name in columns:
+        kind = types.get(name)
+        if kind is None or _holds(kind, (MapType,)):
+            return None
+        if isinstance(kind, FloatType | DoubleType):
+            parts.append(column(name).cast("string").alias(name))
+        elif _holds(kind, (FloatType, DoubleType)):
+            return None
+        else:
+            parts.append(column(name).alias(name))
+    return F.struct(*parts)
+
+
+def _holds(kind: DataType, types: tuple[type[DataType], ...]) -> bool:
+    """Whether `kind` is one of `types` or holds one (in arrays and structs)."""
+    if isinstance(kind, types):
+        return True
+    if isinstance(kind, ArrayType):
+        return _holds(kind.elementType, types)
+    if isinstance(kind, StructType):
+        return any(_holds(f.dataType, types) for f in kind.fields)
+    return False
+
+
+def release(frames: list[DataFrame]) -> None:
+    for frame in frames:
+        frame.unpersist()

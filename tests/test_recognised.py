@@ -1,0 +1,107 @@
+"""A merge rerun recognises the rows its sink answers by their values, without building their
+requests, and plans the rest exactly as before: copies, rows of one request with other values,
+stale rows of a changed id. Real Spark, real Delta files, the real local endpoint's counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.summary import RunSummary
+from tests.test_changes import ask, sink_rows
+from tests.test_job import prompts, run, save
+
+
+def rerun(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, schema: str,
+    first: list[tuple[Any, ...]], again: list[tuple[Any, ...]], **sections: Any,
+) -> RunSummary:
+    """A run over the rows `first`, then one over `again`, into one Delta sink (tmp_path/out):
+    the second run's summary; the endpoint's counters count the second run alone."""
+    for name, rows in (("v1", first), ("v2", again)):
+        echo.reset()
+        source = save(spark.createDataFrame(rows, schema), tmp_path / name)
+        summary, _ = run(spark, ask(echo, source, tmp_path / "out", **sections))
+    return summary
+
+
+def test_a_rerun_keys_only_the_rows_its_sink_does_not_answer(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """Half the rows carry a per-row max_tokens and half a null one: both are recognised."""
+    sink = tmp_path / "out"
+    first = prompts(spark, 30).selectExpr(
+        "id", "prompt", "IF(id % 2 = 0, 20, NULL) AS max_tokens"
+    )
+    config = ask(echo, save(first, tmp_path / "v1"), sink,
+                 source={"max_tokens_column": "max_tokens"})  # fmt: skip
+    run(spark, config)
+    more = first.unionByName(
+        prompts(spark, 35).filter("id >= 30").selectExpr("id", "prompt", "NULL AS max_tokens")
+    )
+    config = ask(echo, save(more, tmp_path / "v2"), sink,
+                 source={"max_tokens_column": "max_tokens"})  # fmt: skip
+    echo.reset()
+    summary, _ = run(spark, config)
+    assert (summary.recognised, summary.skipped, summary.rows) == (30, 30, 5)
+    assert echo.stats()["requests_total"] == 5
+    assert sink_rows(spark, sink).count() == 35
+
+    # Another default max_tokens: nothing is recognised; keyed, the 15 rows with their own
+    # max_tokens still ask what their rows answer, the 20 others are asked again.
+    echo.reset()
+    config = ask(echo, save(more, tmp_path / "v3"), sink, request={"max_tokens": 40},
+                 source={"max_tokens_column": "max_tokens"})  # fmt: skip
+    summary, _ = run(spark, config)
+    assert (summary.recognised, summary.skipped, summary.changes["changed"]) == (0, 15, 20)
+    assert echo.stats()["requests_total"] == 20
+    assert sink_rows(spark, sink).count() == 35
+
+
+def test_copies_beyond_those_the_sink_holds_are_sent(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    first = [(1, "p"), (1, "p"), (2, "q")]
+    summary = rerun(spark, echo, tmp_path, "id long, prompt string", first, [*first, (1, "p")],
+                    request={"dedupe": False})  # fmt: skip
+    assert (summary.recognised, summary.rows, echo.stats()["requests_total"]) == (3, 1, 1)
+    assert sink_rows(spark, tmp_path / "out").filter("id = 1").count() == 3
+
+
+def test_a_row_asking_what_a_recognised_row_asks_is_not_answered_by_the_same_sink_row(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """A null max_tokens and the configured one (32) are one request with other values: the
+    sink's one answer is taken by the row it was written for; the other row is sent."""
+    summary = rerun(spark, echo, tmp_path, "id long, prompt string, max_tokens int",
+                    [(1, "p", None)], [(1, "p", None), (1, "p", 32)],
+                    source={"max_tokens_column": "max_tokens"},
+                    request={"dedupe": False})  # fmt: skip
+    assert (summary.recognised, summary.rows, echo.stats()["requests_total"]) == (1, 1, 1)
+    assert sink_rows(spark, tmp_path / "out").count() == 2
+
+
+def test_an_edited_row_of_a_duplicate_id_leaves_its_unchanged_sibling(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    summary = rerun(spark, echo, tmp_path, "id long, prompt string",
+                    [(1, "first question"), (1, "second question")],
+                    [(1, "first question"), (1, "second, edited")])  # fmt: skip
+    assert (summary.recognised, summary.changes["changed"]) == (1, 1)
+    assert echo.stats()["requests_total"] == 1
+    out = {(r.prompt, r.completion) for r in sink_rows(spark, tmp_path / "out").collect()}
+    assert out == {("first question", "first question"), ("second, edited", "second, edited")}
+
+
+def test_floating_point_values_compare_by_their_spelling(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """-0.0 equals 0.0 in a Spark join, but it is another request body: sent again."""
+    summary = rerun(spark, echo, tmp_path, "id long, prompt string, temperature double",
+                    [(1, "p", 0.0), (2, "q", 0.5)], [(1, "p", -0.0), (2, "q", 0.5)],
+                    source={"temperature_column": "temperature"})  # fmt: skip
+    assert (summary.recognised, summary.changes["changed"]) == (1, 1)
+    assert echo.stats()["requests_total"] == 1
