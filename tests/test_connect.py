@@ -105,6 +105,7 @@ def test_a_merge_rerun_under_connect_sends_nothing(
     stdout = ok(run_remote(connect_server, echo, source, sink, sink__format=fmt))
     assert echo.stats()["requests_total"] == 30  # the second run sent nothing
     assert summary_line(stdout, "already answered") == "30 (not sent)"
+    assert summary_line(stdout, "recognised") == "30 by their values (no request built)"
     out = sink_rows(spark, sink, fmt)
     assert out.count() == 30
     assert out.select("id").distinct().count() == 30

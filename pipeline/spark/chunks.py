@@ -34,6 +34,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
 from pipeline.spark.crossing import column
 from pipeline.spark.recognised import HELD, TAKEN
+from pipeline.spark.session import cached
 
 log = logging.getLogger(__name__)
 
@@ -324,15 +325,6 @@ def _chunk_sizes(keys: DataFrame, chunks: int, pending_rows: int) -> list[int]:
     counts = keys.groupBy(chunk_of(chunks).alias("chunk")).count().collect()
     by_chunk = {int(row["chunk"]): int(row["count"]) for row in counts}
     return [by_chunk.get(index, 0) for index in range(chunks)]
-
-
-def cached(frame: DataFrame) -> DataFrame:
-    """`frame`, kept in memory when the runtime can (a plan reads it once per chunk)."""
-    try:
-        return frame.persist()
-    except Exception as err:  # e.g. serverless compute, which has no cache
-        log.warning("cannot cache a planning step (%s); each chunk recomputes it", err)
-        return frame
 
 
 def check_is_output(existing: DataFrame, sink: SinkConfig) -> None:

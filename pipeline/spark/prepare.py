@@ -21,12 +21,12 @@ from pyspark.sql.types import StructType
 from pipeline.core.config import JobConfig, SinkConfig, SourceConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.prompts import RequestBuilder
-from pipeline.spark.chunks import WorkPlan, cached, check_is_output, plan_work
+from pipeline.spark.chunks import WorkPlan, check_is_output, plan_work
 from pipeline.spark.columns import CONFIG_HASH, output_schema, parsed_type
 from pipeline.spark.legacy import adopt, identify_rows
 from pipeline.spark.mapper import make_key_mapper, with_identity
 from pipeline.spark.recognised import recognise, release
-from pipeline.spark.session import session_conf
+from pipeline.spark.session import cached, session_conf
 from pipeline.spark.sink_schema import check_appendable
 from pipeline.spark.tables import (
     Snapshot,

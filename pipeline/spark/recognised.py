@@ -35,6 +35,7 @@ from pyspark.sql.types import (
 
 from pipeline.spark.columns import CONFIG_HASH, IDENTITY_COLUMNS
 from pipeline.spark.crossing import column
+from pipeline.spark.session import cached
 
 VALUES = "_values"  # a row's request columns, as one comparable value
 HASH = "_values_hash"
@@ -86,8 +87,8 @@ def recognise(
 ) -> Recognised | None:
     """Split `frame` (the input) by the sink rows `answers` (those that count as answered: `ok`
     ones, or every row when errors are not retried) stamped with `config_hash`, comparing the
-    request columns `columns`; None when the sink cannot tell (rows without `config_hash`, no
-    request column, or one that cannot be compared exactly)."""
+    request columns `columns`; None when the sink cannot tell (no row stamped with this
+    `config_hash`, no request column, or one that cannot be compared exactly)."""
     if not {CONFIG_HASH, "request_hash"} <= set(answers.columns) or not columns:
         return None
     asked_values = values_of(frame, columns)
@@ -100,6 +101,8 @@ def recognise(
     stamped = answers.filter(
         (F.col(CONFIG_HASH) == config_hash) & F.col("request_hash").isNotNull()
     ).select(*IDENTITY_COLUMNS, F.xxhash64(held_values).alias(HASH), held_values.alias(VALUES))
+    if stamped.isEmpty():  # another config (file statistics say so at once): nothing to find
+        return None
     held = stamped.groupBy(*keys).agg(F.count(F.lit(1)).alias(HELD))
     # Values the sink holds fewer times than the input (most often: not at all), found first:
     # few, they are then looked up while the input is read, which is not shuffled again.
@@ -130,7 +133,7 @@ def filled(frame: DataFrame, kept: list[DataFrame]) -> DataFrame:
     """`frame`, computed now and kept (added to `kept`): a later join then knows its size and
     looks its rows up while it scans a table, rather than shuffling the table (and stages that
     run at once never compute it twice)."""
-    frame = frame.persist()
+    frame = cached(frame)
     kept.append(frame)
     frame.count()
     return frame

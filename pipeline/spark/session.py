@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.errors import ConfigError
 
@@ -191,3 +191,12 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, before)
+
+
+def cached(frame: DataFrame) -> DataFrame:
+    """`frame`, kept in memory when the runtime can (a plan reads it once per chunk)."""
+    try:
+        return frame.persist()
+    except Exception as err:  # e.g. serverless compute, which has no cache
+        log.warning("cannot cache a planning step (%s); each chunk recomputes it", err)
+        return frame

@@ -145,6 +145,8 @@ class RunSummary:
             ("run", self.run_id),
             ("rows", f"{self.rows} ({self.ok} ok, {self.errors} error)"),
             ("already answered", f"{self.skipped} (not sent)"),
+            *([("recognised", f"{self.recognised} by their values (no request built)")]
+              if self.recognised else []),
             ("sent because", _counts({k: v for k, v in self.changes.items() if k != "kept"})),
             *([("changed, kept", f"{self.changes['kept']} (sink.on_change=keep)")]
               if self.changes.get("kept") else []),
