@@ -179,6 +179,7 @@ def test_a_sink_written_before_request_hash_counts_as_answered(
     assert (summary.skipped, echo.stats()["requests_total"]) == (10, 0)
     out = sink_rows(spark, sink)
     assert out.count() == 10 and out.filter("request_hash IS NULL").count() == 0
+    assert out.filter("config_hash IS NULL").count() == 0  # the next rerun recognises them
     summary, _ = run(spark, ask(echo, source, sink, request={"max_tokens": 20}, **settings))
     assert (summary.changes["changed"], echo.stats()["requests_total"]) == (10, 10)
     assert sink_rows(spark, sink).count() == 10

@@ -68,7 +68,10 @@ def test_each_wire_format_parquet_to_delta(
     )
     summary, out = run(spark, config)
 
-    assert out.columns == [*source.columns, *RESULT_COLUMNS]
+    # Each row records the config its request was built under, after the request's own hash.
+    identity, answer = RESULT_COLUMNS[:2], RESULT_COLUMNS[2:]
+    assert out.columns == [*source.columns, *identity, "config_hash", *answer]
+    assert out.select("config_hash").distinct().count() == 1
     assert_df_equality(out.select(*source.columns), source, ignore_row_order=True)
     rows = out.collect()
     assert len(rows) == 120

@@ -197,3 +197,30 @@ def test_an_invalid_rows_hash_follows_its_values() -> None:
     assert isinstance(first, RowResult) and isinstance(again, RowResult)
     assert first.request_hash == again.request_hash and first.request_hash is not None
     assert isinstance(fixed, ChatRequest) and fixed.request_hash != first.request_hash
+
+
+def test_the_config_hash_follows_what_builds_requests_not_where_rows_are_read() -> None:
+    b = builder(prompt_column="q", id_column="id")
+    elsewhere = RequestBuilder(
+        SourceConfig(table="c.s.t", format="delta", prompt_column="q", id_column="id",
+                     partitions=4), REQUEST, ENDPOINT,
+    )  # fmt: skip
+    assert elsewhere.config_hash == b.config_hash
+    assert builder(prompt_column="q", id_column="id", system_prompt="Be brief.").config_hash != (
+        b.config_hash
+    )
+    more_tokens = RequestConfig(max_tokens=51, temperature=0.2)
+    other = RequestBuilder(SourceConfig(path="in", prompt_column="q", id_column="id"),
+                           more_tokens, ENDPOINT)  # fmt: skip
+    assert other.config_hash != b.config_hash
+
+
+def test_requests_are_built_as_the_rows_stamped_with_this_version_were() -> None:
+    """A sink row stamped with a `config_hash` is trusted to hold the `request_hash` this
+    version gives its values (see `pipeline.spark.recognised`). If this fails, requests are
+    built differently now: bump `BUILDER_VERSION` (core/prompts.py), then the values below."""
+    b = builder(prompt_column="q", id_column="id", max_tokens_column="mt")
+    built = build(b, q="What is Spark?", id=7, mt=None)
+    assert (b.config_hash, built.request_hash) == (
+        "e1ac62b19156d1fc5e556cf13c7eb7d9", "1f6415aa7433d71da384d24f71d85acc"
+    )
