@@ -128,6 +128,7 @@ def _plan(
     """The plan, and the sink state it was made against (see `sink_state`)."""
     sink = config.sink
     key_mapper = make_key_mapper(config.source, config.request, config.endpoint)
+    stamp_with = config_hash(config)
 
     def identify(rows: DataFrame) -> DataFrame:
         return identify_rows(rows, key_mapper, config.source, sink)
@@ -139,7 +140,7 @@ def _plan(
                 lease.wait()  # a commit: under the lease
             if adopt(
                 spark, sink, snapshot.frame, key_mapper, config.source,
-                json.dumps(metadata, default=str), config_hash(config),
+                json.dumps(metadata, default=str), stamp_with,
             ):  # fmt: skip
                 snapshot = sink_snapshot(spark, sink)
     existing = None if snapshot is None else snapshot.frame
@@ -148,7 +149,7 @@ def _plan(
     known = None
     if existing is not None and sink.mode == "merge":
         answered = existing.filter(F.col("status") == "ok") if sink.retries_errors else existing
-        known = recognise(frame, answered, config.source.input_columns(), config_hash(config))
+        known = recognise(frame, answered, config.source.input_columns(), stamp_with)
     keyed = with_identity(frame if known is None else known.rest, key_mapper)
     if metadata is None or (existing is not None and sink.mode == "merge") or (
         input_rows > sink.chunk_rows
@@ -189,7 +190,7 @@ def _plan(
         work.cached.extend(known.kept)
         work.recognised = input_rows - work_rows
     if stamps(sink, existing):
-        work.config_hash = config_hash(config)
+        work.config_hash = stamp_with
     return work, None if snapshot is None else snapshot.state
 
 
