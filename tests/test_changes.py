@@ -226,5 +226,6 @@ def test_a_parquet_sink_written_before_request_hash_keeps_working(
     # The new rows are recognised by their values from now on; the older ones are keyed.
     assert out.filter("config_hash IS NOT NULL").count() == 2
     echo.reset()
-    summary, _ = run(spark, ask(echo, str(source), sink, **parquet))
+    recognising = {"sink": {"format": "parquet", "recognise_from_rows": 0}}
+    summary, _ = run(spark, ask(echo, str(source), sink, **recognising))
     assert (summary.skipped, summary.recognised, echo.stats()["requests_total"]) == (12, 2, 0)

@@ -17,11 +17,22 @@ from pyspark.sql import SparkSession
 
 from pipeline.cli import EXIT_CONFIG_ERROR, EXIT_JOB_ABORTED, main
 from pipeline.serving.process import LocalEndpoint, free_port
+from pipeline.spark.session import local_slots
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 # Columns that differ between two runs of the same requests.
 VOLATILE = ["response_id", "latency_ms"]
+
+
+@pytest.mark.parametrize(
+    ("master", "slots"),
+    [("local", 1), ("local[3]", 3), ("local[*]", os.cpu_count()), ("local[4, 2]", 4),
+     ("spark://127.0.0.1:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None)],
+)  # fmt: skip
+def test_a_local_session_replays_delta_logs_in_its_slots(master: str, slots: int | None) -> None:
+    # The session a run starts sets Delta's snapshotPartitions to this (50 by default).
+    assert local_slots(master) == slots
 
 
 def test_config_error_exits_before_spark_naming_the_key(

@@ -11,8 +11,15 @@ from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.summary import RunSummary
-from tests.test_changes import ask, sink_rows
+from tests.test_changes import ask as ask_without
+from tests.test_changes import sink_rows
 from tests.test_job import prompts, run, save
+
+
+def ask(echo: LocalEndpoint, path: str, out: Path, **sections: Any) -> Any:
+    """`test_changes.ask`, recognising rows whatever the input's size (unless `sections` say)."""
+    sink = {"recognise_from_rows": 0, **sections.pop("sink", {})}
+    return ask_without(echo, path, out, sink=sink, **sections)
 
 
 def rerun(
@@ -42,13 +49,21 @@ def test_a_rerun_keys_only_the_rows_its_sink_does_not_answer(
     more = first.unionByName(
         prompts(spark, 35).filter("id >= 30").selectExpr("id", "prompt", "NULL AS max_tokens")
     )
-    config = ask(echo, save(more, tmp_path / "v2"), sink,
-                 source={"max_tokens_column": "max_tokens"})  # fmt: skip
+    source = save(more, tmp_path / "v2")
+    config = ask(echo, source, sink, source={"max_tokens_column": "max_tokens"})
     echo.reset()
     summary, _ = run(spark, config)
     assert (summary.recognised, summary.skipped, summary.rows) == (30, 30, 5)
     assert echo.stats()["requests_total"] == 5
     assert sink_rows(spark, sink).count() == 35
+
+    # Below `sink.recognise_from_rows` every row is keyed, with the same plan.
+    echo.reset()
+    config = ask(echo, source, sink, sink={"recognise_from_rows": 36},
+                 source={"max_tokens_column": "max_tokens"})  # fmt: skip
+    summary, _ = run(spark, config)
+    assert (summary.recognised, summary.skipped, summary.rows) == (0, 35, 0)
+    assert echo.stats()["requests_total"] == 0
 
     # Another default max_tokens: nothing is recognised; keyed, the 15 rows with their own
     # max_tokens still ask what their rows answer, the 20 others are asked again.

@@ -147,7 +147,7 @@ def _plan(
     # Counted from the source (its files' metadata, where the format keeps counts).
     input_rows = reading_source(config.source, frame.count)
     known = None
-    if existing is not None and sink.mode == "merge":
+    if existing is not None and sink.mode == "merge" and input_rows >= sink.recognise_from_rows:
         answered = existing.filter(F.col("status") == "ok") if sink.retries_errors else existing
         known = recognise(frame, answered, config.source.input_columns(), stamp_with)
     keyed = with_identity(frame if known is None else known.rest, key_mapper)
