@@ -30,7 +30,7 @@ VOLATILE = ["response_id", "latency_ms"]
     [("local", 1), ("local[3]", 3), ("local[*]", os.cpu_count()), ("local[4, 2]", 4),
      ("spark://127.0.0.1:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None)],
 )  # fmt: skip
-def test_a_local_session_replays_delta_logs_in_its_slots(master: str, slots: int | None) -> None:
+def test_a_local_master_counts_its_slots(master: str, slots: int | None) -> None:
     # The session a run starts sets Delta's snapshotPartitions to this (50 by default).
     assert local_slots(master) == slots
 

@@ -30,7 +30,7 @@ from pyspark.sql import Row, SparkSession
 from pipeline.core.config import SinkConfig
 from pipeline.core.errors import JobAborted, SinkBusy
 from pipeline.spark.conditions import MISSING, NOT_DELTA, has_condition
-from pipeline.spark.session import session_conf
+from pipeline.spark.session import SNAPSHOT_PARTITIONS, session_conf
 from pipeline.spark.tables import delta_path
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ CREATE_POLL_S = 0.2
 
 # The lease table has one row and a short log: rebuilding its state in Delta's default 50
 # partitions cost a second per read or update; one does it at once.
-ONE_ROW_TABLE_CONF = {"spark.databricks.delta.snapshotPartitions": "1"}
+ONE_ROW_TABLE_CONF = {SNAPSHOT_PARTITIONS: "1"}
 
 Clock = Callable[[], float]
 

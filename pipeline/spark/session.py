@@ -112,7 +112,9 @@ def local_slots(master: str) -> int | None:
     threads = match.group(1)
     if threads is None:
         return 1
-    return os.cpu_count() or 1 if threads == "*" else max(1, int(threads))
+    if threads == "*":
+        return os.cpu_count() or 1
+    return max(1, int(threads))
 
 
 def _check_listening(remote: str) -> None:
