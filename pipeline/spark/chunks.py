@@ -136,10 +136,8 @@ def plan_work(
         ConfigError: naming `sink`, when the existing sink is not this job's output, or
             `sink.on_change`, when changed rows would need replacing in a Parquet sink.
     """
-    if existing is None:
-        chunks = max(1, math.ceil(input_rows / sink.chunk_rows))
-        sizes = _chunk_sizes(keyed.select("request_hash"), chunks, input_rows)
-        plan = WorkPlan(keyed, input_rows, sizes, changes=Changes(new=input_rows))
+    if existing is None:  # one chunk at least: it makes the table, even of no rows
+        plan = _all_new(keyed, input_rows, input_rows, max(1, _chunks(input_rows, sink)))
     else:
         check_is_output(existing, sink)
         answers = identified(existing, identify)
@@ -177,7 +175,12 @@ def _against(
     answers = cached(
         answers.join(keyed.select("request_id").distinct(), "request_id", "left_semi")
     )
-    answers.count()
+    if answers.count() == 0:
+        # No sink row has an id still asked (a nightly run over a grown table): every row left
+        # is new, nothing is replaced, and nothing more is read of the sink.
+        answers.unpersist()
+        pending = keyed.count()
+        return _all_new(keyed, input_rows, pending, _chunks(pending, sink))
     answered = answers.filter(F.col("status") == "ok") if sink.retries_errors else answers
     # Copy n of a key is answered when the sink holds n rows of it.
     asked = keyed.select(*keys).distinct()
@@ -208,7 +211,7 @@ def _against(
             "everything again, or use sink.format=delta",
         )
     pending = sum(counts[k] for k in KINDS) - changes.kept
-    chunks = math.ceil(pending / sink.chunk_rows)
+    chunks = _chunks(pending, sink)
     todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
     sizes = _chunk_sizes(todo, chunks, pending)
     plan = WorkPlan(
@@ -221,6 +224,16 @@ def _against(
         per_chunk = replaced.groupBy(CHUNK).count().collect()
         plan.replaced_per_chunk = {int(r[CHUNK]): int(r["count"]) for r in per_chunk}
     return plan
+
+
+def _all_new(keyed: DataFrame, input_rows: int, pending: int, chunks: int) -> WorkPlan:
+    """The plan when every one of the `pending` rows of `keyed` is sent, as new."""
+    sizes = _chunk_sizes(keyed.select("request_hash"), chunks, pending)
+    return WorkPlan(keyed, input_rows, sizes, changes=Changes(new=pending))
+
+
+def _chunks(rows: int, sink: SinkConfig) -> int:
+    return math.ceil(rows / sink.chunk_rows)
 
 
 def _wanted(rows: DataFrame, todo: DataFrame) -> DataFrame:

@@ -45,6 +45,11 @@ def identify_rows(
     return as_text(with_identity(rows, key_mapper).drop(REQUEST), rows.schema)
 
 
+def needs_adopting(existing: DataFrame) -> bool:
+    """Whether `adopt` would rewrite a Delta sink whose rows are `existing`."""
+    return "request_hash" not in existing.columns
+
+
 def adopt(
     spark: SparkSession,
     sink: SinkConfig,
@@ -53,13 +58,11 @@ def adopt(
     source: SourceConfig,
     metadata: str,
     config_hash: str,
-) -> bool:
-    """Rewrite a Delta sink that has no `request_hash` column once, with it filled in for every
-    row (and the content `request_id` of this version when there is no id column), stamped with
-    this run's `config_hash`; whether it was rewritten. Every later writer records the column, so
-    a Delta sink that has it needs no second look."""
-    if "request_hash" in existing.columns:
-        return False
+) -> None:
+    """Rewrite a Delta sink that has no `request_hash` column (see `needs_adopting`) once, with
+    it filled in for every row (and the content `request_id` of this version when there is no id
+    column), stamped with this run's `config_hash`. Every later writer records the column, so a
+    Delta sink that has it needs no second look."""
     rows = identify_rows(existing, key_mapper, source, sink)
     order = [name for name in existing.columns if name != "request_hash"]
     order.insert(order.index("request_id") + 1, "request_hash")
@@ -68,4 +71,3 @@ def adopt(
         "the rows of %s were written before request_hash was recorded: filled in from their "
         "input columns (one commit)", sink.table or sink.path,
     )  # fmt: skip
-    return True

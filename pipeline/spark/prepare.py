@@ -23,7 +23,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.prompts import RequestBuilder
 from pipeline.spark.chunks import WorkPlan, check_is_output, plan_work
 from pipeline.spark.columns import CONFIG_HASH, output_schema, parsed_type
-from pipeline.spark.legacy import adopt, identify_rows
+from pipeline.spark.legacy import adopt, identify_rows, needs_adopting
 from pipeline.spark.mapper import make_key_mapper, with_identity
 from pipeline.spark.recognised import recognise, release
 from pipeline.spark.session import cached, session_conf
@@ -134,15 +134,17 @@ def _plan(
         return identify_rows(rows, key_mapper, config.source, sink)
 
     snapshot = _existing(spark, config, frame)
-    if snapshot is not None and sink.mode == "merge" and sink.format == "delta":
-        if metadata is not None:
-            if lease is not None:
-                lease.wait()  # a commit: under the lease
-            if adopt(
-                spark, sink, snapshot.frame, key_mapper, config.source,
-                json.dumps(metadata, default=str), stamp_with,
-            ):  # fmt: skip
-                snapshot = sink_snapshot(spark, sink)
+    if (
+        snapshot is not None and sink.mode == "merge" and sink.format == "delta"
+        and metadata is not None and needs_adopting(snapshot.frame)
+    ):  # fmt: skip
+        if lease is not None:
+            lease.wait()  # a commit: under the lease (otherwise taken while the run plans)
+        adopt(
+            spark, sink, snapshot.frame, key_mapper, config.source,
+            json.dumps(metadata, default=str), stamp_with,
+        )  # fmt: skip
+        snapshot = sink_snapshot(spark, sink)
     existing = None if snapshot is None else snapshot.frame
     # Counted from the source (its files' metadata, where the format keeps counts).
     input_rows = reading_source(config.source, frame.count)

@@ -9,7 +9,9 @@ values of a sink row stamped with this run's `config_hash` would be given that r
 so a join finds the answered rows of a nightly rerun without building one request.
 
 Copies count as they do in planning (see `pipeline.spark.chunks`): input values held n times take
-at most n such sink rows. The rows left (new values, changed ones, surplus copies, rows of a sink
+at most n such sink rows. Most values are held once: those rows are found with one anti-join of
+the input with the sink; only the rows whose hash the input holds more than once are counted.
+The rows left (new values, changed ones, surplus copies, rows of a sink
 written under another config) are keyed in Python and planned as before, against the sink rows
 the recognised ones did not take. Values compare exactly: text by its bytes, floating point by
 its spelling (so -0.0 and 0.0 are two values, as they are two requests); a request column whose
@@ -44,6 +46,7 @@ HELD = "_held"  # sink rows that hold those values
 ASKED = "_asked"  # input rows that hold them
 TAKEN = "_taken"  # sink rows of a key that recognised input rows took
 _COPY = "_value_copy"
+_IN, _SINK = "_in", "_sink"  # aliases of the two sides of a join
 
 
 @dataclass(frozen=True)
@@ -97,37 +100,54 @@ def recognise(
     if asked_values is None or held_values is None:
         return None
     keys = [HASH, VALUES]
-    # Grouped by a hash of the values too: equal values are found by comparing longs first.
     asked = frame.select("*", F.xxhash64(asked_values).alias(HASH), asked_values.alias(VALUES))
     stamped = answers.filter(
         (F.col(CONFIG_HASH) == config_hash) & F.col("request_hash").isNotNull()
     ).select(*IDENTITY_COLUMNS, F.xxhash64(held_values).alias(HASH), held_values.alias(VALUES))
     if stamped.isEmpty():  # another config (file statistics say so at once): nothing to find
         return None
-    held = stamped.groupBy(*keys).agg(F.count(F.lit(1)).alias(HELD))
-    # Values the sink holds fewer times than the input (most often: not at all), found first:
-    # few, they are then looked up while the input is read, which is not shuffled again.
-    counts = asked.groupBy(*keys).agg(F.count(F.lit(1)).alias(ASKED)).alias("asked")
-    same = (F.col(f"asked.{HASH}") == F.col(f"held.{HASH}")) & F.coalesce(
-        F.col(f"asked.{VALUES}") == F.col(f"held.{VALUES}"), F.lit(False)
-    )  # joined by the hash, then compared: longs are sorted, not the values
+    inputs = list(map(column, frame.columns))
     kept: list[DataFrame] = []
+    # Hashes the input holds more than once: copies of one value (or values that share a hash).
+    # Few or none, found first, they are then looked up while the input is read.
+    repeated = filled(asked.groupBy(HASH).count().filter(F.col("count") > 1).select(HASH), kept)
+    # A value held once is answered when a stamped row holds it: one anti-join, no counting.
+    once = asked.join(repeated, HASH, "left_anti").alias(_IN)
+    rest = once.join(stamped.select(*keys).alias(_SINK), _same(), "left_anti").select(*inputs)
+    if not repeated.isEmpty():
+        copies = asked.join(repeated, HASH, "left_semi")
+        held = stamped.join(repeated, HASH, "left_semi")
+        rest = rest.unionByName(_surplus(frame, copies, held, kept).select(*inputs))
+    return Recognised(rest, asked.select(*keys), stamped, kept)
+
+
+def _same() -> Column:
+    """Rows of `_IN` and `_SINK` (aliases) that hold the same values: joined by the hash, then
+    compared (longs are sorted, not the values)."""
+    return (F.col(f"{_IN}.{HASH}") == F.col(f"{_SINK}.{HASH}")) & F.coalesce(
+        F.col(f"{_IN}.{VALUES}") == F.col(f"{_SINK}.{VALUES}"), F.lit(False)
+    )
+
+
+def _surplus(
+    frame: DataFrame, asked: DataFrame, stamped: DataFrame, kept: list[DataFrame]
+) -> DataFrame:
+    """The rows of `asked` (rows of `frame` with their values, see `recognise`) beyond the
+    number of times `stamped` holds their values."""
+    keys = [HASH, VALUES]
+    held = stamped.groupBy(*keys).agg(F.count(F.lit(1)).alias(HELD)).alias(_SINK)
+    counts = asked.groupBy(*keys).agg(F.count(F.lit(1)).alias(ASKED)).alias(_IN)
+    # Values the sink holds fewer times than the input (most often: not at all), found first.
     short = filled(
-        counts.join(held.alias("held"), same, "left")
+        counts.join(held, _same(), "left")
         .filter(F.col(HELD).isNull() | (F.col(ASKED) > F.col(HELD)))
-        .select(f"asked.{HASH}", f"asked.{VALUES}", F.coalesce(F.col(HELD), F.lit(0)).alias(HELD)),
+        .select(f"{_IN}.{HASH}", f"{_IN}.{VALUES}", F.coalesce(F.col(HELD), F.lit(0)).alias(HELD)),
         kept,
     )
     others = [column(f.name) for f in frame.schema.fields if not _holds(f.dataType, (MapType,))]
     order = F.xxhash64(*others) if others else F.lit(0)
     copy = F.row_number().over(Window.partitionBy(*keys).orderBy(order))
-    rest = (
-        asked.join(short, keys)
-        .withColumn(_COPY, copy)
-        .filter(F.col(_COPY) > F.col(HELD))
-        .select(*map(column, frame.columns))
-    )
-    return Recognised(rest, asked.select(*keys), stamped, kept)
+    return asked.join(short, keys).withColumn(_COPY, copy).filter(F.col(_COPY) > F.col(HELD))
 
 
 def filled(frame: DataFrame, kept: list[DataFrame]) -> DataFrame:
