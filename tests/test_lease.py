@@ -39,6 +39,9 @@ def test_a_held_lease_refuses_a_second_run_naming_the_first(
     sink = sink_at(tmp_path / "out")
     with SinkLease(spark, sink, "run-one") as first:
         assert first.holder().run_id == "run-one"
+        # The first run on a sink created the table already holding its lease: one commit.
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{tmp_path / 'out_lease'}`").collect()
+        assert len(history) == 1
         with pytest.raises(SinkBusy) as caught, SinkLease(spark, sink, "run-two"):
             pass
         assert "is being written by run run-one" in str(caught.value)

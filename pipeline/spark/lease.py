@@ -9,8 +9,10 @@ it works wherever Delta does, object stores included, and needs no JVM API (plai
 Spark Connect). Taking it is a compare-and-swap through Delta's commit protocol: the run reads
 the row, and updates it only where it still holds what was read; of two runs updating it at
 once, one commit wins and the other sees a conflict (or its condition no longer matching), reads
-the row again and finds the winner. A run that died (kill -9, a lost driver) stops renewing: its
-lease expires after `sink.lease_ttl_s`, at once when it ran on this host and its process is gone.
+the row again and finds the winner. The first run on a sink creates the table already holding
+its lease (of two creating it at once, one commit wins). A run that died (kill -9, a lost
+driver) stops renewing: its lease expires after `sink.lease_ttl_s`, at once when it ran on this
+host and its process is gone.
 """
 
 from __future__ import annotations
@@ -138,19 +140,16 @@ class SinkLease:
 
     def _take_now(self) -> None:
         try:
-            # Created first when missing (a no-op when it exists): a query that fails on a
-            # missing table would have Spark's listeners log its trace in a long-lived session.
+            # A missing table is created holding this run's lease: the first run on a sink
+            # takes it in that one commit. (Created first, a no-op when it exists: a query that
+            # fails on a missing table would have Spark's listeners log its trace in a
+            # long-lived session.)
             if not self._create():
                 self.enforced = False
                 return
-            try:  # most runs find the lease free: one commit takes it
-                taken = self._claim("run_id IS NULL OR expires_at < :now")
-            except Exception as err:
-                if not has_condition(err, *MISSING, *NOT_DELTA):
-                    raise
-                taken = False  # another run is creating it: its row shows in a moment
-            if not taken:
-                self._take(self._first_look())
+            seen = self._first_look()
+            if seen.run_id != self._run_id:
+                self._take(seen)
         except BaseException as err:  # raised to whoever waits for the lease
             self._failure = err
             return
@@ -206,17 +205,19 @@ class SinkLease:
             self._stop.wait(CREATE_POLL_S)
 
     def _create(self) -> bool:
-        """Create the lease table with its free row, unless it exists; False when Delta is not
-        available (the lease is then not kept, with a warning)."""
+        """Create the lease table, its row held by this run, unless it exists; False when
+        Delta is not available (the lease is then not kept, with a warning)."""
+        now = self._clock()
         try:
             self._sql(
                 f"CREATE TABLE IF NOT EXISTS {self._table} USING delta "
                 "TBLPROPERTIES ('delta.logRetentionDuration' = 'interval 7 days') AS SELECT "
-                ":slot AS slot, CAST(NULL AS STRING) AS run_id, CAST(NULL AS STRING) AS host, "
-                "CAST(NULL AS BIGINT) AS pid, 0D AS started_at, 0D AS renewed_at, "
-                "0D AS expires_at",
-                slot=SLOT,
-            )
+                ":slot AS slot, CAST(:me AS STRING) AS run_id, CAST(:host AS STRING) AS host, "
+                "CAST(:pid AS BIGINT) AS pid, CAST(:now AS DOUBLE) AS started_at, "
+                "CAST(:now AS DOUBLE) AS renewed_at, CAST(:expires AS DOUBLE) AS expires_at",
+                slot=SLOT, me=self._run_id, host=self._host, pid=self._pid, now=now,
+                expires=now + self._ttl_s,
+            )  # fmt: skip
         except Exception as err:
             if has_condition(err, "DATA_SOURCE_NOT_FOUND", "PARSE_SYNTAX_ERROR"):
                 log.warning(
