@@ -11,9 +11,9 @@ so a join finds the answered rows of a nightly rerun without building one reques
 Copies count as they do in planning (see `pipeline.spark.chunks`): input values held n times take
 at most n such sink rows. Most values are held once: those rows are found with one anti-join of
 the input with the sink; only the rows whose hash the input holds more than once are counted.
-The rows left (new values, changed ones, surplus copies, rows of a sink
-written under another config) are keyed in Python and planned as before, against the sink rows
-the recognised ones did not take. Values compare exactly: text by its bytes, floating point by
+The rows left (new values, changed ones, surplus copies, rows of a sink written under another
+config) are keyed in Python and planned as before, against the sink rows the recognised ones
+did not take. Values compare exactly: text by its bytes, floating point by
 its spelling (so -0.0 and 0.0 are two values, as they are two requests); a request column whose
 type cannot be compared that way (a map, floating point inside a nested value) leaves every row
 to the keying pass. An input under `sink.recognise_from_rows` rows is keyed in full: the join's
@@ -110,11 +110,12 @@ def recognise(
     kept: list[DataFrame] = []
     # Hashes the input holds more than once: copies of one value (or values that share a hash).
     # Few or none, found first, they are then looked up while the input is read.
-    repeated = filled(asked.groupBy(HASH).count().filter(F.col("count") > 1).select(HASH), kept)
+    repeated = asked.groupBy(HASH).count().filter(F.col("count") > 1).select(HASH)
+    repeated, copied = filled_count(repeated, kept)
     # A value held once is answered when a stamped row holds it: one anti-join, no counting.
     once = asked.join(repeated, HASH, "left_anti").alias(_IN)
     rest = once.join(stamped.select(*keys).alias(_SINK), _same(), "left_anti").select(*inputs)
-    if not repeated.isEmpty():
+    if copied:
         copies = asked.join(repeated, HASH, "left_semi")
         held = stamped.join(repeated, HASH, "left_semi")
         rest = rest.unionByName(_surplus(frame, copies, held, kept).select(*inputs))
@@ -154,10 +155,14 @@ def filled(frame: DataFrame, kept: list[DataFrame]) -> DataFrame:
     """`frame`, computed now and kept (added to `kept`): a later join then knows its size and
     looks its rows up while it scans a table, rather than shuffling the table (and stages that
     run at once never compute it twice)."""
+    return filled_count(frame, kept)[0]
+
+
+def filled_count(frame: DataFrame, kept: list[DataFrame]) -> tuple[DataFrame, int]:
+    """`filled`, and how many rows it holds."""
     frame = cached(frame)
     kept.append(frame)
-    frame.count()
-    return frame
+    return frame, frame.count()
 
 
 def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
