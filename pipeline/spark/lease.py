@@ -207,7 +207,6 @@ class SinkLease:
     def _create(self) -> bool:
         """Create the lease table, its row held by this run, unless it exists; False when
         Delta is not available (the lease is then not kept, with a warning)."""
-        now = self._clock()
         try:
             self._sql(
                 f"CREATE TABLE IF NOT EXISTS {self._table} USING delta "
@@ -215,8 +214,7 @@ class SinkLease:
                 ":slot AS slot, CAST(:me AS STRING) AS run_id, CAST(:host AS STRING) AS host, "
                 "CAST(:pid AS BIGINT) AS pid, CAST(:now AS DOUBLE) AS started_at, "
                 "CAST(:now AS DOUBLE) AS renewed_at, CAST(:expires AS DOUBLE) AS expires_at",
-                slot=SLOT, me=self._run_id, host=self._host, pid=self._pid, now=now,
-                expires=now + self._ttl_s,
+                slot=SLOT, me=self._run_id, **self._holder_now(),
             )  # fmt: skip
         except Exception as err:
             if has_condition(err, "DATA_SOURCE_NOT_FOUND", "PARSE_SYNTAX_ERROR"):
@@ -247,19 +245,23 @@ class SinkLease:
     def _claim(self, condition: str, **args: Any) -> bool:
         """Make the lease this run's where `condition` holds; whether it did (a conflicting
         commit of another run counts as not)."""
-        now = self._clock()
         try:
             return bool(self._update(
                 "run_id = :me, host = :host, pid = :pid, started_at = :now, "
                 "renewed_at = :now, expires_at = :expires",
-                condition,
-                host=self._host, pid=self._pid, now=now, expires=now + self._ttl_s, **args,
+                condition, **self._holder_now(), **args,
             ))  # fmt: skip
         except Exception as err:
             if not _is_conflict(err):
                 raise
             log.debug("lease commit conflicted; reading it again", exc_info=True)
             return False
+
+    def _holder_now(self) -> dict[str, Any]:
+        """The values (besides `me`) of a lease row this run takes now: its host and pid, taken
+        now, expiring one time to live from now."""
+        now = self._clock()
+        return {"host": self._host, "pid": self._pid, "now": now, "expires": now + self._ttl_s}
 
     def _abandoned(self, seen: Holder) -> bool:
         if seen.expires_at < self._clock():

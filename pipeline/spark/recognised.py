@@ -13,10 +13,10 @@ at most n such sink rows. Most values are held once: those rows are found with o
 the input with the sink; only the rows whose hash the input holds more than once are counted.
 The rows left (new values, changed ones, surplus copies, rows of a sink written under another
 config) are keyed in Python and planned as before, against the sink rows the recognised ones
-did not take. Values compare exactly: text by its bytes, floating point by
-its spelling (so -0.0 and 0.0 are two values, as they are two requests); a request column whose
-type cannot be compared that way (a map, floating point inside a nested value) leaves every row
-to the keying pass. An input under `sink.recognise_from_rows` rows is keyed in full: the join's
+did not take. Values compare exactly: text by its bytes, floating point by its spelling (so -0.0
+and 0.0 are two values, as they are two requests); a request column whose type cannot be
+compared that way (a map, floating point inside a nested value) leaves every row to the keying
+pass. An input under `sink.recognise_from_rows` rows is keyed in full: the join's
 few Spark jobs cost more than keying it.
 """
 
