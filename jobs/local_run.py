@@ -3,7 +3,8 @@
 Starts `python -m pipeline.serving --model MODEL` (token required) on a free port, runs
 `spark-submit jobs/batch_chat.py --config conf/local.yaml` against it, and stops the endpoint.
 `--model smollm2` (default) is the real SmolLM2-135M-Instruct; `--model echo` answers instantly.
-Other arguments are passed to the job (e.g. `--set limits.concurrency=64`).
+`--serve=FLAG` passes a flag to the endpoint (`--serve=--reasoning`); other arguments are passed
+to the job (e.g. `--set limits.concurrency=64`).
 """
 
 import argparse
@@ -24,10 +25,14 @@ STARTUP_TIMEOUT_S = 120.0
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 | echo")
+    parser.add_argument(
+        "--serve", action="append", default=[], metavar="FLAG",
+        help="a flag for the local endpoint, e.g. --serve=--reasoning (repeatable)",
+    )  # fmt: skip
     args, job_args = parser.parse_known_args(argv)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.setdefault(TOKEN_ENV, "local-dev-token")
-    server_args = ("--model", args.model, "--token-env", TOKEN_ENV)
+    server_args = ("--model", args.model, "--token-env", TOKEN_ENV, *args.serve)
     with LocalEndpoint(
         *server_args, env={TOKEN_ENV: env[TOKEN_ENV]}, startup_timeout_s=STARTUP_TIMEOUT_S
     ) as endpoint:

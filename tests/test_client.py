@@ -231,3 +231,16 @@ def test_the_guard_counts_only_answers_every_row_would_get() -> None:
     after_success.answered_ok()
     after_success.judge(BadRequest("HTTP 400", status=400))  # about its own row now
     assert after_success.stop_reason is None
+
+
+@pytest.mark.parametrize("api", ["invocations", "chat_completions", "responses"])
+def test_reasoning_comes_back_in_every_format(echo: LocalEndpoint, api: ApiName) -> None:
+    echo.control(reasoning=True)
+    result = send(settings(echo, api))
+    assert result.status == "ok", result.error
+    completion = result.completion
+    assert completion is not None
+    assert completion.text == "one two three"
+    assert completion.reasoning == "The conversation holds 6 prompt tokens; answering it."
+    # The reasoning's 8 words are reasoning tokens, within the completion tokens.
+    assert (completion.completion_tokens, completion.reasoning_tokens) == (3 + 8, 8)

@@ -28,7 +28,7 @@ def test_new_and_dropped_columns_can_be_appended() -> None:
     new = schema(("id", LONG), ("prompt", TEXT), ("request_hash", TEXT), ("completion", TEXT))
     assert type_changes(old, new) == []
     assert type_changes(new, old) == []
-    assert added_columns(old, new) == ["request_hash"]
+    assert [field.name for field in added_columns(old, new)] == ["request_hash"]
 
 
 def test_changed_types_are_named_with_both_types() -> None:
@@ -45,12 +45,18 @@ def test_changed_types_are_named_with_both_types() -> None:
 
 
 def test_a_refusal_names_the_sink_key_and_every_problem() -> None:
-    old = schema(("id", TEXT), ("completion", TEXT))
-    new = schema(("id", LONG), ("completion", TEXT), ("request_hash", TEXT))
+    old = schema(("id", TEXT), ("completion", TEXT), ("n", INT))
+    new = schema(("id", LONG), ("completion", TEXT), ("n", TEXT), ("request_hash", TEXT))
     with pytest.raises(ConfigError) as caught:
-        check_appendable(old, new, "main.s.answers", can_add_columns=False)
+        check_appendable(old, new, "main.s.answers")
     assert caught.value.key == "sink"
     message = str(caught.value)
     assert "main.s.answers cannot take this run's rows" in message
-    assert "id (sink: string, now: bigint)" in message and "new column(s) request_hash" in message
-    check_appendable(old, schema(("id", TEXT), ("request_hash", TEXT)), "out")  # Delta: fine
+    assert "id (sink: string, now: bigint); n (sink: int, now: string)" in message
+    check_appendable(old, schema(("id", TEXT), ("request_hash", TEXT)), "out")  # added: fine
+
+
+def test_added_columns_are_the_new_fields_whatever_their_case() -> None:
+    old = schema(("id", TEXT), ("Completion", TEXT))
+    new = schema(("ID", TEXT), ("completion", TEXT), ("reasoning", TEXT), ("n", INT))
+    assert [f.simpleString() for f in added_columns(old, new)] == ["reasoning:string", "n:int"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from pipeline.core.tools import ToolCall
+
 # Rough characters per token for English text; only used to reserve a token budget before the
 # real `usage` arrives, and corrected afterwards.
 CHARS_PER_TOKEN_ESTIMATE = 4
@@ -22,6 +24,8 @@ ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
 class Message:
     role: str
     content: str
+    # Image URLs (http(s) or `data:`) shown with the text (see `pipeline.core.images`).
+    images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,18 @@ class Completion:
     total_tokens: int | None
     model: str | None
     response_id: str | None
+    # The functions the model called (see `pipeline.core.tools`), in the answer's order.
+    tool_calls: tuple[ToolCall, ...] = ()
+    # The reasoning text or summaries a reasoning model returned beside its answer.
+    reasoning: str | None = None
+    # Of `completion_tokens`, those spent reasoning (when the endpoint says).
+    reasoning_tokens: int | None = None
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> Completion:
+        """The completion `dataclasses.asdict` made `plain` (fields added since read as unset)."""
+        calls = tuple(ToolCall(**call) for call in plain.pop("tool_calls", None) or ())
+        return cls(**plain, tool_calls=calls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,13 @@ re-exported here, with the path helpers, as part of the one config vocabulary.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pipeline.core.checks import at_least, check_url
 from pipeline.core.errors import ConfigError
@@ -33,6 +36,7 @@ from pipeline.core.io_config import (
     template_fields,
 )
 from pipeline.core.structured import OutputFormat, check_schema
+from pipeline.core.tools import Tool, check_tools
 from pipeline.wire import WireFormat, wire_for
 from pipeline.wire import names as wire_names
 
@@ -56,6 +60,9 @@ __all__ = [
 
 # A registered wire format (see `pipeline.wire`): invocations, chat_completions, responses, ...
 ApiName = str
+AuthScheme = Literal["bearer", "basic", "api_key_header", "none"]
+# RFC 9110's token: the characters a header name may hold.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,19 @@ class EndpointConfig:
     host: str | None = None
     # Any OpenAI-compatible server; defaults to {host}/serving-endpoints.
     base_url: str | None = None
-    # Environment variable holding the bearer token; null sends no Authorization header.
+    # Environment variable holding the token; null sends no credentials.
     token_env: str | None = "DATABRICKS_TOKEN"
+    # How the token is sent: bearer (`Authorization: Bearer`), basic (HTTP Basic with user
+    # `basic_user`, as `curl -u token:$DATABRICKS_TOKEN`), api_key_header (the token alone in
+    # header `api_key_header`: Azure OpenAI's `api-key`, Anthropic's `x-api-key`), none.
+    auth: AuthScheme = "bearer"
+    basic_user: str = "token"
+    api_key_header: str = "api-key"
+    # More headers for every request: header name -> the environment variable holding its
+    # value (never the value: each is kept and redacted like the token).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Query parameters for every request's URL, e.g. Azure's `api-version: "2024-10-21"`.
+    query: Mapping[str, str] = field(default_factory=dict)
     verify_tls: bool = True
     # The format `api` names, resolved here on the driver: Spark ships it to the executors with
     # the config, so a format registered in the driver's process works there too.
@@ -89,6 +107,42 @@ class EndpointConfig:
             value = getattr(self, key)
             if value is not None:
                 check_url(f"endpoint.{key}", value)
+                if urlsplit(value).query:
+                    raise ConfigError(
+                        f"endpoint.{key}",
+                        f"has a query ({value!r}): the format adds its path after the URL; "
+                        "put query parameters in endpoint.query",
+                    )
+        named = [(f"endpoint.headers.{name}", name) for name in self.headers]
+        for key, name in [*named, ("endpoint.api_key_header", self.api_key_header)]:
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(key, f"is not a valid HTTP header name: {name!r}")
+        taken = {name.lower() for name in self.auth_header_names}
+        for name in self.headers:
+            if name.lower() in taken or name.lower() in ("content-type", "content-length", "host"):
+                raise ConfigError(
+                    f"endpoint.headers.{name}",
+                    "is set by the pipeline (the token goes through endpoint.auth)",
+                )
+
+    @property
+    def auth_header_names(self) -> tuple[str, ...]:
+        """The headers `endpoint.auth` sends the token in."""
+        if self.auth == "none" or self.token_env is None:
+            return ()
+        return (self.api_key_header,) if self.auth == "api_key_header" else ("Authorization",)
+
+    def auth_headers(self, token: str) -> dict[str, str]:
+        """The headers that carry `token` under `endpoint.auth` (bearer: the wire format's own,
+        see `WireFormat.auth_headers`)."""
+        if self.auth == "none":
+            return {}
+        if self.auth == "api_key_header":
+            return {self.api_key_header: token}
+        if self.auth == "basic":
+            pair = base64.b64encode(f"{self.basic_user}:{token}".encode()).decode("ascii")
+            return {"Authorization": f"Basic {pair}"}
+        return self.wire.auth_headers(token)
 
     @property
     def serving_base_url(self) -> str:
@@ -110,8 +164,14 @@ class RequestConfig:
     response_format: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: Mapping[str, Any] | None = None
     schema_name: str = "output"
+    # Functions the model may call (see `pipeline.core.tools`): each call lands in the
+    # `tool_calls` column, its arguments checked against the tool's `parameters`.
+    tools: tuple[Tool, ...] = ()
+    # auto | none | required | a tool's name (that tool, always); null: the endpoint's default.
+    tool_choice: str | None = None
 
     def __post_init__(self) -> None:
+        check_tools(self.tools, self.tool_choice)
         if self.max_tokens is not None:
             at_least("request.max_tokens", self.max_tokens, 1)
         if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:

@@ -43,6 +43,12 @@ class SourceConfig:
     temperature_column: str | None = None
     # Rows whose prompt text is longer than this are answered with an error, never sent.
     max_prompt_chars: int = 100_000
+    # Images shown with each row's user message (see `pipeline.core.images`): a column of
+    # image URLs, image bytes, or arrays of either.
+    image_column: str | None = None
+    # A row whose images are larger than this as sent (base64 in a data: URL) is an error row,
+    # never sent: Databricks Model Serving refuses a request over 4 MiB.
+    max_image_bytes: int = 4 * 1024 * 1024
     # Repartition the input to this many Spark tasks (None: keep the source's partitioning).
     partitions: int | None = None
 
@@ -50,6 +56,7 @@ class SourceConfig:
         exactly_one("source", self, ("path", "table"))
         exactly_one("source", self, ("prompt_column", "messages_column", "template"))
         at_least("source.max_prompt_chars", self.max_prompt_chars, 1)
+        at_least("source.max_image_bytes", self.max_image_bytes, 1)
         if self.partitions is not None:
             at_least("source.partitions", self.partitions, 1)
         if self.template is not None:
@@ -63,6 +70,7 @@ class SourceConfig:
             self.messages_column,
             self.max_tokens_column,
             self.temperature_column,
+            self.image_column,
         ]
         columns = [c for c in named if c]
         if self.template is not None:

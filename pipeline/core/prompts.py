@@ -25,6 +25,7 @@ from pipeline.core.identity import (
     request_fingerprint,
     row_fingerprint,
 )
+from pipeline.core.images import image_urls
 
 # Bump when the same row and config would be built into another request or given another id or
 # fingerprint (a wire body, a message rule, a normalisation): sink rows written before are then
@@ -32,6 +33,9 @@ from pipeline.core.identity import (
 BUILDER_VERSION = 1
 # Source settings that say where the rows are and how they are split, not what they ask.
 _WHERE = ("path", "table", "format", "partitions")
+# Source settings added with images: left out of the config's fingerprint when no image column
+# is set, so rows written before them keep their `config_hash` and error rows their hash.
+_IMAGES = ("image_column", "max_image_bytes")
 
 
 class RequestBuilder:
@@ -49,11 +53,14 @@ class RequestBuilder:
         self._request = request
         self._endpoint = endpoint
         self._wire = endpoint.wire
-        self._extra = self._wire.extra_fields(request.extra, request.output_format)
+        self._extra = self._wire.extra_fields(request)
         self._template_fields = template_fields(source.template) if source.template else []
         # What decides whether a row is valid and what it asks, besides its own values: not
         # where the input is read from, nor how it is split.
         roles = {k: v for k, v in dataclasses.asdict(source).items() if k not in _WHERE}
+        if source.image_column is None:  # as before images: the same rows, the same config
+            for key in _IMAGES:
+                del roles[key]
         self._signature = canonical(
             [endpoint.api, endpoint.name, roles, self._extra, request.max_tokens,
              request.temperature]
@@ -80,13 +87,23 @@ class RequestBuilder:
 
     def build(self, row: Mapping[str, Any]) -> ChatRequest | RowResult:
         """The request for `row`, or an error result naming what is wrong with it."""
+        images = self._source.image_column
         try:
-            text_row = {name: decoded(value, f"column {name!r}") for name, value in row.items()}
+            text_row = {
+                name: listed(value) if name == images else decoded(value, f"column {name!r}")
+                for name, value in row.items()
+            }
         except InvalidInput as err:  # bytes that are not UTF-8: identified by their escapes
-            lenient = {name: decoded(value, "", lenient=True) for name, value in row.items()}
+            lenient = {
+                name: listed(value) if name == images else decoded(value, "", lenient=True)
+                for name, value in row.items()
+            }
             return self._invalid(lenient, err)
         try:
             messages = self._messages(text_row)
+            if images is not None:
+                urls = image_urls(text_row[images], images, self._source.max_image_bytes)
+                messages = with_images(messages, urls)
             max_tokens = self._max_tokens(text_row)
             temperature = self._temperature(text_row)
             _check_size(messages, self._source.max_prompt_chars)
@@ -161,6 +178,28 @@ class RequestBuilder:
         if column is None or _is_null(row[column]):
             return None
         return str(plain(row[column]))  # 7, also when a batch with nulls made it 7.0
+
+
+def listed(value: Any) -> Any:
+    """An array value (Arrow gives a numpy array) as a list; others as they are."""
+    if type(value).__name__ == "ndarray":
+        return [listed(v) for v in value]
+    return None if _is_null(value) else value
+
+
+def with_images(messages: tuple[Message, ...], urls: tuple[str, ...]) -> tuple[Message, ...]:
+    """`messages` with `urls` shown in the last user message.
+
+    Raises:
+        InvalidInput: there are images and no user message to show them in.
+    """
+    if not urls:
+        return messages
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last is None:
+        raise InvalidInput("the row has images but no user message to show them in")
+    shown = dataclasses.replace(messages[last], images=urls)
+    return (*messages[:last], shown, *messages[last + 1 :])
 
 
 def decoded(value: Any, where: str, *, lenient: bool = False) -> Any:

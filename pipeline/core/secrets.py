@@ -1,8 +1,9 @@
 """The endpoint token, kept out of logs, exception messages, saved configs and output tables.
 
 The token is read from the environment (the variable named by `endpoint.token_env`), never from
-the YAML file. `Secret` hides it from `repr`/`str`, so it survives being logged or pickled into a
-Spark closure without showing up in text.
+the YAML file; so are the values of `endpoint.headers`, kept the same way. `Secret` hides each
+from `repr`/`str`, so it survives being logged or pickled into a Spark closure without showing
+up in text.
 """
 
 from __future__ import annotations
@@ -57,9 +58,16 @@ class Credentials:
     """Where the bearer token comes from: a fixed token (the environment), or the Databricks
     SDK, which renews OAuth tokens as they expire (`current` asks it each time)."""
 
-    def __init__(self, token: Secret | None, sdk_config: Any = None) -> None:
+    def __init__(
+        self,
+        token: Secret | None,
+        sdk_config: Any = None,
+        headers: Mapping[str, Secret] | None = None,
+    ) -> None:
         self._token = token
         self._config = sdk_config
+        # `endpoint.headers` with their values: secrets too (see `resolve_headers`).
+        self.headers: dict[str, Secret] = dict(headers or {})
 
     @property
     def renewable(self) -> bool:
@@ -80,13 +88,15 @@ def resolve_credentials(endpoint: EndpointConfig, env: Mapping[str, str]) -> Cre
     Databricks runtime's credentials, a metadata service).
 
     Raises:
-        ConfigError: no token in `endpoint.token_env` and none from the Databricks SDK.
+        ConfigError: no token in `endpoint.token_env` and none from the Databricks SDK; or
+            a variable `endpoint.headers` names is not set.
     """
-    if endpoint.token_env is None:
-        return Credentials(None)
+    headers = resolve_headers(endpoint, env)
+    if endpoint.token_env is None or endpoint.auth == "none":
+        return Credentials(None, headers=headers)
     value = env.get(endpoint.token_env, "").strip()
     if value:
-        return Credentials(Secret(value))
+        return Credentials(Secret(value), headers=headers)
     config = (
         _sdk_config(env.get("DATABRICKS_CONFIG_PROFILE")) if sdk_may_have_credentials(env) else None
     )
@@ -101,7 +111,24 @@ def resolve_credentials(endpoint: EndpointConfig, env: Mapping[str, str]) -> Cre
     if endpoint.host and config.host and config.host.rstrip("/") != endpoint.host.rstrip("/"):
         log.warning("the Databricks SDK's credentials are for %s, the endpoint is %s",
                     config.host, endpoint.host)  # fmt: skip
-    return Credentials(Secret(token), config)
+    return Credentials(Secret(token), config, headers)
+
+
+def resolve_headers(endpoint: EndpointConfig, env: Mapping[str, str]) -> dict[str, Secret]:
+    """The values of `endpoint.headers`, each read from the environment variable it names.
+
+    Raises:
+        ConfigError: naming `endpoint.headers.<name>` when its variable is unset or empty.
+    """
+    values = {}
+    for name, variable in endpoint.headers.items():
+        value = env.get(variable, "").strip()
+        if not value:
+            raise ConfigError(
+                f"endpoint.headers.{name}", f"environment variable {variable} is not set"
+            )
+        values[name] = Secret(value)
+    return values
 
 
 def resolve_token(endpoint: EndpointConfig, env: Mapping[str, str]) -> Secret | None:

@@ -43,10 +43,19 @@ class OutputFormat:
             if not isinstance(value, dict):
                 raise InvalidOutput(f"a JSON object was asked for, got {type(value).__name__}")
             return value
-        error = jsonschema.exceptions.best_match(_validator(self.schema).iter_errors(value))
-        if error is not None:
-            raise InvalidOutput(f"at {error.json_path}: {error.message}")
-        return value
+        return validated(self.schema, value)
+
+
+def validated(schema: Mapping[str, Any], value: Any) -> Any:
+    """`value`, once it matches `schema`.
+
+    Raises:
+        InvalidOutput: `at <json path>: <what is wrong>`, for the error that best explains it.
+    """
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(value))
+    if error is not None:
+        raise InvalidOutput(f"at {error.json_path}: {error.message}")
+    return value
 
 
 def check_schema(schema: Mapping[str, Any]) -> str | None:

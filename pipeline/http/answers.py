@@ -1,5 +1,5 @@
 """What an endpoint's answer means for its row: a completion, an error of the right class, or
-structured output that is not what was asked for.
+structured output or tool calls that are not what was asked for.
 
 Pure: no session and no event loop, so each rule reads (and is tested) on its own. The client
 (`http.client`) calls `parse_answer` on every answer it receives and `check_output` once a row
@@ -10,12 +10,13 @@ error classes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.core.chat import Completion
 from pipeline.core.errors import MalformedResponse, error_from_response
 from pipeline.core.structured import InvalidOutput, OutputFormat
+from pipeline.core.tools import Tool, check_calls
 from pipeline.wire import WireFormat
 
 
@@ -39,15 +40,22 @@ def parse_answer(
         raise
 
 
-def check_output(output: OutputFormat | None, completion: Completion) -> tuple[Any, str | None]:
-    """Structured output: the answer parsed, or why it is not what was asked for.
+def check_output(
+    output: OutputFormat | None, tools: Sequence[Tool], completion: Completion
+) -> tuple[Any, str | None]:
+    """The answer's calls checked against the tools offered (see `pipeline.core.tools`), or its
+    structured output parsed: the value, or why the answer is not what was asked for.
 
     An answer that fails is paid for and kept (an error row with the completion), never retried:
-    the model chose it. Without a format: (None, None).
+    the model chose it. An answer that calls tools is not checked as structured output (its
+    text, if any, is not the answer). Without a format: (None, None).
     """
-    if output is None:
-        return None, None
     try:
+        if completion.tool_calls:
+            check_calls(tools, completion.tool_calls)
+            return None, None
+        if output is None:
+            return None, None
         return output.check(completion.text), None
     except InvalidOutput as err:
         return None, f"invalid_output: {err}"

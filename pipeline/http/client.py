@@ -69,16 +69,25 @@ class ChatClient:
         self._limiter = limiter
         self._wire: WireFormat = settings.endpoint.wire
         self._url = self._wire.url(settings.endpoint)
-        self._extra = self._wire.extra_fields(settings.extra, settings.output)
+        self._extra = self._wire.extra_fields(settings.request)
         self._policy = RetryPolicy.from_limits(settings.limits)
         self._clock = clock
         self._sleep = sleep
         self.tokens = TokenSource(settings.token, settings.token_url, session, clock=clock)
+        self._headers = {name: value.reveal() for name, value in settings.headers.items()}
+        self._query = dict(settings.endpoint.query)
         self.guard = FatalAnswerGuard(
-            settings.limits.max_fatal_errors, url=self._url, redact=self.tokens.redact
+            settings.limits.max_fatal_errors, url=self._url, redact=self.redact
         )
         # Answers that were 429 (rate limited), retried or not.
         self.rate_limited = 0
+
+    def redact(self, text: str) -> str:
+        """`text` without any token, or value of `endpoint.headers`, this client has held."""
+        text = self.tokens.redact(text)
+        for secret in self._settings.headers.values():
+            text = secret.redact(text)
+        return text
 
     @property
     def stop_reason(self) -> str | None:
@@ -104,14 +113,15 @@ class ChatClient:
             return RowResult(
                 request_id=request.request_id,
                 status="error",
-                error=self.tokens.redact(describe(err)),
+                error=self.redact(describe(err)),
                 http_status=err.status if isinstance(err, EndpointError) else None,
                 attempts=row.attempts,
                 latency_ms=self._elapsed_ms(row.started),
                 request_hash=request.request_hash,
             )
         self.guard.answered_ok()
-        parsed, problem = check_output(self._settings.output, completion)
+        asked = self._settings.request
+        parsed, problem = check_output(asked.output_format, asked.tools, completion)
         return RowResult(
             request_id=request.request_id,
             status="ok" if problem is None else "error",
@@ -187,10 +197,14 @@ class ChatClient:
             EndpointUnreachable, RequestTimedOut, ConnectionFailed: no complete answer.
             MalformedResponse: the body was cut short.
         """
-        headers = None if token is None else self._wire.auth_headers(token.reveal())
-        limits = self._settings.limits
+        endpoint, limits = self._settings.endpoint, self._settings.limits
+        headers = dict(self._headers)
+        if token is not None:
+            headers.update(endpoint.auth_headers(token.reveal()))
         try:
-            async with self._session.post(self._url, data=body, headers=headers) as response:
+            async with self._session.post(
+                self._url, data=body, headers=headers, params=self._query or None
+            ) as response:
                 try:
                     text = await response.text(errors="replace")
                 except aiohttp.ClientPayloadError as err:

@@ -76,7 +76,8 @@ def encode_result(result: RowResult) -> str:
 def decode_result(text: str) -> RowResult:
     plain = json.loads(text)
     completion = plain.pop("completion")
-    return RowResult(completion=None if completion is None else Completion(**completion), **plain)
+    completion = None if completion is None else Completion.from_plain(completion)
+    return RowResult(completion=completion, **plain)
 
 
 def recovered_result(text: str) -> RowResult:

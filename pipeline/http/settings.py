@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from pipeline.core.config import EndpointConfig, LimitsConfig
+from pipeline.core.config import EndpointConfig, LimitsConfig, RequestConfig
 from pipeline.core.secrets import Secret
-from pipeline.core.structured import OutputFormat
 
 
 @dataclass(frozen=True)
@@ -22,8 +20,12 @@ class ClientSettings:
 
     endpoint: EndpointConfig
     limits: LimitsConfig
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # What every request of the job carries besides its messages (`request.extra`, tools, the
+    # structured-output ask), and what every answer is checked against.
+    request: RequestConfig = field(default_factory=RequestConfig)
     token: Secret | None = None
+    # `endpoint.headers` with their values (from the environment, see `secrets.resolve_headers`).
+    headers: Mapping[str, Secret] = field(default_factory=dict)
     # This task's share of the job's per-minute budgets (used alone without `budget_url`).
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -31,8 +33,6 @@ class ClientSettings:
     budget_url: str | None = None
     # Where the driver collects the tasks' progress (see `pipeline.control.progress`).
     progress_url: str | None = None
-    # Structured output: asked for on the wire, and every answer checked.
-    output: OutputFormat | None = None
     # Where the driver hands out the current token, when it renews (OAuth via the SDK).
     token_url: str | None = None
     # Without `budget_url`: find the rate the endpoint admits this task from its own answers

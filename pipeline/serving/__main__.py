@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Responses output starts with a reasoning item",
     )
     add(
+        "--reasoning",
+        action="store_true",
+        help="answer as a reasoning model: reasoning text before every answer, counted as "
+        "reasoning tokens",
+    )
+    add(
+        "--required-header",
+        action="append",
+        dest="required_headers",
+        metavar="NAME",
+        help="refuse model requests without header NAME (400); repeatable",
+    )
+    add(
         "--fail-first",
         type=int,
         default=_DEFAULTS.fail_first,
@@ -207,6 +220,7 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
         field.name: getattr(args, field.name) for field in dataclasses.fields(ServingSettings)
     }
     values["endpoint_names"] = args.endpoint_names or []
+    values["required_headers"] = args.required_headers or []
     return ServingSettings.from_dict(values)
 
 

@@ -10,6 +10,7 @@ failure becomes a Databricks error body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 
 from pipeline.serving.auth import API_KEY_HEADER, check_authorization
-from pipeline.serving.chat_model import Message, ModelOutput
-from pipeline.serving.errors import ApiError, EndpointNotFound
+from pipeline.serving.chat_model import ModelOutput, with_reasoning
+from pipeline.serving.errors import ApiError, EndpointNotFound, InvalidRequest
 from pipeline.serving.fault_replies import fault_reply
 from pipeline.serving.formats import ServedFormat
 from pipeline.serving.formats.served_format import ENDPOINT_SEGMENT
@@ -91,6 +92,7 @@ async def _answer(request: web.Request, served: ServedFormat) -> web.StreamRespo
             state.token,
             api_key=request.headers.get(API_KEY_HEADER),
         )
+        _check_required(request, served, settings)
         # A name in the path is checked before the body is read: unknown is 404 whatever it is.
         name = request.match_info.get(ENDPOINT_SEGMENT)
         if name is not None:
@@ -99,6 +101,11 @@ async def _answer(request: web.Request, served: ServedFormat) -> web.StreamRespo
         if endpoint is None:
             endpoint = _require_served(endpoint_from_body(body), settings)
         chat = served.parse(body, settings.max_tokens_limit)
+        if chat.images and getattr(state.model, "look", None) is None:  # see `ImageViewer`
+            raise InvalidRequest(
+                f"the model of endpoint {endpoint!r} takes text only: image content parts are "
+                "not accepted"
+            )
         return await _admit(request, _Call(served, endpoint, chat, settings))
     except ApiError as err:
         headers = _limit_headers(request, endpoint, settings)
@@ -109,6 +116,22 @@ async def _answer(request: web.Request, served: ServedFormat) -> web.StreamRespo
     except Exception:
         _log.exception("unexpected error serving %s", served.name)
         return error_response(500, "INTERNAL_ERROR", "unexpected server error; see server log")
+
+
+def _check_required(request: web.Request, served: ServedFormat, settings: ServingSettings) -> None:
+    """Refuse a request without a query parameter its route requires, or without a header
+    the `required_headers` setting names (a gateway's tenant header, say).
+
+    Raises InvalidRequest naming the first one missing.
+    """
+    route = request.match_info.route.resource
+    path = route.canonical if route is not None else ""
+    for name in served.required_query.get(path, ()):
+        if not request.query.get(name):
+            raise InvalidRequest(f"the query parameter {name} is required on this route")
+    for name in settings.required_headers:
+        if not request.headers.get(name):
+            raise InvalidRequest(f"the header {name} is required")
 
 
 def _limit_headers(
@@ -166,7 +189,9 @@ async def _serve(request: web.Request, call: _Call, admission: Admission) -> web
             headers=headers,
             shutting_down=state.shutting_down,
         )
-    output = await _run_model(state, list(call.chat.messages), call.max_tokens)
+    output = await _run_model(state, call)
+    if call.settings.reasoning:
+        output = with_reasoning(output)
     admission.settle(output.prompt_tokens + output.completion_tokens)
     delay = state.latency.delay_s(call.settings, output.completion_tokens)
     if delay > 0:
@@ -176,11 +201,22 @@ async def _serve(request: web.Request, call: _Call, admission: Admission) -> web
     return web.json_response(body, headers=_limit_headers(request, call.endpoint, call.settings))
 
 
-async def _run_model(state: ServingState, messages: list[Message], max_tokens: int) -> ModelOutput:
+async def _run_model(state: ServingState, call: _Call) -> ModelOutput:
+    """The model's answer; a call of the first tool offered when the model calls tools, what
+    it makes of the images when there are some."""
+    messages = list(call.chat.messages)
+    call_tool = getattr(state.model, "call_tool", None)  # see `ToolCaller`
+    look = getattr(state.model, "look", None)  # see `ImageViewer`
+    run: functools.partial[ModelOutput]
+    if call.chat.tools and call_tool is not None:
+        run = functools.partial(call_tool, messages, call.chat.tools[0])
+    elif call.chat.images and look is not None:  # a model without it was refused earlier
+        run = functools.partial(look, messages, call.max_tokens, call.chat.images)
+    else:
+        run = functools.partial(state.model.complete, messages, call.max_tokens)
     if state.executor is None:
-        return state.model.complete(messages, max_tokens)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(state.executor, state.model.complete, messages, max_tokens)
+        return run()
+    return await asyncio.get_running_loop().run_in_executor(state.executor, run)
 
 
 def _require_served(name: str, settings: ServingSettings) -> str:

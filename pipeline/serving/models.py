@@ -7,9 +7,12 @@ token count.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
-from pipeline.serving.chat_model import ChatModel, Message, ModelOutput
+from pipeline.serving.chat_model import ChatModel, Message, ModelOutput, ServedImage, ServedTool
 from pipeline.serving.settings import ServingSettings, SettingsError
 
 
@@ -17,7 +20,9 @@ class EchoModel:
     """Echoes the last user message; a token is a whitespace-separated word.
 
     prompt_tokens counts the words of every message (system included); the answer is the last
-    user message's words cut to `max_tokens`, and finish_reason says whether it was cut.
+    user message's words cut to `max_tokens`, and finish_reason says whether it was cut. Offered
+    tools, it calls the first one (see `call_tool`); shown images, it says how many and how
+    large (see `look`).
     """
 
     def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
@@ -32,6 +37,60 @@ class EchoModel:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(kept),
         )
+
+
+    def look(
+        self, messages: list[Message], max_tokens: int, images: tuple[ServedImage, ...]
+    ) -> ModelOutput:
+        """The echo of `complete`, then what it was shown: `(2 images: 1024 bytes, url)`."""
+        sizes = ", ".join("url" if i.size is None else f"{i.size} bytes" for i in images)
+        seen = f"({len(images)} image{'s' if len(images) > 1 else ''}: {sizes})"
+        last_user = next((i for i in reversed(range(len(messages)))
+                          if messages[i]["role"] == "user"), None)  # fmt: skip
+        shown = list(messages)
+        if last_user is not None:
+            text = messages[last_user]["content"]
+            shown[last_user] = {"role": "user", "content": f"{text} {seen}".strip()}
+        output = self.complete(shown, max_tokens)
+        # The description is the answer's, not the prompt's.
+        return replace(output, prompt_tokens=output.prompt_tokens - len(seen.split()))
+
+    def call_tool(self, messages: list[Message], tool: ServedTool) -> ModelOutput:
+        """Call `tool` with arguments that match its schema (see `example_arguments`), drawn
+        from the last user message; the call's words are its completion tokens."""
+        prompt_tokens = sum(len(message["content"].split()) for message in messages)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        arguments = json.dumps(example_arguments(tool.parameters, last_user))
+        return ModelOutput(
+            text="",
+            finish_reason="tool_calls",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(arguments.split()),
+            tool_calls=((tool.name, arguments),),
+        )
+
+
+def example_arguments(schema: Mapping[str, Any], text: str) -> Any:
+    """A value matching the JSON Schema `schema`, from `text`: its first `enum` or `const`, else
+    by type: a string is `text`, a number its word count, a boolean true, an array one item,
+    an object every property (required or not)."""
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        properties = schema.get("properties") or {}
+        return {name: example_arguments(sub, text) for name, sub in properties.items()
+                if isinstance(sub, Mapping)}  # fmt: skip
+    if kind == "array":
+        items = schema.get("items")
+        return [example_arguments(items, text)] if isinstance(items, Mapping) else []
+    words = len(text.split())
+    return {"string": text, "integer": words, "number": float(words), "boolean": True,
+            "null": None}.get(str(kind), text)  # fmt: skip
 
 
 # Model name -> factory. A factory takes the settings so a heavier model can read its own knobs.

@@ -55,6 +55,12 @@ class ServingSettings:
     endpoint_names: tuple[str, ...] = ()
     max_tokens_limit: int = 4096
     reasoning_item: bool = False
+    # Answer as a reasoning model: a short reasoning text before every answer (a `reasoning`
+    # content part in the chat formats, a reasoning item's summary in Responses), its words
+    # counted as reasoning tokens.
+    reasoning: bool = False
+    # Headers every model request must carry (any value), as a gateway may ask of its callers.
+    required_headers: tuple[str, ...] = ()
     # Fault plan: the first `fail_first` attempts of each distinct request answer `fail_status`.
     fail_first: int = 0
     fail_status: int = 503

@@ -8,6 +8,9 @@ uses for its answer ids.
 from __future__ import annotations
 
 import secrets
+from typing import Any
+
+from pipeline.serving.chat_model import ModelOutput
 
 # Decimals kept in a Retry-After value: sub-millisecond precision is noise for a retry delay.
 _RETRY_AFTER_DECIMALS = 6
@@ -40,3 +43,18 @@ def retry_after_header(seconds: float) -> str:
     Real servers send whole seconds; fractions let tests retry fast, and our client parses floats.
     """
     return f"{seconds:.{_RETRY_AFTER_DECIMALS}f}".rstrip("0").rstrip(".")
+
+
+def usage_body(
+    output: ModelOutput, prompt_key: str, completion_key: str, details_key: str
+) -> dict[str, Any]:
+    """`usage` under the format's names; with reasoning, its tokens under `details_key`
+    (`completion_tokens_details`, `output_tokens_details`)."""
+    usage: dict[str, Any] = {
+        prompt_key: output.prompt_tokens,
+        completion_key: output.completion_tokens,
+        "total_tokens": output.prompt_tokens + output.completion_tokens,
+    }
+    if output.reasoning is not None:
+        usage[details_key] = {"reasoning_tokens": output.reasoning_tokens}
+    return usage

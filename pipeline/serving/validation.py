@@ -8,12 +8,14 @@ Databricks APIs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.serving.chat_model import Message
+from pipeline.serving.chat_model import Message, ServedImage, ServedTool
 from pipeline.serving.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant")
@@ -29,6 +31,11 @@ class IncomingChat:
     temperature: float | None
     # Identifies "the same request" across retries: format name + canonical JSON of the prompt.
     fault_key: str
+    # The images of the conversation's content parts, in order.
+    images: tuple[ServedImage, ...] = ()
+    # The tools the model may call, narrowed by `tool_choice` (none for "none", the one named
+    # when a tool is forced).
+    tools: tuple[ServedTool, ...] = ()
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -97,6 +104,41 @@ def temperature(body: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def offered_tools(body: dict[str, Any], *, nested: bool) -> tuple[ServedTool, ...]:
+    """The function tools in `body["tools"]`, narrowed by `body["tool_choice"]`. Chat
+    Completions nests a function under `function` (`nested`); Responses does not.
+
+    Raises InvalidRequest naming `tools[i]` or `tool_choice`.
+    """
+    raw = body.get("tools")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidRequest("tools must be a list of function tools")
+    tools = []
+    for index, item in enumerate(raw):
+        spec = item.get("function") if nested and isinstance(item, dict) else item
+        if not isinstance(item, dict) or item.get("type") != "function" \
+                or not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidRequest(f"tools[{index}] must be a function tool with a name")
+        parameters = spec.get("parameters")
+        parameters = {} if parameters is None else parameters
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(f"tools[{index}].parameters must be a JSON Schema object")
+        tools.append(ServedTool(spec["name"], parameters))
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("auto", "required"):
+        return tuple(tools)
+    if choice == "none":
+        return ()
+    named = choice.get("function") if nested and isinstance(choice, dict) else choice
+    name = named.get("name") if isinstance(named, dict) else None
+    forced = tuple(tool for tool in tools if tool.name == name)
+    if not forced:
+        raise InvalidRequest("tool_choice must be auto, none, required or name a tool in tools")
+    return forced
+
+
 def fault_key(format_name: str, prompt: object) -> str:
     """`format_name:` + the prompt as canonical JSON (sorted keys, no spaces)."""
     return f"{format_name}:{json.dumps(prompt, sort_keys=True, separators=(',', ':'))}"
@@ -108,7 +150,57 @@ def _message(item: object, where: str) -> Message:
     role, content = item.get("role"), item.get("content")
     if role not in ROLES:
         raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}")
+    if isinstance(content, list):
+        content = "".join(text for text, _ in _parts(content, f"{where}.content"))
     if not isinstance(content, str):
-        raise InvalidRequest(f"{where}.content must be a string")
+        raise InvalidRequest(f"{where}.content must be a string or a list of content parts")
     # Extra keys (name, type, ...) are accepted and dropped: the model sees role and content only.
     return {"role": str(role), "content": content}
+
+
+def message_images(value: object) -> tuple[ServedImage, ...]:
+    """The images in the content parts of already validated messages (see `chat_messages`)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        image
+        for index, item in enumerate(value)
+        if isinstance(item, dict) and isinstance(item.get("content"), list)
+        for _, image in _parts(item["content"], f"[{index}].content")
+        if image is not None
+    )
+
+
+def _parts(parts: list[Any], where: str) -> list[tuple[str, ServedImage | None]]:
+    """(text, image) of each content part: Chat Completions' `text` and `image_url`, Responses'
+    `input_text` and `input_image`.
+
+    Raises InvalidRequest naming `where[i]` for a part of another type or shape.
+    """
+    read: list[tuple[str, ServedImage | None]] = []
+    for index, part in enumerate(parts):
+        at = f"{where}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            read.append((part["text"], None))
+            continue
+        url = part.get("image_url") if isinstance(part, dict) else None
+        if kind == "image_url" and isinstance(url, dict):
+            url = url.get("url")
+        if kind not in ("image_url", "input_image") or not isinstance(url, str):
+            raise InvalidRequest(f"{at} must be a text part or an image part with a URL")
+        read.append(("", _image(url, at)))
+    return read
+
+
+def _image(url: str, where: str) -> ServedImage:
+    if url.startswith(("http://", "https://")):
+        return ServedImage(url=url, size=None)
+    head, comma, data = url.partition(",")
+    if not (head.startswith("data:image/") and head.endswith(";base64") and comma):
+        raise InvalidRequest(f"{where} must be an http(s) URL or a base64 data:image URL")
+    try:
+        size = len(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError) as err:
+        raise InvalidRequest(f"{where} holds a data URL that is not valid base64") from err
+    return ServedImage(url=url[:40], size=size)

@@ -48,16 +48,41 @@ def _answered(read: Callable[[Completion], Any]) -> Callable[[RowResult], Any]:
     return lambda result: None if result.completion is None else read(result.completion)
 
 
+# One struct per call, in the answer's order (see `pipeline.core.tools.ToolCall`); the
+# arguments as the model wrote them, JSON text.
+TOOL_CALLS_TYPE = ArrayType(
+    StructType([
+        StructField("name", StringType(), nullable=True),
+        StructField("arguments", StringType(), nullable=True),
+        StructField("id", StringType(), nullable=True),
+    ]),
+    containsNull=True,
+)  # fmt: skip
+
+
+def _tool_calls(completion: Completion) -> list[dict[str, str | None]] | None:
+    """The calls as `TOOL_CALLS_TYPE` values; null when the answer called none."""
+    if not completion.tool_calls:
+        return None
+    return [{"name": c.name, "arguments": c.arguments, "id": c.call_id}
+            for c in completion.tool_calls]  # fmt: skip
+
+
 OUTPUT_COLUMNS: tuple[OutputColumn, ...] = (
     OutputColumn("request_id", StringType(), lambda r: r.request_id),
     OutputColumn("request_hash", StringType(), lambda r: r.request_hash),
     OutputColumn("completion", StringType(), _answered(lambda c: c.text)),
+    OutputColumn("tool_calls", TOOL_CALLS_TYPE, _answered(_tool_calls)),
+    OutputColumn("reasoning", StringType(), _answered(lambda c: c.reasoning)),
     OutputColumn("finish_reason", StringType(), _answered(lambda c: c.finish_reason)),
     OutputColumn("prompt_tokens", IntegerType(), _answered(lambda c: c.prompt_tokens), "Int32"),
     OutputColumn(
         "completion_tokens", IntegerType(), _answered(lambda c: c.completion_tokens), "Int32"
     ),
     OutputColumn("total_tokens", IntegerType(), _answered(lambda c: c.total_tokens), "Int32"),
+    OutputColumn(
+        "reasoning_tokens", IntegerType(), _answered(lambda c: c.reasoning_tokens), "Int32"
+    ),
     OutputColumn("model", StringType(), _answered(lambda c: c.model)),
     OutputColumn("response_id", StringType(), _answered(lambda c: c.response_id)),
     OutputColumn("status", StringType(), lambda r: r.status),

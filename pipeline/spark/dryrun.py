@@ -30,15 +30,18 @@ class DryRun:
     estimated_cost: float | None  # at most, with `pricing`
     currency: str
     changes: Changes = field(default_factory=Changes)
+    images: int = 0  # sent with those requests (their tokens are not in `prompt_tokens`)
 
     def render(self) -> str:
         cost = "" if self.estimated_cost is None else (
             f", estimated cost at most {self.estimated_cost:.4f} {self.currency}"
         )  # fmt: skip
+        images = f" with {self.images} images" if self.images else ""
         return (
             f"dry run: {self.input_rows} input rows, {self.already_answered} already answered, "
             f"{self.rows_to_answer} to answer ({self.changes.describe()}): {self.requests} "
-            f"requests would be sent ({self.invalid_rows} rows cannot become a request); "
+            f"requests would be sent{images} ({self.invalid_rows} rows cannot become a "
+            "request); "
             f"estimated tokens in ~{self.prompt_tokens}, out at most {self.output_tokens}{cost}; "
             "nothing was sent"
         )
@@ -60,6 +63,7 @@ def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
             F.count(F.lit(1)).alias("requests"),
             F.sum("prompt_tokens").alias("prompt_tokens"),
             F.sum("output_tokens").alias("output_tokens"),
+            F.sum("images").alias("images"),
         ).first()
         valid = built.count()
     assert totals is not None
@@ -78,4 +82,5 @@ def dry_run(config: JobConfig, spark: SparkSession | None = None) -> DryRun:
         estimated_cost=config.pricing.cost(prompt_tokens, output_tokens),
         currency=config.pricing.currency,
         changes=work.changes,
+        images=int(totals["images"] or 0),
     )

@@ -40,7 +40,13 @@ from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
 from pipeline.spark.reach import is_loopback, tasks_reach
 from pipeline.spark.session import driver_host, is_connect, spark_session
-from pipeline.spark.summary import ChunkTotals, RunSummary, chunk_metrics, write_summary
+from pipeline.spark.summary import (
+    ChunkTotals,
+    RunSummary,
+    chunk_metrics,
+    image_count,
+    write_summary,
+)
 from pipeline.spark.tables import SaveMode, delete_rows, write_sink
 
 log = logging.getLogger(__name__)
@@ -153,11 +159,11 @@ def _answer_chunks(
     client = ClientSettings(
         endpoint=config.endpoint,
         limits=limits,
-        extra=config.request.extra,
+        request=config.request,
         token=credentials.current(),
+        headers=credentials.headers,
         requests_per_minute=_share(limits.requests_per_minute, tasks),
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
-        output=config.request.output_format,
         tasks=tasks,
     )
     totals = ChunkTotals()
@@ -337,12 +343,14 @@ def _commit_chunk(
     answered = map_in_pandas(as_sent, make_batch_mapper(plan, index), answered_schema)
     text_schema = output_schema(run.source_schema, parsed)
     observation = Observation(f"batch_chat_chunk_{index}")
+    images = config.source.image_column
+    metrics = chunk_metrics(None if images is None else image_count(images, run.source_schema))
     mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
     rows = as_text(answered, text_schema)
     if work.config_hash is not None:
         rows = stamp(rows, work.config_hash)
     try:
-        write_sink(rows, config.sink, mode, metadata, observe=(observation, chunk_metrics()))
+        write_sink(rows, config.sink, mode, metadata, observe=(observation, metrics))
     except Exception as err:
         _raise_if_aborted(err)
         raise

@@ -158,12 +158,13 @@ def make_key_mapper(
     return map_batches
 
 
-ESTIMATE_SCHEMA = "key string, prompt_tokens long, output_tokens long"
+ESTIMATE_SCHEMA = "key string, prompt_tokens long, output_tokens long, images long"
 
 
 def make_estimate_mapper() -> BatchMapper:
-    """A `mapInPandas` function giving, for each keyed row that is a request, its fingerprint
-    and estimated prompt and output tokens (see `ChatRequest.estimated_tokens`); sends nothing."""
+    """A `mapInPandas` function giving, for each keyed row that is a request, its fingerprint,
+    estimated prompt and output tokens (see `ChatRequest.estimated_tokens`) and its images;
+    sends nothing."""
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
@@ -174,6 +175,8 @@ def make_estimate_mapper() -> BatchMapper:
                                            dtype="int64"),
                 "output_tokens": pd.Series([r.estimated_output_tokens() for r in built],
                                            dtype="int64"),
+                "images": pd.Series([sum(len(m.images) for m in r.messages) for r in built],
+                                    dtype="int64"),
             })  # fmt: skip
 
     return map_batches
@@ -186,7 +189,8 @@ def encode_item(item: ChatRequest | RowResult) -> bytes:
         plain: dict[str, Any] = {"error": item.error}
     else:
         plain = {
-            "messages": [[m.role, m.content] for m in item.messages],
+            "messages": [[m.role, m.content, *([list(m.images)] if m.images else [])]
+                         for m in item.messages],
             "max_tokens": item.max_tokens,
             "temperature": item.temperature,
         }
@@ -198,7 +202,8 @@ def decode_item(encoded: bytes, request_id: str, request_hash: str) -> ChatReque
     plain = json.loads(encoded)
     if "error" in plain:
         return RowResult(request_id, "error", error=plain["error"], request_hash=request_hash)
-    messages = tuple(Message(role, content) for role, content in plain["messages"])
+    messages = tuple(Message(role, content, tuple(*images))
+                     for role, content, *images in plain["messages"])  # fmt: skip
     return ChatRequest(
         request_id, messages, plain["max_tokens"], plain["temperature"], request_hash
     )

@@ -22,14 +22,15 @@ from pipeline.core.config import JobConfig, SinkConfig, SourceConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.prompts import RequestBuilder
 from pipeline.spark.chunks import WorkPlan, check_is_output, plan_work
-from pipeline.spark.columns import CONFIG_HASH, output_schema, parsed_type
+from pipeline.spark.columns import output_schema, parsed_type
 from pipeline.spark.legacy import adopt, identify_rows, needs_adopting
 from pipeline.spark.mapper import make_key_mapper, with_identity
 from pipeline.spark.recognised import recognise, release
 from pipeline.spark.session import cached, session_conf
-from pipeline.spark.sink_schema import check_appendable
+from pipeline.spark.sink_schema import added_columns, check_appendable
 from pipeline.spark.tables import (
     Snapshot,
+    add_columns,
     check_sink_is_not_source,
     read_source,
     reading_source,
@@ -191,8 +192,7 @@ def _plan(
     if known is not None:
         work.cached.extend(known.kept)
         work.recognised = input_rows - work_rows
-    if stamps(sink, existing):
-        work.config_hash = stamp_with
+    work.config_hash = stamp_with
     return work, None if snapshot is None else snapshot.state
 
 
@@ -217,20 +217,11 @@ def _existing(spark: SparkSession, config: JobConfig, frame: DataFrame) -> Snaps
         return None
     if sink.mode == "merge":
         check_is_output(snapshot.frame, sink)
-    check_appendable(
-        snapshot.frame.schema,
-        result_schema(frame, config, stamped=stamps(sink, snapshot.frame)),
-        sink.table or sink.path or "",
-        can_add_columns=_can_add_columns(sink),
-    )
+    rows = result_schema(frame, config)
+    check_appendable(snapshot.frame.schema, rows, sink.table or sink.path or "")
+    if sink.table is not None and not _can_add_columns(sink):
+        add_columns(spark, sink.table, added_columns(snapshot.frame.schema, rows))
     return snapshot
-
-
-def stamps(sink: SinkConfig, existing: DataFrame | None) -> bool:
-    """Whether this run's rows carry `config_hash`: unless they go to a table that cannot add
-    the column (a Parquet catalog table written before rows had it; its rows are then keyed
-    on every run, see `pipeline.spark.recognised`)."""
-    return existing is None or CONFIG_HASH in existing.columns or _can_add_columns(sink)
 
 
 def _can_add_columns(sink: SinkConfig) -> bool:
@@ -250,6 +241,7 @@ def check_columns(schema: StructType, source: SourceConfig) -> None:
         "messages_column",
         "max_tokens_column",
         "temperature_column",
+        "image_column",
     ]
     for key in keys:
         column = getattr(source, key)

@@ -1,15 +1,25 @@
 """The sample prompt table `make run` answers: a few hundred short questions over columns.
 
-Written twice, as Parquet and as Delta, with an id, a prompt, the columns a template could use
-and a per-row `max_tokens` override on some rows (small enough that those answers are cut).
+Written twice, as Parquet and as Delta, with an id, a prompt, the columns a template could use,
+a per-row `max_tokens` override on some rows (small enough that those answers are cut) and, on
+some rows, a tiny PNG image (`--set source.image_column=image`).
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 from pyspark.sql import SparkSession
-from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import (
+    BinaryType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
 
 from pipeline.spark.session import spark_session
 
@@ -40,6 +50,8 @@ AUDIENCES = ("a student", "an engineer", "a journalist", "a retiree")
 # Every n-th row overrides max_tokens with a budget too small for a full answer.
 SHORT_ANSWER_EVERY = 10
 SHORT_ANSWER_TOKENS = 4
+# Every n-th row carries an image: a 2x2 PNG of the row's colour.
+IMAGE_EVERY = 5
 
 SCHEMA = StructType(
     [
@@ -48,11 +60,25 @@ SCHEMA = StructType(
         StructField("audience", StringType()),
         StructField("prompt", StringType()),
         StructField("max_tokens", IntegerType()),
+        StructField("image", BinaryType()),
     ]
 )
 
 
-def sample_rows(n: int) -> list[tuple[int, str, str, str, int | None]]:
+def tiny_png(red: int, green: int, blue: int) -> bytes:
+    """A valid 2x2 RGB PNG of one colour (signature, IHDR, IDAT, IEND chunks)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0)  # 2x2, 8-bit RGB
+    pixels = (b"\x00" + bytes((red, green, blue)) * 2) * 2  # each row: filter 0, 2 pixels
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def sample_rows(n: int) -> list[tuple[int, str, str, str, int | None, bytes | None]]:
     """`n` deterministic sample prompts."""
     rows = []
     for i in range(n):
@@ -60,7 +86,8 @@ def sample_rows(n: int) -> list[tuple[int, str, str, str, int | None]]:
         question = QUESTIONS[(i // len(TOPICS)) % len(QUESTIONS)].format(topic=topic)
         audience = AUDIENCES[i % len(AUDIENCES)]
         short = SHORT_ANSWER_TOKENS if i % SHORT_ANSWER_EVERY == 0 else None
-        rows.append((i + 1, topic, audience, f"{question} (for {audience})", short))
+        image = tiny_png(i % 256, 128, 255 - i % 256) if i % IMAGE_EVERY == 0 else None
+        rows.append((i + 1, topic, audience, f"{question} (for {audience})", short, image))
     return rows
 
 

@@ -1,16 +1,17 @@
 """Whether a run's rows can join the rows already in the sink, decided before the first request.
 
-New columns are fine: Delta adds them on the append (schema evolution), and Parquet readers merge
-the files' schemas; older rows read them as null. Columns the run no longer writes are fine too
-(null in its rows). A column whose type changed (an id that was a number and is text now, a
-`parsed` struct where the sink holds JSON text) is not: appending would fail after every request
-of the chunk was paid for, so the run is refused with one line naming the sink and the columns.
-Pure: Spark types in, a list of problems out.
+New columns are fine: Delta adds them on the append (schema evolution), Parquet readers merge
+the files' schemas, and a Parquet catalog table gets them with `ALTER TABLE ... ADD COLUMNS`
+before the run sends anything (see `added_columns`); older rows read them as null. Columns the
+run no longer writes are fine too (null in its rows). A column whose type changed (an id that
+was a number and is text now, a `parsed` struct where the sink holds JSON text) is not:
+appending would fail after every request of the chunk was paid for, so the run is refused with
+one line naming the sink and the columns. Pure: Spark types in, a list of problems out.
 """
 
 from __future__ import annotations
 
-from pyspark.sql.types import ArrayType, DataType, MapType, NullType, StructType
+from pyspark.sql.types import ArrayType, DataType, MapType, NullType, StructField, StructType
 
 from pipeline.core.errors import ConfigError
 
@@ -21,29 +22,19 @@ def type_changes(existing: StructType, new: StructType) -> list[str]:
     return _struct_changes(existing, new, prefix="")
 
 
-def added_columns(existing: StructType, new: StructType) -> list[str]:
+def added_columns(existing: StructType, new: StructType) -> list[StructField]:
     """The top-level columns of `new` that `existing` lacks."""
     present = {name.lower() for name in existing.fieldNames()}
-    return [name for name in new.fieldNames() if name.lower() not in present]
+    return [field for field in new.fields if field.name.lower() not in present]
 
 
-def check_appendable(
-    existing: StructType, new: StructType, where: str, *, can_add_columns: bool = True
-) -> None:
-    """Refuse a run whose rows the sink `where` cannot take: a column whose type changed, or
-    a new column in a sink that cannot add one (a Parquet catalog table, whose schema is the
-    catalog's).
+def check_appendable(existing: StructType, new: StructType, where: str) -> None:
+    """Refuse a run whose rows the sink `where` cannot take: a column whose type changed.
 
     Raises:
         ConfigError: naming `sink` and the columns.
     """
     problems = type_changes(existing, new)
-    added = [] if can_add_columns else added_columns(existing, new)
-    if added:
-        problems.append(
-            f"new column(s) {', '.join(added)}, which a Parquet table cannot add "
-            "(ALTER TABLE ... ADD COLUMNS first)"
-        )
     if problems:
         raise ConfigError(
             "sink",

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, StructType
 
 from pipeline.control.progress import Tally
 from pipeline.core.config import SinkConfig
@@ -31,8 +32,9 @@ MAX_ATTEMPTS_BUCKET = 5  # attempts 5 and more share a bucket
 PERCENTILES = (50, 95, 99)
 
 
-def chunk_metrics() -> list[Column]:
-    """Aggregates observed on a chunk's rows as they are written."""
+def chunk_metrics(images: Column | None = None) -> list[Column]:
+    """Aggregates observed on a chunk's rows as they are written; `images` is the number of
+    images of a row (see `image_count`), when the job has an image column."""
 
     # Tokens of rows that sent a request: a row copied from an identical request (attempts 0)
     # carries the same usage, but it was paid for once.
@@ -40,12 +42,16 @@ def chunk_metrics() -> list[Column]:
         return F.sum(F.when(F.col(named("attempts")) > 0, F.coalesce(F.col(column), F.lit(0))))
 
     finish = F.col(named("finish_reason"))
+    calls = F.col(named("tool_calls"))
     attempts = F.col(named("attempts"))
     return [
         F.count(F.lit(1)).alias("rows"),
         F.count_if(F.col(named("status")) == "ok").alias("ok"),
         paid(named("prompt_tokens")).alias("prompt_tokens"),
         paid(named("completion_tokens")).alias("completion_tokens"),
+        paid(named("reasoning_tokens")).alias("reasoning_tokens"),
+        F.sum(F.when(calls.isNotNull(), F.size(calls))).alias("tool_calls"),
+        (F.lit(0) if images is None else F.sum(F.when(attempts > 0, images))).alias("images"),
         F.sum(attempts).alias("attempts"),
         *(F.count_if(finish == reason).alias(f"finish:{reason}") for reason in FINISH_REASONS),
         F.count_if(finish.isNotNull() & ~finish.isin(*FINISH_REASONS)).alias("finish:other"),
@@ -57,6 +63,17 @@ def chunk_metrics() -> list[Column]:
             for p in PERCENTILES
         ),
     ]
+
+
+def image_count(column: str, schema: StructType) -> Column:
+    """The number of images a row of `schema` holds in `column` (see `pipeline.core.images`):
+    0 for null, the items that are not null of an array, else 1."""
+    value = F.col(column)
+    if isinstance(schema[column].dataType, ArrayType):
+        count = F.size(F.filter(value, lambda item: item.isNotNull()))
+    else:
+        count = F.lit(1)
+    return F.when(value.isNull(), 0).otherwise(count)
 
 
 @dataclass
@@ -109,6 +126,12 @@ class RunSummary:
     config: dict[str, Any] = field(default_factory=dict)
     # What the live progress saw (from the tasks' reports), for comparison.
     progress: Tally | None = None
+    # Of `completion_tokens`, those the endpoint said were spent reasoning.
+    reasoning_tokens: int = 0
+    # Functions the answers called (see `pipeline.core.tools`), over every row written.
+    tool_calls: int = 0
+    # Images sent with the rows' requests (see `pipeline.core.images`).
+    images: int = 0
     # Why the rows were sent: new, retry (an earlier error), changed (the request differs from
     # the one their old row answered); kept: changed rows left as they were (on_change=keep).
     changes: dict[str, int] = field(default_factory=dict)
@@ -124,6 +147,9 @@ class RunSummary:
             prompt_tokens=counts["prompt_tokens"],
             completion_tokens=counts["completion_tokens"],
             attempts=counts["attempts"],
+            reasoning_tokens=counts["reasoning_tokens"],
+            tool_calls=counts["tool_calls"],
+            images=counts["images"],
             finish_reasons=_by_prefix(counts, "finish:"),
             attempts_histogram=_by_prefix(counts, "attempts:"),
             latency_ms=totals.latency_ms(),
@@ -153,7 +179,10 @@ class RunSummary:
             ("finish reasons", _counts(self.finish_reasons)),
             ("requests sent", str(self.attempts)),
             ("attempts per row", _counts(self.attempts_histogram)),
-            ("tokens paid", f"in {self.prompt_tokens}, out {self.completion_tokens}"),
+            ("tokens paid", f"in {self.prompt_tokens}, out {self.completion_tokens}"
+             + (f" ({self.reasoning_tokens} reasoning)" if self.reasoning_tokens else "")),
+            *([("tool calls", str(self.tool_calls))] if self.tool_calls else []),
+            *([("images sent", str(self.images))] if self.images else []),
             ("latency", latency),
             ("throughput", f"{self.rows_per_s:.1f} rows/s, {self.tasks} tasks"),
             ("wall time", f"{self.seconds:.1f} s, {self.chunks} chunks"),

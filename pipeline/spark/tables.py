@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql.types import StructField
 
 from pipeline.core.config import SinkConfig, SourceConfig, normal_path
 from pipeline.core.errors import ConfigError
@@ -255,6 +256,19 @@ def read_sink(spark: SparkSession, sink: SinkConfig) -> DataFrame:
     if sink.table is not None:
         return spark.table(sink.table)
     return spark.read.format(sink.format).option("mergeSchema", "true").load(sink.path)
+
+
+def add_columns(spark: SparkSession, table: str, fields: Sequence[StructField]) -> None:
+    """Add `fields` to the catalog table `table` (nullable; its rows read them as null), for a
+    table whose writes cannot add a column themselves (a Parquet table: Delta's `mergeSchema`
+    does it on the append)."""
+    if not fields:
+        return
+    columns = ", ".join(
+        f"`{field.name.replace('`', '``')}` {field.dataType.simpleString()}" for field in fields
+    )
+    spark.sql(f"ALTER TABLE {table} ADD COLUMNS ({columns})")
+    log.info("added column(s) %s to %s", ", ".join(f.name for f in fields), table)
 
 
 def check_sink_is_not_source(spark: SparkSession, source: SourceConfig, sink: SinkConfig) -> None:

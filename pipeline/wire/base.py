@@ -10,11 +10,12 @@ knows any of these; a new format is one subclass plus `pipeline.wire.register` (
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from pipeline.core.chat import ChatRequest, Completion
 from pipeline.core.structured import OutputFormat
+from pipeline.core.tools import CHOICES, Tool
 
 
 class Endpoint(Protocol):
@@ -25,6 +26,23 @@ class Endpoint(Protocol):
 
     @property
     def serving_base_url(self) -> str: ...
+
+
+class JobRequest(Protocol):
+    """What a format needs to know of `request` (a `RequestConfig`): what every request of the
+    job carries besides its messages and sampling fields."""
+
+    @property
+    def extra(self) -> Mapping[str, Any]: ...
+
+    @property
+    def output_format(self) -> OutputFormat | None: ...
+
+    @property
+    def tools(self) -> Sequence[Tool]: ...
+
+    @property
+    def tool_choice(self) -> str | None: ...
 
 
 class WireFormat:
@@ -63,8 +81,24 @@ class WireFormat:
         """The body fields that ask for structured output `output`."""
         raise NotImplementedError
 
+    def tool_fields(self, tools: Sequence[Tool], tool_choice: str | None) -> dict[str, Any]:
+        """The body fields that offer `tools`: Chat Completions' shape, which Databricks
+        `invocations` shares (`{"type": "function", "function": {...}}`, a forced tool as
+        `{"type": "function", "function": {"name": ...}}`)."""
+        fields: dict[str, Any] = {
+            "tools": [{"type": "function", "function": tool.definition()} for tool in tools]
+        }
+        if tool_choice is not None:
+            fields["tool_choice"] = (
+                tool_choice if tool_choice in CHOICES
+                else {"type": "function", "function": {"name": tool_choice}}
+            )  # fmt: skip
+        return fields
+
     def auth_headers(self, token: str) -> dict[str, str]:
-        """The headers that carry `token` (sent with each request: a renewed token replaces it)."""
+        """The headers that carry `token` under `endpoint.auth: bearer` (sent with each request:
+        a renewed token replaces it); the other schemes are the endpoint's (see
+        `EndpointConfig.auth_headers`)."""
         return {"Authorization": f"Bearer {token}"}
 
     def error_body(self, text: str) -> tuple[str | None, str | None]:
@@ -83,14 +117,15 @@ class WireFormat:
         code = payload.get("error_code")
         return (str(code) if code else None), _str_or_none(payload.get("message") or nested)
 
-    def extra_fields(
-        self, extra: Mapping[str, Any], output: OutputFormat | None
-    ) -> dict[str, Any]:
+    def extra_fields(self, request: JobRequest) -> dict[str, Any]:
         """The fields every request of a job carries besides messages and sampling fields:
-        `request.extra`, and the structured-output ask as this format takes it."""
-        fields = dict(extra)
-        if output is not None:
-            fields.update(self.format_fields(output))
+        `request.extra`, and the structured-output ask and the tools as this format takes
+        them."""
+        fields = dict(request.extra)
+        if request.output_format is not None:
+            fields.update(self.format_fields(request.output_format))
+        if request.tools:
+            fields.update(self.tool_fields(request.tools, request.tool_choice))
         return fields
 
     def __repr__(self) -> str:

@@ -13,14 +13,29 @@ from typing import Any
 from pipeline.core.chat import ChatRequest, Completion
 from pipeline.core.errors import MalformedResponse
 from pipeline.core.structured import OutputFormat
+from pipeline.core.tools import ToolCall
 from pipeline.wire.base import Endpoint, WireFormat
-from pipeline.wire.fields import chat_messages, optional_str, sampling_fields, usage_counts
+from pipeline.wire.fields import (
+    chat_messages,
+    detail_count,
+    joined,
+    optional_str,
+    sampling_fields,
+    summary_texts,
+    tool_call,
+    usage_counts,
+)
+
+# Message fields that carry reasoning text as a string (vLLM, llama.cpp's server, DeepSeek use
+# `reasoning_content`; some gateways `reasoning`).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class Invocations(WireFormat):
     name = "invocations"
     reserved_fields = frozenset(
-        {"messages", "max_tokens", "temperature", "stream", "response_format"}
+        {"messages", "max_tokens", "temperature", "stream", "response_format", "tools",
+         "tool_choice"}
     )
 
     def url(self, endpoint: Endpoint) -> str:
@@ -43,10 +58,13 @@ class Invocations(WireFormat):
 
 
 def parse(payload: Any) -> Completion:
-    """A `chat.completion` body → Completion.
+    """A `chat.completion` body → Completion: the text parts of the message, its tool calls,
+    and its reasoning (`reasoning` content parts, as Databricks sends Claude's thinking, or a
+    `reasoning_content` field, as vLLM and llama.cpp's server do).
 
     Raises:
-        MalformedResponse: the body has no choices or no message text.
+        MalformedResponse: the body has no choices or no message, or a tool call names no
+            function.
     """
     if not isinstance(payload, dict):
         raise MalformedResponse("response body is not a JSON object")
@@ -58,15 +76,48 @@ def parse(payload: Any) -> Completion:
     if not isinstance(message, dict):
         raise MalformedResponse("response choice has no message")
     prompt, completion, total = usage_counts(payload, "prompt_tokens", "completion_tokens")
+    content = message.get("content")
+    calls = tool_calls(message.get("tool_calls"))
+    finish = optional_str(choice.get("finish_reason"))
+    reasoning = [
+        *content_reasoning(content),
+        *(message[key] for key in REASONING_FIELDS if isinstance(message.get(key), str)),
+    ]
     return Completion(
-        text=content_text(message.get("content")),
-        finish_reason=optional_str(choice.get("finish_reason")),
+        text=content_text(content),
+        # Some servers say "stop" when the answer is a call: a call is never a plain answer.
+        finish_reason="tool_calls" if calls and finish in (None, "stop") else finish,
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=total,
         model=optional_str(payload.get("model")),
         response_id=optional_str(payload.get("id")),
+        tool_calls=calls,
+        reasoning=joined(reasoning),
+        reasoning_tokens=detail_count(payload, "completion_tokens_details", "reasoning_tokens"),
     )
+
+
+def tool_calls(value: Any) -> tuple[ToolCall, ...]:
+    """A message's `tool_calls`: `[{"id", "type": "function", "function": {"name",
+    "arguments"}}]`.
+
+    Raises:
+        MalformedResponse: it is not a list of such objects.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise MalformedResponse("message tool_calls is not a list")
+    calls = []
+    for index, item in enumerate(value):
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict):
+            raise MalformedResponse(f"tool call {index} has no function")
+        where = f"tool call {index}"
+        calls.append(tool_call(function.get("name"), function.get("arguments"), item.get("id"),
+                               where))  # fmt: skip
+    return tuple(calls)
 
 
 def content_text(content: Any) -> str:
@@ -82,6 +133,19 @@ def content_text(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") in ("text", "output_text")
         )
     raise MalformedResponse(f"message content is {type(content).__name__}, not text")
+
+
+def content_reasoning(content: Any) -> list[str]:
+    """The summaries of the `reasoning` parts of a list of content parts (Databricks:
+    `{"type": "reasoning", "summary": [{"type": "summary_text", "text": ...}]}`)."""
+    if not isinstance(content, list):
+        return []
+    return [
+        text
+        for part in content
+        if isinstance(part, dict) and part.get("type") == "reasoning"
+        for text in summary_texts(part.get("summary"))
+    ]
 
 
 def format_fields(output: OutputFormat) -> dict[str, Any]:

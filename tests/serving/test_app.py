@@ -421,9 +421,34 @@ def test_control_refuses_a_bad_load_knob_naming_it(endpoint: LocalEndpoint) -> N
 # --- Azure OpenAI's chat-completions route, and its api-key header on every route ---
 
 
-def azure(endpoint: LocalEndpoint, body: object, name: str = ENDPOINT, **kw: Any) -> Reply:
+AZURE_QUERY = "?api-version=2024-10-21"
+
+
+def azure(
+    endpoint: LocalEndpoint, body: object, name: str = ENDPOINT, query: str = AZURE_QUERY,
+    **kw: Any,
+) -> Reply:
     """POST to Azure OpenAI's path, where the endpoint name is the deployment."""
-    return post(f"{endpoint.url}/openai/deployments/{name}/chat/completions", body, **kw)
+    return post(f"{endpoint.url}/openai/deployments/{name}/chat/completions{query}", body, **kw)
+
+
+def test_azure_route_requires_an_api_version_as_azure_does(endpoint: LocalEndpoint) -> None:
+    reply = azure(endpoint, user("hi"), query="")
+    assert assert_error(reply, 400, "INVALID_PARAMETER_VALUE") == (
+        "the query parameter api-version is required on this route"
+    )
+    other_route = post(f"{endpoint.base_url}/chat/completions", {"model": ENDPOINT, **user("hi")})
+    assert other_route.status == 200
+
+
+def test_a_required_header_is_refused_when_missing(endpoint: LocalEndpoint) -> None:
+    endpoint.control(required_headers=["X-Tenant"])
+    url = f"{endpoint.base_url}/{ENDPOINT}/invocations"
+    missing = post(url, user("hi"))
+    assert assert_error(missing, 400, "INVALID_PARAMETER_VALUE") == (
+        "the header X-Tenant is required"
+    )
+    assert post(url, user("hi"), headers={"x-tenant": "acme"}).status == 200
 
 
 def test_azure_deployments_route_answers_a_chat_completion(endpoint: LocalEndpoint) -> None:
@@ -494,7 +519,7 @@ MODEL_ROUTES = [
     (f"/serving-endpoints/{ENDPOINT}/invocations", user("hi")),
     ("/serving-endpoints/chat/completions", {"model": ENDPOINT, **user("hi")}),
     ("/serving-endpoints/responses", {"model": ENDPOINT, "input": "hi"}),
-    (f"/openai/deployments/{ENDPOINT}/chat/completions", user("hi")),
+    (f"/openai/deployments/{ENDPOINT}/chat/completions{AZURE_QUERY}", user("hi")),
 ]
 MODEL_ROUTE_IDS = ["invocations", "chat-completions", "responses", "azure"]
 

@@ -66,3 +66,14 @@ def test_prompt_beyond_the_context_is_a_400(smollm2: LocalEndpoint) -> None:
     reply = post(f"{smollm2.base_url}/smollm2/invocations", body)
     assert reply.status == 400
     assert reply.body["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_an_image_is_a_400_from_a_text_only_model(smollm2: LocalEndpoint) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                                      image]}], "max_tokens": 5}  # fmt: skip
+    reply = post(f"{smollm2.base_url}/smollm2/invocations", body)
+    assert reply.status == 400
+    assert reply.body["message"] == (
+        "the model of endpoint 'smollm2' takes text only: image content parts are not accepted"
+    )

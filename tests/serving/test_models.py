@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+
+import jsonschema
 import pytest
 
-from pipeline.serving.chat_model import ModelOutput
+from pipeline.serving.chat_model import ModelOutput, ServedTool
 from pipeline.serving.models import EchoModel, make_model
 from pipeline.serving.settings import ServingSettings, SettingsError
 
@@ -59,3 +62,26 @@ def test_make_model_builds_echo_and_names_the_key_for_unknown_models() -> None:
     with pytest.raises(SettingsError) as caught:
         make_model(ServingSettings(model="llama"))
     assert caught.value.key == "model"
+
+
+def test_offered_a_tool_the_echo_model_calls_it_with_arguments_matching_its_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string"},
+            "limit": {"type": "integer"},
+            "unit": {"enum": ["c", "f"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "exact": {"type": ["boolean", "null"]},
+        },
+        "required": ["query"],
+    }
+    output = EchoModel().call_tool([{"role": "user", "content": "red shoes"}],
+                                   ServedTool("search", schema))  # fmt: skip
+    ((name, arguments),) = output.tool_calls
+    assert (name, output.text, output.finish_reason) == ("search", "", "tool_calls")
+    values = json.loads(arguments)
+    jsonschema.validate(values, schema)
+    assert values == {"query": "red shoes", "limit": 2, "unit": "c", "tags": ["red shoes"],
+                      "exact": True}  # fmt: skip
+    assert (output.prompt_tokens, output.completion_tokens) == (2, len(arguments.split()))

@@ -154,11 +154,12 @@ def test_every_new_knob_changes_at_runtime() -> None:
 
 def test_every_setting_has_a_flag_named_after_it() -> None:
     options = {opt for action in build_parser()._actions for opt in action.option_strings}
-    # endpoint_names predates the rule: its flag is given once per name.
-    names = {f.name for f in dataclasses.fields(ServingSettings)} - {"endpoint_names"}
+    # A list's flag is given once per item, so it is named in the singular.
+    lists = {"endpoint_names", "required_headers"}
+    names = {f.name for f in dataclasses.fields(ServingSettings)} - lists
 
     assert {f"--{name.replace('_', '-')}" for name in names} <= options
-    assert "--endpoint-name" in options
+    assert {"--endpoint-name", "--required-header"} <= options
 
 
 def test_no_flags_give_the_default_settings() -> None:

@@ -142,3 +142,31 @@ def test_openai_routes_need_a_model_name(body: dict[str, Any]) -> None:
 
 def test_model_name_is_the_endpoint() -> None:
     assert endpoint_from_body({"model": "echo"}) == "echo"
+
+
+def test_tools_are_read_in_each_shape_and_narrowed_by_tool_choice() -> None:
+    nested = [{"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}},
+              {"type": "function", "function": {"name": "b"}}]  # fmt: skip
+    chat = parse_chat_request({"messages": [USER], "tools": nested}, "x", max_tokens_limit=LIMIT)
+    assert [tool.name for tool in chat.tools] == ["a", "b"]
+    forced = {"messages": [USER], "tools": nested,
+              "tool_choice": {"type": "function", "function": {"name": "b"}}}  # fmt: skip
+    assert [t.name for t in parse_chat_request(forced, "x", max_tokens_limit=LIMIT).tools] == ["b"]
+    flat = {"input": "hi", "tools": [{"type": "function", "name": "a"}], "tool_choice": "none"}
+    assert parse_responses_request(flat, max_tokens_limit=LIMIT).tools == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tools": {"name": "a"}}, "tools must be a list"),
+        ({"tools": [{"type": "function", "function": {}}]}, r"tools\[0\] must be a function"),
+        ({"tools": [{"type": "function", "function": {"name": "a", "parameters": []}}]},
+         r"tools\[0\]\.parameters"),
+        ({"tools": [{"type": "function", "function": {"name": "a"}}],
+          "tool_choice": {"type": "function", "function": {"name": "z"}}}, "tool_choice"),
+    ],
+)  # fmt: skip
+def test_bad_tools_are_400s_naming_the_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_chat_request({"messages": [USER], **changes}, "x", max_tokens_limit=LIMIT)

@@ -69,3 +69,28 @@ def test_content_parts_are_joined() -> None:
 def test_body_without_choices_is_malformed(payload: object) -> None:
     with pytest.raises(MalformedResponse):
         invocations.parse(payload)
+
+
+def test_reasoning_parts_and_fields_are_the_rows_reasoning() -> None:
+    # Databricks' Claude with thinking: a reasoning part before the text.
+    payload = {
+        "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": [
+            {"type": "reasoning", "summary": [
+                {"type": "summary_text", "text": "Weigh the options.", "signature": "x"},
+                {"type": "summary_text", "text": "Pick one."},
+            ]},
+            {"type": "text", "text": "Option B."},
+        ]}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45,
+                  "completion_tokens_details": {"reasoning_tokens": 31}},
+    }  # fmt: skip
+    completion = invocations.parse(payload)
+    assert completion.text == "Option B."
+    assert completion.reasoning == "Weigh the options.\n\nPick one."
+    assert (completion.completion_tokens, completion.reasoning_tokens) == (40, 31)
+    # vLLM and llama.cpp's server: a `reasoning_content` string beside the content.
+    vllm = {"choices": [{"message": {"content": "B", "reasoning_content": "Because."}}]}
+    assert invocations.parse(vllm).reasoning == "Because."
+    assert invocations.parse(vllm).reasoning_tokens is None
+    plain = {"choices": [{"message": {"content": "B"}}]}
+    assert invocations.parse(plain).reasoning is None

@@ -25,7 +25,8 @@ class AzureChat(ChatCompletions):
     name = "azure_chat"
 
     def url(self, endpoint: Endpoint) -> str:
-        return f"{endpoint.serving_base_url}/openai/deployments/{endpoint.name}/chat/completions"
+        base = f"{endpoint.serving_base_url}/openai/deployments/{endpoint.name}"
+        return f"{base}/chat/completions?api-version=2024-10-21"
 
     def auth_headers(self, token: str) -> dict[str, str]:
         return {"api-key": token}

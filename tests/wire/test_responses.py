@@ -62,3 +62,21 @@ def test_incomplete_maps_to_length() -> None:
 def test_no_message_item_is_malformed(payload: object) -> None:
     with pytest.raises(MalformedResponse):
         responses.parse(payload)
+
+
+def test_reasoning_items_give_their_summaries_and_text() -> None:
+    payload = {
+        "status": "completed",
+        "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "S"}],
+             "content": [{"type": "reasoning_text", "text": "T"}]},
+            {"type": "message", "content": [{"type": "output_text", "text": "answer"}]},
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 9, "output_tokens_details":
+                  {"reasoning_tokens": 7}},
+    }  # fmt: skip
+    completion = responses.parse(payload)
+    assert (completion.text, completion.reasoning) == ("answer", "S\n\nT")
+    assert completion.reasoning_tokens == 7
+    payload["output"][0] = {"type": "reasoning", "id": "rs_1", "summary": []}
+    assert responses.parse(payload).reasoning is None

@@ -3,8 +3,8 @@
 - `POST /serving-endpoints/chat/completions`: Databricks' OpenAI-compatible route; the endpoint
   name is the body's `model`.
 - `POST /openai/deployments/{name}/chat/completions`: Azure OpenAI's route; the deployment in the
-  path is the endpoint name (a `model` in the body is ignored, as Azure does), and clients send
-  the token as `api-key` (see `auth.py`).
+  path is the endpoint name (a `model` in the body is ignored, as Azure does), clients send
+  the token as `api-key` (see `auth.py`), and `?api-version=` is required, as Azure's is.
 
 Both count as `chat_completions` in /stats and share fault keys. The body parser and the
 `chat.completion` answer are also Databricks `invocations`' (see `invocations.py`).
@@ -19,11 +19,13 @@ from pipeline.serving.chat_model import ModelOutput
 from pipeline.serving.errors import InvalidRequest
 from pipeline.serving.formats.served_format import EMPTY_OUTPUT, ServedFormat
 from pipeline.serving.settings import ServingSettings
-from pipeline.serving.shapes import new_id
+from pipeline.serving.shapes import new_id, usage_body
 from pipeline.serving.validation import (
     IncomingChat,
     chat_messages,
     fault_key,
+    message_images,
+    offered_tools,
     temperature,
     token_budget,
 )
@@ -48,30 +50,43 @@ def parse_chat_request(
         max_tokens=token_budget(body, "max_tokens", max_tokens_limit),
         temperature=temperature(body),
         fault_key=fault_key(format_name, list(messages)),
+        tools=offered_tools(body, nested=True),
+        images=message_images(body["messages"]),
     )
 
 
 def chat_completion(
     output: ModelOutput, *, model: str, completion_id: str, created: int
 ) -> dict[str, Any]:
-    """A `chat.completion` body. Pure: the id and timestamp come in as arguments."""
+    """A `chat.completion` body. Pure: the id and timestamp come in as arguments.
+
+    Tool calls go in `message.tool_calls` (content null when there is no text, as OpenAI
+    answers); reasoning makes the content a list, a `reasoning` part before the text, as
+    Databricks serves a model with thinking on, and is counted in
+    `usage.completion_tokens_details`.
+    """
+    message: dict[str, Any] = {"role": "assistant", "content": output.text}
+    if output.tool_calls:
+        message["content"] = output.text or None
+        message["tool_calls"] = [
+            {"id": f"{completion_id}-call{index}", "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+            for index, (name, arguments) in enumerate(output.tool_calls)
+        ]  # fmt: skip
+    if output.reasoning is not None:
+        summary = [{"type": "summary_text", "text": output.reasoning}]
+        message["content"] = [
+            {"type": "reasoning", "summary": summary},
+            *([{"type": "text", "text": output.text}] if output.text else []),
+        ]
+    usage = usage_body(output, "prompt_tokens", "completion_tokens", "completion_tokens_details")
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": output.text},
-                "finish_reason": output.finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": output.prompt_tokens,
-            "completion_tokens": output.completion_tokens,
-            "total_tokens": output.prompt_tokens + output.completion_tokens,
-        },
+        "choices": [{"index": 0, "message": message, "finish_reason": output.finish_reason}],
+        "usage": usage,
     }
 
 
@@ -102,6 +117,8 @@ def _fresh_chat_completion(output: ModelOutput, endpoint: str) -> dict[str, Any]
 FORMAT = ServedFormat(
     name=NAME,
     paths=(OPENAI_PATH, AZURE_PATH),
+    # Azure refuses a request without the API version it is written against.
+    required_query={AZURE_PATH: ("api-version",)},
     parse=_parse,
     success_body=chat_success_body,
     empty_body=chat_empty_body,

@@ -2,8 +2,9 @@
 
 The request's `input` (a string or a list of messages) and `instructions` become the model's
 messages; the budget field is `max_output_tokens`. The answer is a `response` object whose
-`output` holds one message, after a reasoning item when the `reasoning_item` setting is on; an
-answer cut by the budget is `incomplete`.
+`output` holds one message (or the model's `function_call` items), after a reasoning item when
+the `reasoning_item` or `reasoning` setting is on (with the model's reasoning as its summary);
+an answer cut by the budget is `incomplete`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pipeline.serving.chat_model import Message, ModelOutput
 from pipeline.serving.errors import InvalidRequest
 from pipeline.serving.formats.served_format import EMPTY_OUTPUT, ServedFormat
 from pipeline.serving.settings import ServingSettings
-from pipeline.serving.shapes import new_id
+from pipeline.serving.shapes import new_id, usage_body
 from pipeline.serving.validation import (
     IncomingChat,
     chat_messages,
     fault_key,
+    message_images,
+    offered_tools,
     temperature,
     token_budget,
 )
@@ -53,6 +56,8 @@ def parse_responses_request(body: dict[str, Any], *, max_tokens_limit: int) -> I
         max_tokens=token_budget(body, "max_output_tokens", max_tokens_limit),
         temperature=temperature(body),
         fault_key=fault_key(NAME, {"input": canonical_input, "instructions": instructions}),
+        tools=offered_tools(body, nested=False),
+        images=message_images(raw_input),
     )
 
 
@@ -65,7 +70,8 @@ def response_object(
     reasoning_id: str | None,
     created_at: int,
 ) -> dict[str, Any]:
-    """A `response` body; a reasoning item precedes the message when `reasoning_id` is set.
+    """A `response` body; a reasoning item precedes the message (or the function calls) when
+    `reasoning_id` is set.
 
     Pure: ids and the timestamp come in as arguments. An output cut by the token budget is
     `incomplete` with reason `max_output_tokens`.
@@ -74,16 +80,25 @@ def response_object(
     status = "incomplete" if truncated else "completed"
     items: list[dict[str, Any]] = []
     if reasoning_id is not None:
-        items.append({"type": "reasoning", "id": reasoning_id, "summary": []})
-    items.append(
-        {
+        summary = [] if output.reasoning is None else [
+            {"type": "summary_text", "text": output.reasoning}
+        ]  # fmt: skip
+        items.append({"type": "reasoning", "id": reasoning_id, "summary": summary})
+    if output.text or not output.tool_calls:
+        items.append({
             "type": "message",
             "id": message_id,
             "status": status,
             "role": "assistant",
             "content": [{"type": "output_text", "text": output.text, "annotations": []}],
-        }
-    )
+        })  # fmt: skip
+    items += [
+        {"type": "function_call", "id": f"fc_{response_id}_{index}",
+         "call_id": f"call_{response_id}_{index}", "name": name, "arguments": arguments,
+         "status": "completed"}
+        for index, (name, arguments) in enumerate(output.tool_calls)
+    ]  # fmt: skip
+    usage = usage_body(output, "input_tokens", "output_tokens", "output_tokens_details")
     return {
         "id": response_id,
         "object": "response",
@@ -92,11 +107,7 @@ def response_object(
         "status": status,
         "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
         "output": items,
-        "usage": {
-            "input_tokens": output.prompt_tokens,
-            "output_tokens": output.completion_tokens,
-            "total_tokens": output.prompt_tokens + output.completion_tokens,
-        },
+        "usage": usage,
     }
 
 
@@ -104,7 +115,8 @@ def responses_success_body(
     output: ModelOutput, endpoint: str, settings: ServingSettings
 ) -> dict[str, Any]:
     """`response_object` with fresh ids, created now; a reasoning item if `settings` ask."""
-    return _fresh_response(output, endpoint, with_reasoning=settings.reasoning_item)
+    reasoning = settings.reasoning_item or output.reasoning is not None
+    return _fresh_response(output, endpoint, with_reasoning=reasoning)
 
 
 def responses_empty_body(endpoint: str) -> dict[str, Any]:

@@ -8,8 +8,8 @@ on a format's name. The client side's counterpart is `pipeline.wire.WireFormat`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.serving.chat_model import ModelOutput
@@ -46,3 +46,5 @@ class ServedFormat:
     parse: Parser
     success_body: SuccessBody
     empty_body: EmptyBody
+    # Path -> the query parameters a request on it must carry (400 without them).
+    required_query: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
