@@ -17,6 +17,7 @@ from pipeline.core.images import image_urls, sniff_mime
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.dryrun import dry_run
 from pipeline.wire import wire_for
+from tests.test_client import send, settings
 from tests.test_job import job, run
 from tests.test_prompts import ENDPOINT, build, builder, error
 
@@ -121,9 +122,18 @@ def test_a_missing_image_column_stops_the_job_before_sending(
     assert echo.stats()["requests_total"] == 0
 
 
-@pytest.mark.parametrize("api", ["invocations", "responses"])
+@pytest.mark.parametrize("api", ["invocations", "chat_completions", "responses"])
+def test_every_format_shows_the_endpoint_its_images(echo: LocalEndpoint, api: str) -> None:
+    request = ChatRequest("r", (Message("user", "Look", (data_url("image/png", PNG), URL)),),
+                          20, None)  # fmt: skip
+    result = send(settings(echo, api), request)
+    assert result.status == "ok", result.error
+    assert result.completion is not None
+    assert result.completion.text == f"Look (2 images: {len(PNG)} bytes, url)"
+
+
 def test_images_reach_the_model_and_bad_ones_are_never_sent(
-    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, api: str
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
 ) -> None:
     rows = [
         (1, "Describe", [PNG, JPEG]),
@@ -139,7 +149,7 @@ def test_images_reach_the_model_and_bad_ones_are_never_sent(
         {"path": path, "id_column": "id", "prompt_column": "q", "image_column": "photos",
          "max_image_bytes": 5000},
         {"path": str(tmp_path / "out"), "format": "delta"},
-        endpoint={"api": api},
+        endpoint={"api": "responses"},
     )  # fmt: skip
     planned = dry_run(config, spark)
     assert (planned.requests, planned.invalid_rows, planned.images) == (3, 2, 3)

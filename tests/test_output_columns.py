@@ -33,9 +33,8 @@ LOOKUP = {
 }
 
 
-@pytest.mark.parametrize("api", ["chat_completions", "responses"])
 def test_tool_calls_and_reasoning_land_in_their_columns(
-    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, api: str
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
 ) -> None:
     echo.control(reasoning=True)
     config = job(
@@ -43,7 +42,7 @@ def test_tool_calls_and_reasoning_land_in_their_columns(
         {"path": save(prompts(spark, 40), tmp_path / "in"), "id_column": "id",
          "prompt_column": "prompt"},
         {"path": str(tmp_path / "out"), "format": "delta"},
-        endpoint={"api": api},
+        endpoint={"api": "responses"},
         request={"tools": [LOOKUP, {"name": "noop"}]},
     )  # fmt: skip
     summary, out = run(spark, config)
