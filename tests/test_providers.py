@@ -1,14 +1,17 @@
 """Any provider: how the token goes (`endpoint.auth`), extra headers from the environment
 (`endpoint.headers`) and query parameters (`endpoint.query`), against the real local endpoint,
-which requires the token, and Azure's `api-version` on Azure's route."""
+which requires the token, and Azure's `api-version` on Azure's route; then a whole job in
+Azure's shape."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pyspark.sql import SparkSession
 
 from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import ConfigError
@@ -16,8 +19,11 @@ from pipeline.core.secrets import REDACTED, Secret, resolve_credentials
 from pipeline.http.engine import open_session
 from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.job import run_job
+from pipeline.spark.tables import read_sink
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 from tests.test_client import FAST_RETRIES, client_for, send
+from tests.test_job import job, prompts, save
 
 TENANT_ENV = "BATCH_CHAT_TEST_TENANT"
 TENANT = "tenant-7f3a9c"
@@ -135,3 +141,25 @@ def test_auth_schemes_build_their_headers() -> None:
     assert keyed.auth_headers("t") == {"x-api-key": "t"}
     assert replace(base, auth="none").auth_headers("t") == {}
 
+
+
+def test_a_job_in_azures_shape_keeps_the_header_values_out_of_everything_it_writes(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    echo.control(required_headers=["api-key", "X-Tenant"])
+    endpoint = {**azure(echo), "name": ENDPOINT_NAME, "token_env": TOKEN_ENV,
+                "headers": {"X-Tenant": TENANT_ENV}}  # fmt: skip
+    del endpoint["host"]
+    config = job(echo, {"path": save(prompts(spark, 20), tmp_path / "in"), "id_column": "id",
+                        "prompt_column": "prompt"},
+                 {"path": str(tmp_path / "out"), "format": "delta"})  # fmt: skip
+    config = replace(config, endpoint=EndpointConfig(**endpoint))
+    summary = run_job(config, spark, env={TOKEN_ENV: TOKEN, TENANT_ENV: TENANT})
+    assert summary.ok == 20
+    assert echo.stats()["by_route"]["chat_completions"] == 20
+    written = [str(row) for row in read_sink(spark, config.sink).collect()]
+    kept = [p.read_text() for p in (tmp_path / "out_runs").glob("*.json")]
+    assert len(written) == 20 and len(kept) == 1
+    for text in [*written, *kept, config.to_dict().__repr__()]:
+        assert TENANT not in text and TOKEN not in text
+    assert TENANT_ENV in kept[0]  # the config as run names the variable
