@@ -7,14 +7,16 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 
 from pipeline.core.loader import config_from_dict
 from pipeline.serving.llama import smollm2_path
 from pipeline.serving.process import LocalEndpoint, free_port
 from pipeline.spark.job import run_job
+from pipeline.spark.summary import RunSummary
 from pipeline.spark.tables import read_sink
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.polling import wait_until
@@ -27,6 +29,28 @@ ROWS = [
 ]
 
 
+def answered(
+    spark: SparkSession, tmp_path: Path, endpoint: dict[str, Any], *, max_tokens: int,
+    env: dict[str, str], **source: Any,
+) -> tuple[RunSummary, dict[int, Row]]:
+    """ROWS, as Parquet, answered by a job against `endpoint`: its summary and rows by id."""
+    frame = spark.createDataFrame(ROWS, "id long, question string, budget int")
+    frame.write.parquet(str(tmp_path / "in"))
+    config = config_from_dict(
+        {
+            "source": {"path": str(tmp_path / "in"), "id_column": "id",
+                       "prompt_column": "question", "max_tokens_column": "budget", **source},
+            "endpoint": endpoint,
+            "request": {"max_tokens": max_tokens, "temperature": 0.0},
+            "limits": {"concurrency": 2, "timeout_s": 120},
+            "sink": {"path": str(tmp_path / "out"), "format": "delta"},
+        },
+        env={},
+    )  # fmt: skip
+    summary = run_job(config, spark, env=env)
+    return summary, {r.id: r for r in read_sink(spark, config.sink).collect()}
+
+
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[LocalEndpoint]:
     args = ("--model", "smollm2", "--token-env", TOKEN_ENV)
@@ -37,26 +61,10 @@ def smollm2() -> Iterator[LocalEndpoint]:
 def test_real_completions_and_length_on_a_tiny_budget(
     spark: SparkSession, smollm2: LocalEndpoint, tmp_path: Path
 ) -> None:
-    frame = spark.createDataFrame(ROWS, "id long, question string, budget int")
-    frame.write.parquet(str(tmp_path / "in"))
-    config = config_from_dict(
-        {
-            "source": {
-                "path": str(tmp_path / "in"),
-                "id_column": "id",
-                "prompt_column": "question",
-                "max_tokens_column": "budget",
-                "system_prompt": "Answer briefly.",
-            },
-            "endpoint": {"name": "smollm2", "host": smollm2.url, "token_env": TOKEN_ENV},
-            "request": {"max_tokens": 32, "temperature": 0.0},
-            "limits": {"concurrency": 2, "timeout_s": 120},
-            "sink": {"path": str(tmp_path / "out"), "format": "delta"},
-        },
-        env={},
-    )
-    summary = run_job(config, spark, env={TOKEN_ENV: TOKEN})
-    rows = {r.id: r for r in read_sink(spark, config.sink).collect()}
+    summary, rows = answered(
+        spark, tmp_path, {"name": "smollm2", "host": smollm2.url, "token_env": TOKEN_ENV},
+        max_tokens=32, env={TOKEN_ENV: TOKEN}, system_prompt="Answer briefly.",
+    )  # fmt: skip
     assert summary.ok == 4
     for row in rows.values():
         assert row.status == "ok", row.error
@@ -101,22 +109,9 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_a_plain_openai_compatible_server_answers_a_job(
     spark: SparkSession, llama_server: str, tmp_path: Path
 ) -> None:
-    frame = spark.createDataFrame(ROWS, "id long, question string, budget int")
-    frame.write.parquet(str(tmp_path / "in"))
-    config = config_from_dict(
-        {
-            "source": {"path": str(tmp_path / "in"), "id_column": "id",
-                       "prompt_column": "question", "max_tokens_column": "budget"},
-            "endpoint": {"name": "smollm2", "api": "chat_completions", "base_url": llama_server,
-                         "auth": "none"},
-            "request": {"max_tokens": 24, "temperature": 0.0},
-            "limits": {"concurrency": 2, "timeout_s": 120},
-            "sink": {"path": str(tmp_path / "out"), "format": "delta"},
-        },
-        env={},
-    )  # fmt: skip
-    summary = run_job(config, spark, env={})  # no token anywhere
-    rows = {r.id: r for r in read_sink(spark, config.sink).collect()}
+    endpoint = {"name": "smollm2", "api": "chat_completions", "base_url": llama_server,
+                "auth": "none"}  # fmt: skip
+    summary, rows = answered(spark, tmp_path, endpoint, max_tokens=24, env={})  # no token
     assert summary.ok == 4
     for row in rows.values():
         assert row.status == "ok", row.error

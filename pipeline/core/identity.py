@@ -52,7 +52,7 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, bytes):  # an image column's bytes: their digest spells them
         return {"bytes_sha256": hashlib.sha256(value).hexdigest()}
-    if hasattr(value, "item") and not isinstance(value, str | bytes):  # a numpy scalar
+    if hasattr(value, "item") and not isinstance(value, str):  # a numpy scalar
         value = value.item()
     if isinstance(value, float):
         if math.isnan(value):

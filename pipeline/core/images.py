@@ -24,6 +24,7 @@ _MAGIC = (
     (b"GIF89a", "image/gif"),
 )
 _URL_PREFIXES = ("http://", "https://", "data:image/")
+_URL_PREFIX_BYTES = tuple(prefix.encode() for prefix in _URL_PREFIXES)
 
 
 def sniff_mime(data: bytes) -> str | None:
@@ -71,8 +72,7 @@ def _url(item: Any, where: str) -> str:
     if isinstance(item, bytearray | memoryview):
         item = bytes(item)
     if isinstance(item, bytes):
-        head = item[:16].lower()
-        if head.startswith(tuple(p.encode() for p in _URL_PREFIXES)):
+        if item[:16].lower().startswith(_URL_PREFIX_BYTES):
             item = item.decode("utf-8", errors="replace")  # a text column, sent as bytes
         else:
             return _data_url(item, where)

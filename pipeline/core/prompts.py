@@ -89,16 +89,9 @@ class RequestBuilder:
         """The request for `row`, or an error result naming what is wrong with it."""
         images = self._source.image_column
         try:
-            text_row = {
-                name: listed(value) if name == images else decoded(value, f"column {name!r}")
-                for name, value in row.items()
-            }
+            text_row = self._as_text(row)
         except InvalidInput as err:  # bytes that are not UTF-8: identified by their escapes
-            lenient = {
-                name: listed(value) if name == images else decoded(value, "", lenient=True)
-                for name, value in row.items()
-            }
-            return self._invalid(lenient, err)
+            return self._invalid(self._as_text(row, lenient=True), err)
         try:
             messages = self._messages(text_row)
             if images is not None:
@@ -113,6 +106,20 @@ class RequestBuilder:
         body = self._wire.body(request, self._endpoint, self._extra)
         fingerprint = request_fingerprint(self._endpoint.api, self._endpoint.name, body)
         return dataclasses.replace(request, request_hash=fingerprint)
+
+    def _as_text(self, row: Mapping[str, Any], *, lenient: bool = False) -> dict[str, Any]:
+        """`row` with its bytes decoded (see `decoded`), but the image column's, which are
+        images (see `listed`).
+
+        Raises:
+            InvalidInput: a value is not UTF-8 (unless `lenient`).
+        """
+        images = self._source.image_column
+        return {
+            name: listed(value) if name == images
+            else decoded(value, "" if lenient else f"column {name!r}", lenient=lenient)
+            for name, value in row.items()
+        }  # fmt: skip
 
     def _invalid(self, row: Mapping[str, Any], problem: InvalidInput) -> RowResult:
         return RowResult(

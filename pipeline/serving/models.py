@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from pipeline.serving.chat_model import ChatModel, Message, ModelOutput, ServedImage, ServedTool
@@ -27,17 +26,7 @@ class EchoModel:
 
     def complete(self, messages: list[Message], max_tokens: int) -> ModelOutput:
         """Echo the last user message, truncated to `max_tokens` words."""
-        prompt_tokens = sum(len(message["content"].split()) for message in messages)
-        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        words = last_user.split()
-        kept = words[:max_tokens]
-        return ModelOutput(
-            text=" ".join(kept),
-            finish_reason="length" if len(words) > max_tokens else "stop",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(kept),
-        )
-
+        return _echo(messages, _last_user(messages), max_tokens)
 
     def look(
         self, messages: list[Message], max_tokens: int, images: tuple[ServedImage, ...]
@@ -45,29 +34,40 @@ class EchoModel:
         """The echo of `complete`, then what it was shown: `(2 images: 1024 bytes, url)`."""
         sizes = ", ".join("url" if i.size is None else f"{i.size} bytes" for i in images)
         seen = f"({len(images)} image{'s' if len(images) > 1 else ''}: {sizes})"
-        last_user = next((i for i in reversed(range(len(messages)))
-                          if messages[i]["role"] == "user"), None)  # fmt: skip
-        shown = list(messages)
-        if last_user is not None:
-            text = messages[last_user]["content"]
-            shown[last_user] = {"role": "user", "content": f"{text} {seen}".strip()}
-        output = self.complete(shown, max_tokens)
-        # The description is the answer's, not the prompt's.
-        return replace(output, prompt_tokens=output.prompt_tokens - len(seen.split()))
+        return _echo(messages, f"{_last_user(messages)} {seen}", max_tokens)
 
     def call_tool(self, messages: list[Message], tool: ServedTool) -> ModelOutput:
         """Call `tool` with arguments that match its schema (see `example_arguments`), drawn
         from the last user message; the call's words are its completion tokens."""
-        prompt_tokens = sum(len(message["content"].split()) for message in messages)
-        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        arguments = json.dumps(example_arguments(tool.parameters, last_user))
+        arguments = json.dumps(example_arguments(tool.parameters, _last_user(messages)))
         return ModelOutput(
             text="",
             finish_reason="tool_calls",
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=_words(messages),
             completion_tokens=len(arguments.split()),
             tool_calls=((tool.name, arguments),),
         )
+
+
+def _echo(messages: list[Message], answer: str, max_tokens: int) -> ModelOutput:
+    """`answer`'s words cut to `max_tokens`, for a prompt of `messages`."""
+    words = answer.split()
+    kept = words[:max_tokens]
+    return ModelOutput(
+        text=" ".join(kept),
+        finish_reason="length" if len(words) > max_tokens else "stop",
+        prompt_tokens=_words(messages),
+        completion_tokens=len(kept),
+    )
+
+
+def _words(messages: list[Message]) -> int:
+    """The prompt tokens of `messages`: the words of every message, system included."""
+    return sum(len(message["content"].split()) for message in messages)
+
+
+def _last_user(messages: list[Message]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def example_arguments(schema: Mapping[str, Any], text: str) -> Any:

@@ -63,14 +63,18 @@ def endpoint_from_body(body: dict[str, Any]) -> str:
     return model
 
 
-def chat_messages(value: object, field: str) -> tuple[Message, ...]:
-    """A non-empty list of {role, content} objects, reduced to role and content.
+def chat_messages(
+    value: object, field: str
+) -> tuple[tuple[Message, ...], tuple[ServedImage, ...]]:
+    """A non-empty list of {role, content} objects, reduced to role and text content, and the
+    images of their content parts, in order (read once).
 
     Raises InvalidRequest naming `field` or `field[i]...`.
     """
     if not isinstance(value, list) or not value:
         raise InvalidRequest(f"{field} must be a non-empty list of {{role, content}} objects")
-    return tuple(_message(item, f"{field}[{index}]") for index, item in enumerate(value))
+    read = [_message(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    return tuple(message for message, _ in read), tuple(i for _, images in read for i in images)
 
 
 def token_budget(body: dict[str, Any], field: str, limit: int) -> int | None:
@@ -144,31 +148,21 @@ def fault_key(format_name: str, prompt: object) -> str:
     return f"{format_name}:{json.dumps(prompt, sort_keys=True, separators=(',', ':'))}"
 
 
-def _message(item: object, where: str) -> Message:
+def _message(item: object, where: str) -> tuple[Message, list[ServedImage]]:
     if not isinstance(item, dict):
         raise InvalidRequest(f"{where} must be an object with role and content")
     role, content = item.get("role"), item.get("content")
     if role not in ROLES:
         raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}")
+    images: list[ServedImage] = []
     if isinstance(content, list):
-        content = "".join(text for text, _ in _parts(content, f"{where}.content"))
+        parts = _parts(content, f"{where}.content")
+        content = "".join(text for text, _ in parts)
+        images = [image for _, image in parts if image is not None]
     if not isinstance(content, str):
         raise InvalidRequest(f"{where}.content must be a string or a list of content parts")
     # Extra keys (name, type, ...) are accepted and dropped: the model sees role and content only.
-    return {"role": str(role), "content": content}
-
-
-def message_images(value: object) -> tuple[ServedImage, ...]:
-    """The images in the content parts of already validated messages (see `chat_messages`)."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(
-        image
-        for index, item in enumerate(value)
-        if isinstance(item, dict) and isinstance(item.get("content"), list)
-        for _, image in _parts(item["content"], f"[{index}].content")
-        if image is not None
-    )
+    return {"role": str(role), "content": content}, images
 
 
 def _parts(parts: list[Any], where: str) -> list[tuple[str, ServedImage | None]]:

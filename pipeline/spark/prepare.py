@@ -61,9 +61,9 @@ def read_input(spark: SparkSession, config: JobConfig) -> DataFrame:
     return frame
 
 
-def result_schema(frame: DataFrame, config: JobConfig, *, stamped: bool = True) -> StructType:
-    """The sink's schema for rows of `frame` (see `output_schema`)."""
-    return output_schema(frame.schema, parsed_type(config.request.output_format), stamped=stamped)
+def result_schema(frame: DataFrame, config: JobConfig) -> StructType:
+    """The sink's schema for rows of `frame` (see `output_schema`), `config_hash` included."""
+    return output_schema(frame.schema, parsed_type(config.request.output_format), stamped=True)
 
 
 class Lease(Protocol):

@@ -24,7 +24,6 @@ from pipeline.serving.validation import (
     IncomingChat,
     chat_messages,
     fault_key,
-    message_images,
     offered_tools,
     temperature,
     token_budget,
@@ -44,14 +43,14 @@ def parse_chat_request(
     """
     if "messages" not in body:
         raise InvalidRequest("messages is required")
-    messages = chat_messages(body["messages"], "messages")
+    messages, images = chat_messages(body["messages"], "messages")
     return IncomingChat(
         messages=messages,
         max_tokens=token_budget(body, "max_tokens", max_tokens_limit),
         temperature=temperature(body),
         fault_key=fault_key(format_name, list(messages)),
         tools=offered_tools(body, nested=True),
-        images=message_images(body["messages"]),
+        images=images,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline.serving.chat_model import Message, ModelOutput
+from pipeline.serving.chat_model import Message, ModelOutput, ServedImage
 from pipeline.serving.errors import InvalidRequest
 from pipeline.serving.formats.served_format import EMPTY_OUTPUT, ServedFormat
 from pipeline.serving.settings import ServingSettings
@@ -21,7 +21,6 @@ from pipeline.serving.validation import (
     IncomingChat,
     chat_messages,
     fault_key,
-    message_images,
     offered_tools,
     temperature,
     token_budget,
@@ -40,11 +39,12 @@ def parse_responses_request(body: dict[str, Any], *, max_tokens_limit: int) -> I
     if "input" not in body:
         raise InvalidRequest("input is required")
     raw_input = body["input"]
-    turns: tuple[Message, ...] = (
-        ({"role": "user", "content": raw_input},)
-        if isinstance(raw_input, str)
-        else chat_messages(raw_input, "input")
-    )
+    turns: tuple[Message, ...]
+    images: tuple[ServedImage, ...] = ()
+    if isinstance(raw_input, str):
+        turns = ({"role": "user", "content": raw_input},)
+    else:
+        turns, images = chat_messages(raw_input, "input")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string")
@@ -57,7 +57,7 @@ def parse_responses_request(body: dict[str, Any], *, max_tokens_limit: int) -> I
         temperature=temperature(body),
         fault_key=fault_key(NAME, {"input": canonical_input, "instructions": instructions}),
         tools=offered_tools(body, nested=False),
-        images=message_images(raw_input),
+        images=images,
     )
 
 
