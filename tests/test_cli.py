@@ -31,8 +31,31 @@ VOLATILE = ["response_id", "latency_ms"]
      ("spark://127.0.0.1:7077", None), ("yarn", None), ("local-cluster[2,1,1024]", None)],
 )  # fmt: skip
 def test_a_local_master_counts_its_slots(master: str, slots: int | None) -> None:
-    # The session a run starts sets Delta's snapshotPartitions to this (50 by default).
+    # The session a run starts sizes its partitions by this (see `local_sizes`).
     assert local_slots(master) == slots
+
+
+def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots(
+    tmp_path: Path,
+) -> None:
+    # Shuffles over twice the slots (not Spark's 200), Delta's log replay over the slots, and
+    # what the user set (here with --conf) kept as set.
+    script = tmp_path / "sizes.py"
+    script.write_text(
+        "from pipeline.spark.session import spark_session\n"
+        "spark = spark_session()\n"
+        "for key in ('spark.sql.shuffle.partitions',\n"
+        "            'spark.databricks.delta.snapshotPartitions'):\n"
+        "    print(key, spark.conf.get(key))\n"
+    )
+    submit = str(Path(sys.executable).with_name("spark-submit"))
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    command = [submit, "--master", "local[3]", "--conf",
+               "spark.databricks.delta.snapshotPartitions=5", str(script)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "spark.sql.shuffle.partitions 6\n" in done.stdout
+    assert "spark.databricks.delta.snapshotPartitions 5\n" in done.stdout
 
 
 def test_config_error_exits_before_spark_naming_the_key(

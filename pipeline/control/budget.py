@@ -69,11 +69,18 @@ CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
 # 429s keep coming for a while after a decrease (retries waiting out a full window): one
 # decrease per this long.
 DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
-# 429s that slowing down left within this factor of what they were (not cut, not grown) are
-# not about the rate (an endpoint that answers some requests 429 whatever the rate): that
-# share, and this much more, is the endpoint's usual from then on, never a reason to slow ...
-NOISE_KEPT = 0.5
+# A share of 429s that slowing down did not change (see SIGNIFICANT) is not about the rate
+# (an endpoint that answers some requests 429 whatever the rate): it, and this much more, is
+# the endpoint's usual from then on, never a reason to slow down.
 NOISE_MARGIN = 1.5
+# A decrease is judged on every answer since it, against the 429s the share before it would
+# have given: fewer by this many standard deviations (of a Poisson count), it was right; more,
+# it was not enough; neither, once this many 429s were expected, they are the endpoint's usual
+# (a quiet second is no proof: at 20 answers a second and 7.5 % of them 429s, one comes by
+# chance one time in five). Until judged, no further decrease (quiet seconds still speed up) ...
+SIGNIFICANT = 2.0
+NOISE_EVIDENCE = 6  # more than SIGNIFICANT squared: none of them, the decrease was right
+HOLD_MAX_S = 5 * ADAPT_PERIOD_S  # ... for at most this long (then the decrease counts as right)
 # 429s are judged on at least this many answers (a first report may hold three answers, and
 # two of them 429s): fewer say nothing yet.
 MIN_JUDGED = 20
@@ -150,8 +157,10 @@ class JobBudget:
         self._period_start = clock()
         self._period_ok = self._period_limited = 0  # answers in the period
         self._granted_since_change = 0
-        # The last decrease, until a quiet period shows it was right.
+        # The last decrease, until the answers since show whether it lessened the 429s, and
+        # those answers: successes, 429s.
         self._slowed: _Slowed | None = None
+        self._since = [0, 0]
         # The share of 429s the endpoint answers whatever the rate: not a reason to slow down.
         self._noise = 0.0
         # Answers reported in the last DECREASE_COOLDOWN_S: (when, successes, 429s).
@@ -260,43 +269,78 @@ class JobBudget:
     def _adapt(self, ask: LeaseAsk, now: float) -> None:
         self._period_ok += ask.ok
         self._period_limited += ask.rate_limited
+        self._since[0] += ask.ok
+        self._since[1] += ask.rate_limited
         if self._recount_at is not None and now >= self._recount_at:
             self._recount(now)
+        holding = self._holding(now)
         answers = self._period_ok + self._period_limited
         share = self._period_limited / max(1, answers)
         # 429s still answer requests sent before the last decrease for a while: one decrease
         # per burst.
         cooled = now >= self._decreased_at + DECREASE_COOLDOWN_S
-        if ask.rate_limited and cooled and share > self._noise and answers >= MIN_JUDGED:
-            self._slow_down(share, now)
+        if ask.rate_limited and cooled and self._beyond_noise(answers) and answers >= MIN_JUDGED:
+            if not holding:
+                self._slow_down(share, now)
             return
         if now - self._period_start < ADAPT_PERIOD_S:
             return
         if share <= self._noise:
-            self._slowed = None  # quiet at the lower rate: that decrease was right
             self._speed_up(now)
         self._new_period(now)
 
-    def _slow_down(self, share: float, now: float) -> None:
-        """429s beyond the endpoint's usual share: slow down, unless slowing down last time did
-        not lessen them (they are not about the rate: an endpoint failing some requests with
-        429 whatever the rate) — then back to the rate before, and that share is usual now."""
+    def _beyond_noise(self, answers: int) -> bool:
+        """Whether the period's 429s are more than the endpoint's usual share would give by
+        chance (two standard deviations more: at 20 answers and 7.5 % usual, a period holding
+        three 429s comes one time in five)."""
+        usual = answers * self._noise
+        return self._period_limited > usual + 2 * math.sqrt(usual * (1 - self._noise))
+
+    def _holding(self, now: float) -> bool:
+        """Whether the last decrease is still to be judged on the answers since; judged, it is
+        forgotten: it lessened the 429s (it was right), or they grew (the next decrease
+        follows), or neither (they are not about the rate: an endpoint failing some requests
+        with 429 whatever the rate) — then back to the rate before, and that share is the
+        endpoint's usual from then on. The 429s since are weighed against those the share
+        before the decrease would have given (see `NOISE_EVIDENCE`, `SIGNIFICANT`)."""
         slowed = self._slowed
-        noise = slowed is not None and NOISE_KEPT <= share / slowed.share <= 1 / NOISE_KEPT
-        if slowed is not None and noise and self._sees_all:
-            self._noise = max(self._noise, share * NOISE_MARGIN)
-            log.info("%.1f %% of requests answer 429 whatever the rate: not slowing down for "
-                     "those", 100 * share)  # fmt: skip
-            self._requests = (
-                None if slowed.requests is None else Schedule(slowed.requests, self._clock)
-            )
-            if self._tokens is not None and slowed.tokens is not None:
-                self._tokens.set_rate(slowed.tokens)
+        if slowed is None:
+            return False
+        ok, limited = self._since
+        expected = (ok + limited) * slowed.share  # 429s, had slowing down changed nothing
+        deviation = (limited - expected) / math.sqrt(max(expected, 1e-9))
+        if not self._sees_all or deviation < -SIGNIFICANT:
+            self._slowed = None  # (a budget that does not see every task never calls it noise)
+            return False
+        if deviation > SIGNIFICANT or now >= self._decreased_at + HOLD_MAX_S:
             self._slowed = None
-            self._new_period(now)
-            return
+            return False
+        if expected < NOISE_EVIDENCE or now < self._decreased_at + ADAPT_PERIOD_S:
+            # Under a known limit (configured, announced) a decrease is a small step, and a
+            # 429 beyond it may be slowed for at once; it is judged when the evidence is in.
+            return self._ceiling is None and self._token_ceiling is None
+        share = limited / max(1, ok + limited)
+        self._noise = max(self._noise, share * NOISE_MARGIN)
+        log.info("%.1f %% of requests answer 429 whatever the rate: not slowing down for "
+                 "those", 100 * share)  # fmt: skip
+        self._requests = None if slowed.requests is None else Schedule(slowed.requests, self._clock)
+        if self._tokens is not None and slowed.tokens is not None:
+            self._tokens.set_rate(slowed.tokens)
+        self._slowed = None
+        self._new_period(now)
+        return False
+
+    def _slow_down(self, share: float, now: float) -> None:
+        """429s beyond the endpoint's usual share: slow down, and judge the decrease on the
+        answers that follow (see `_holding`)."""
         tokens = None if self._tokens is None else self._tokens.rate_per_s
-        self._slowed = _Slowed(share, self.rate_per_s, tokens)
+        # The share judged against: over the last DECREASE_COOLDOWN_S, not the period that
+        # drew this decrease alone (picked for its 429s, it overstates them).
+        ok = sum(n for _, n, _ in self._recent)
+        limited = sum(n for _, _, n in self._recent)
+        usual = limited / max(1, ok + limited) if ok + limited >= MIN_JUDGED else share
+        self._slowed = _Slowed(usual, self.rate_per_s, tokens)
+        self._since = [0, 0]
         self._probes = 0
         if self._requests is None and self._tokens is not None:  # the token budget binds
             self._tokens.set_rate(self._tokens.rate_per_s * CONFIGURED_BACKOFF)
