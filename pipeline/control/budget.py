@@ -294,7 +294,7 @@ class JobBudget:
         chance (two standard deviations more: at 20 answers and 7.5 % usual, a period holding
         three 429s comes one time in five)."""
         usual = answers * self._noise
-        return self._period_limited > usual + 2 * math.sqrt(usual * (1 - self._noise))
+        return self._period_limited > usual + SIGNIFICANT * math.sqrt(usual * (1 - self._noise))
 
     def _holding(self, now: float) -> bool:
         """Whether the last decrease is still to be judged on the answers since; judged, it is
@@ -336,8 +336,7 @@ class JobBudget:
         tokens = None if self._tokens is None else self._tokens.rate_per_s
         # The share judged against: over the last DECREASE_COOLDOWN_S, not the period that
         # drew this decrease alone (picked for its 429s, it overstates them).
-        ok = sum(n for _, n, _ in self._recent)
-        limited = sum(n for _, _, n in self._recent)
+        ok, limited = self._recent_counts()
         usual = limited / max(1, ok + limited) if ok + limited >= MIN_JUDGED else share
         self._slowed = _Slowed(usual, self.rate_per_s, tokens)
         self._since = [0, 0]
@@ -419,8 +418,12 @@ class JobBudget:
         seldom shorter."""
         since = now - (self._first_ask if self._first_ask is not None else now)
         span = max(ADAPT_PERIOD_S, min(DECREASE_COOLDOWN_S, since))
-        ok = sum(n for _, n, _ in self._recent)
-        return ok / span, (ok + sum(n for _, _, n in self._recent)) / span
+        ok, limited = self._recent_counts()
+        return ok / span, (ok + limited) / span
+
+    def _recent_counts(self) -> tuple[int, int]:
+        """Successes and 429s told in the last DECREASE_COOLDOWN_S (pruned in `_learn`)."""
+        return sum(n for _, n, _ in self._recent), sum(n for _, _, n in self._recent)
 
     def _increased(self, rate: float) -> float:
         # A binary search back towards the rate that last drew 429s, then gentle probing past

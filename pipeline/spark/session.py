@@ -77,7 +77,7 @@ def spark_session(
 
         builder = configure_spark_with_delta_pip(builder)
     session = builder.getOrCreate()
-    _size_local_session(session)
+    _size_local_session(session, settings)
     _warn_if_speculative(session)
     return session
 
@@ -106,14 +106,15 @@ def _size_for_local(master: str, settings: dict[str, str]) -> None:
         settings.setdefault(key, value)
 
 
-def _size_local_session(session: SparkSession) -> None:
+def _size_local_session(session: SparkSession, settings: Mapping[str, str]) -> None:
     """`local_sizes` for a classic session on a local master (from the builder, or started by
-    spark-submit), where its Spark conf (`--conf`, spark-defaults.conf, the builder) does not
-    set them."""
+    spark-submit), where neither `settings` (given to the builder) nor its Spark conf
+    (`--conf`, spark-defaults.conf) set them. `settings` count even when the Spark context was
+    already running: the builder then puts them in the session's conf, not the context's."""
     context = session.sparkContext
     configured = context.getConf()
     for key, value in local_sizes(context.master or "").items():
-        if not configured.contains(key):
+        if key not in settings and not configured.contains(key):
             session.conf.set(key, value)
 
 
