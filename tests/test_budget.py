@@ -175,8 +175,9 @@ def test_adaptive_starts_with_no_rate_and_backs_off_below_the_rate_answers_came_
 
 
 def test_a_first_decrease_on_thin_evidence_is_counted_again_once_every_task_has_told() -> None:
-    """The endpoint lets 100 through in its first window; the first report of a 429 holds one
-    task's 40 of them, the other task tells its 60 later: RECOUNT_AFTER_S on, the rate is 100."""
+    """The endpoint lets 100 through in its first one-second window; the first report of a 429
+    holds one task's 40 of them, the other task tells its 60 later, and what is sent at the new
+    rate meets the full window: RECOUNT_AFTER_S on, the rate is 100 (less the margin)."""
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock)
     budget.lease(LeaseAsk(requests=64, task="a"))
@@ -187,9 +188,9 @@ def test_a_first_decrease_on_thin_evidence_is_counted_again_once_every_task_has_
     clock.now += 0.05
     budget.lease(LeaseAsk(requests=64, task="b", ok=60, rate_limited=30))
     assert budget.rate_per_s == first  # the same burst of 429s: no second judgement yet
-    while clock.now < START + 0.1 + RECOUNT_AFTER_S * 0.9:  # successes at the new rate
+    while clock.now < START + 0.1 + RECOUNT_AFTER_S * 0.9:  # 429s at the new rate
         clock.now += 0.05
-        budget.lease(LeaseAsk(requests=8, task="a", ok=round(first * 0.05)))
+        budget.lease(LeaseAsk(requests=8, task="a", rate_limited=round(first * 0.05)))
     assert budget.rate_per_s == first
     clock.now += 0.05
     budget.lease(LeaseAsk(requests=8, task="a"))
@@ -273,10 +274,35 @@ def test_429s_whatever_the_rate_are_found_at_a_low_rate_too() -> None:
     assert len(decreases) <= 2  # ... and found out: never again, whatever the chance periods
 
 
+def test_a_steady_few_429s_at_a_low_rate_are_found_after_a_decrease_judged_right() -> None:
+    """An answer every 50 ms, 7.5 % of them 429s at random, after a first burst that was worse
+    (its decrease is judged right). Each second holds a 429 or two, seldom told with 20 answers
+    beside it in one report: neither quiet nor, at the report, enough to slow down on. At a
+    second's end they are; the decrease is judged, and the 429s are found to be the endpoint's
+    usual: the rate stops binding (20 answers a second, far under it). Chance quiet stretches
+    can take a decrease for right a few times over: in 20 draws, at least 16 let go within
+    40 s (11 of 20 did before the seconds' ends counted)."""
+    let_go = 0
+    for seed in range(20):
+        clock = FakeClock(START)
+        budget = JobBudget(None, None, adaptive=True, clock=clock)
+        budget.lease(LeaseAsk(requests=8, ok=60, rate_limited=40))  # the first burst
+        assert budget.rate_per_s is not None
+        draw = random.Random(seed)
+        rates = []
+        for _ in range(int(40 / 0.05)):
+            clock.now += 0.05
+            limited = int(draw.random() < 0.075)
+            budget.lease(LeaseAsk(requests=8, ok=1 - limited, rate_limited=limited))
+            rates.append(budget.rate_per_s)
+        let_go += all(rate is None or rate > 5 * 20 for rate in rates[-int(5 / 0.05):])
+    assert let_go >= 16
+
+
 @pytest.mark.parametrize("sees_all", [False, True])
-def test_a_task_alone_probes_gently_then_faster_and_a_429_starts_it_over(sees_all: bool) -> None:
-    """A task's own budget cannot see other tasks end and leave it their rate: while quiet, it
-    probes faster and faster. The job's budget sees every task: 3 % a period is enough."""
+def test_a_quiet_rate_probes_gently_then_faster_and_a_429_starts_it_over(sees_all: bool) -> None:
+    """A task's own budget cannot see other tasks end and leave it their rate, and the job's
+    may have cut deep on thin evidence: while quiet, either probes faster and faster."""
     clock = FakeClock(START)
     budget = JobBudget(None, None, adaptive=True, clock=clock, sees_all=sees_all)
     budget.lease(LeaseAsk(requests=8, ok=100, rate_limited=30))  # 100/s; 130/s drew 429s
@@ -293,9 +319,6 @@ def test_a_task_alone_probes_gently_then_faster_and_a_429_starts_it_over(sees_al
     assert steps[0] > steps[1] > steps[2]  # the search back towards 130/s, halving the distance
     probing = steps[3:]
     assert probing[:PATIENCE] == pytest.approx([INCREASE] * PATIENCE)
-    if sees_all:
-        assert probing == pytest.approx([INCREASE] * len(probing))
-        return
     assert probing[PATIENCE:PATIENCE + 2] == pytest.approx([2 * INCREASE, 4 * INCREASE])
     assert max(probing) == pytest.approx(MAX_PROBE)
     rate = budget.rate_per_s

@@ -59,10 +59,10 @@ RECOUNT_AFTER_S = 0.5
 CONFIGURED_BACKOFF = 0.98
 BACKOFF = 0.85  # ... and without one
 DECREASE = 0.5  # never more than this off at once: the evidence may be thin
-INCREASE = 0.03  # share of the rate added per quiet period, when probing; for a task's own
-# budget, after PATIENCE quiet periods of probing in a row, twice the step at each, up to
-# MAX_PROBE: a task that another task's end left with its small share climbs back in seconds,
-# not a minute (TCP BIC's max probing)
+INCREASE = 0.03  # share of the rate added per quiet period, when probing; after PATIENCE
+# quiet periods of probing in a row, twice the step at each, up to MAX_PROBE: a rate far under
+# what the endpoint admits (a task that another task's end left with its small share, a
+# decrease on thin evidence) climbs back in seconds, not a minute (TCP BIC's max probing)
 PATIENCE = 2
 MAX_PROBE = 0.15
 CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
@@ -80,7 +80,7 @@ NOISE_MARGIN = 1.5
 # chance one time in five). Until judged, no further decrease (quiet seconds still speed up) ...
 SIGNIFICANT = 2.0
 NOISE_EVIDENCE = 6  # more than SIGNIFICANT squared: none of them, the decrease was right
-HOLD_MAX_S = 5 * ADAPT_PERIOD_S  # ... for at most this long (then the decrease counts as right)
+HOLD_MAX_S = 30 * ADAPT_PERIOD_S  # ... for at most this long (then the decrease counts as right)
 # 429s are judged on at least this many answers (a first report may hold three answers, and
 # two of them 429s): fewer say nothing yet.
 MIN_JUDGED = 20
@@ -279,7 +279,8 @@ class JobBudget:
         # 429s still answer requests sent before the last decrease for a while: one decrease
         # per burst.
         cooled = now >= self._decreased_at + DECREASE_COOLDOWN_S
-        if ask.rate_limited and cooled and self._beyond_noise(answers) and answers >= MIN_JUDGED:
+        too_many = cooled and answers >= MIN_JUDGED and self._beyond_noise(answers)
+        if ask.rate_limited and too_many:
             if not holding:
                 self._slow_down(share, now)
             return
@@ -287,6 +288,13 @@ class JobBudget:
             return
         if share <= self._noise:
             self._speed_up(now)
+        elif too_many and not holding and not self._noise:
+            # A few 429s in every period at a low rate, none told with enough answers beside
+            # it: neither quiet nor judged, the rate would stay where it is for good.
+            self._slow_down(share, now)
+            return
+        elif answers < MIN_JUDGED:
+            return  # 429s on too few answers to judge: the period goes on
         self._new_period(now)
 
     def _beyond_noise(self, answers: int) -> bool:
@@ -366,8 +374,11 @@ class JobBudget:
         rate = self.rate_per_s
         if rate is None or self._first_answer is None:
             return
-        before = self.ok - rate * (now - self._decreased_at)
-        admitted = before / max(ADAPT_PERIOD_S, self._decreased_at - self._first_answer)
+        # What the new rate sent since may have got through: all of it, less the 429s since
+        # (none got through where the endpoint's window is still full from the first burst).
+        since = max(0.0, rate * (now - self._decreased_at) - self._since[1])
+        span = max(ADAPT_PERIOD_S, self._decreased_at - self._first_answer)
+        admitted = (self.ok - since) / span * MARGIN
         if self._ceiling is not None:
             admitted = min(admitted, self._ceiling)
         if admitted > rate * (1 + INCREASE):
@@ -375,6 +386,9 @@ class JobBudget:
                      "(was %.0f/min)", admitted * 60, rate * 60)  # fmt: skip
             self._set_rate(admitted)
             self._too_fast = None
+            # The 429s still to come answer requests sent at the rate before.
+            self._decreased_at = now
+            self._new_period(now)
 
     def _speed_up(self, now: float) -> None:
         """A quiet period: grow a rate that is being used (a job held back by latency or
@@ -435,9 +449,10 @@ class JobBudget:
             return rate + max(step, (self._too_fast - rate) / 2)
         self._too_fast = None  # quiet at that rate now: probe on
         self._probes += 1
-        # A budget of one task among others (see `sees_all`) does not see them end: the rate
-        # they leave may be far above. The job's budget gives it to the others at once.
-        growth = 1.0 if self._sees_all else 2.0 ** max(0, self._probes - PATIENCE)
+        # Quiet for long, the rate may be far under what the endpoint admits now: a task whose
+        # own budget (see `sees_all`) cannot see the others end and leave it their rate, a job
+        # whose endpoint others stopped sharing, a first decrease cut too deep.
+        growth = 2.0 ** max(0, self._probes - PATIENCE)
         return rate + max(step, rate * min(MAX_PROBE, INCREASE * growth))
 
     def _set_rate(self, rate: float) -> None:
