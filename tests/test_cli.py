@@ -39,23 +39,33 @@ def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots
     tmp_path: Path,
 ) -> None:
     # Shuffles over twice the slots (not Spark's 200), Delta's log replay over the slots, and
-    # what the user set (here with --conf) kept as set.
+    # what the user set (here with --conf) kept as set, the compiled classes' cache too.
     script = tmp_path / "sizes.py"
     script.write_text(
         "from pipeline.spark.session import spark_session\n"
         "spark = spark_session()\n"
         "for key in ('spark.sql.shuffle.partitions',\n"
-        "            'spark.databricks.delta.snapshotPartitions'):\n"
+        "            'spark.databricks.delta.snapshotPartitions',\n"
+        "            'spark.sql.codegen.cache.maxEntries'):\n"
         "    print(key, spark.conf.get(key))\n"
     )
     submit = str(Path(sys.executable).with_name("spark-submit"))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    command = [submit, "--master", "local[3]", "--conf",
-               "spark.databricks.delta.snapshotPartitions=5", str(script)]  # fmt: skip
+    command = [submit, "--master", "local[3]",
+               "--conf", "spark.databricks.delta.snapshotPartitions=5",
+               "--conf", "spark.sql.codegen.cache.maxEntries=300", str(script)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "spark.sql.shuffle.partitions 6\n" in done.stdout
     assert "spark.databricks.delta.snapshotPartitions 5\n" in done.stdout
+    assert "spark.sql.codegen.cache.maxEntries 300\n" in done.stdout
+
+
+def test_a_session_this_package_starts_keeps_the_classes_a_run_compiles(
+    spark: SparkSession,
+) -> None:
+    # Spark's 100 would let a run's plans evict each other (see `CODEGEN_CACHE`).
+    assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == "1000"
 
 
 def test_config_error_exits_before_spark_naming_the_key(

@@ -40,6 +40,13 @@ SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
 # planning over a 1,000-row sink spent 10.8 s in one step that took 4.0 s with 2 partitions
 # (3.7 s with 4). A local master gets twice its slots, unless the user set it.
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+# Spark keeps the classes it compiled for the last 100 query shapes (whole-stage code,
+# projections, orderings), and a run's plans need more: a merge rerun with changed rows
+# compiled about 250 at each run in one session, its own among them, where every one
+# after the first was compiled before (2026-12-03: 12-row reruns, warm session). A static
+# setting: only for a session this package starts, unless its launch (builder, `--conf`)
+# sets it.
+CODEGEN_CACHE = {"spark.sql.codegen.cache.maxEntries": "1000"}
 
 
 def spark_session(
@@ -67,6 +74,9 @@ def spark_session(
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
     with_delta = not under_submit or _delta_on_classpath()
     settings = {**(JOB_CONF if with_delta else BASE_CONF), **(conf or {})}
+    for key, value in CODEGEN_CACHE.items():
+        if not (under_submit and _submitted_with(key)):
+            settings.setdefault(key, value)
     if not under_submit:
         settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
     builder = SparkSession.builder.appName(app_name)
@@ -91,7 +101,7 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
         # pyspark starts the Connect server in this process: as a local run would, with Delta
         # (its jars fetched through spark.jars.packages) and executors on this interpreter.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        settings = {**JOB_CONF, "spark.jars.packages": DELTA_PACKAGE, **settings}
+        settings = {**JOB_CONF, **CODEGEN_CACHE, "spark.jars.packages": DELTA_PACKAGE, **settings}
         _size_for_local(remote, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -201,6 +211,14 @@ def _connect_host(spark: SparkSession) -> str | None:
     builder = getattr(getattr(spark, "client", None), "_builder", None)
     host = getattr(builder, "host", None)
     return host if isinstance(host, str) else None
+
+
+def _submitted_with(key: str) -> bool:
+    """Whether spark-submit's launch (`--conf`, spark-defaults.conf) sets `key`."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return SparkConf().contains(key)
 
 
 def _delta_on_classpath() -> bool:
