@@ -627,37 +627,75 @@ def scale(bench: Bench) -> list[Figure]:
     1M rows against 100k rows, Delta sinks in merge mode as the example config; then the
     planning of a merge rerun (1 % new rows) against a bare Spark anti-join count of the same
     two tables."""
-    seen: dict[int, dict[str, float]] = {}
-    sinks: dict[int, str] = {}
     with endpoint() as server:
-        for rows in SCALE_ROWS:
-            server.reset()
-            samplers = {"driver JVM": WorkerMemory(DRIVER_JVM), "driver Python": WorkerMemory(()),
-                        "worker": WorkerMemory()}  # fmt: skip
-            with ExitStack() as sampling:
-                for sampler in samplers.values():
-                    sampling.enter_context(sampler)
-                started = time.monotonic()
-                summary = bench.run(server, rows, concurrency=64,
-                                    sink={"format": "delta", "mode": "merge"})  # fmt: skip
-                wall = time.monotonic() - started
-            sinks[rows] = summary.sink
-            seen[rows] = {"rate": served_rate(server.stats()), "wall": wall,
-                          **{k: v.peak_mib for k, v in samplers.items()}}  # fmt: skip
-        small, large = (seen[r] for r in SCALE_ROWS)
-        figures = [
-            Figure(f"{name} peak RSS, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows",
-                   large[name] / small[name], 1.15, False,
-                   f"{small[name]:.0f} MiB vs {large[name]:.0f} MiB")
-            for name in ("driver JVM", "driver Python", "worker")
-        ]  # fmt: skip
-        rate = large["rate"] / small["rate"]
-        figures.append(Figure(
-            f"requests/s, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows", rate, 0.9, True,
-            f"{large['rate']:.0f}/s vs {small['rate']:.0f}/s at the endpoint; command to table "
-            f"written {large['wall']:.0f} s vs {small['wall']:.0f} s"))  # fmt: skip
+        figures, sinks = _scale_runs(
+            bench, server, {"driver JVM": DRIVER_JVM, "driver Python": (), "worker": WORKERS}
+        )
         figures.append(_rerun_planning(bench, server, sinks[SCALE_ROWS[1]]))
     return figures
+
+
+# A standalone cluster's executors: the JVMs that hold the rows there.
+EXECUTOR_JVM = (b"CoarseGrainedExecutorBackend",)
+
+
+def scale_cluster(bench: Bench) -> list[Figure]:
+    """Not in the default run (`--only scale_cluster`; about 15 minutes): `scale`'s runs on a
+    standalone cluster of two 1-core workers on this machine, where the driver is not also the
+    executor (as on Databricks and `spark-submit --master spark://...`): its memory apart from
+    the executors' (which hold the rows: Spark's cache and sort, bounded by their memory)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.cluster import StandaloneCluster  # the suite's own fixture, not the package
+
+    with tempfile.TemporaryDirectory(prefix="batch-chat-cluster-") as tmp:
+        with StandaloneCluster(Path(tmp)) as cluster, endpoint() as server:
+            bench.restart({"spark.master": cluster.url})
+            try:
+                figures, _ = _scale_runs(bench, server, {
+                    "driver JVM": DRIVER_JVM, "executor JVM": EXECUTOR_JVM, "worker": WORKERS,
+                }, where="cluster: ")  # fmt: skip
+            finally:
+                bench.restart({})  # back to the local session before the cluster stops
+    return figures
+
+
+def _scale_runs(
+    bench: Bench,
+    server: LocalEndpoint,
+    processes: dict[str, tuple[bytes, ...]],
+    where: str = "",
+) -> tuple[list[Figure], dict[int, str]]:
+    """The job on each of SCALE_ROWS: peak RSS of `processes` (name: command-line markers) and
+    requests/s, the larger run over the smaller (figures named after `where`); and each run's
+    sink."""
+    seen: dict[int, dict[str, float]] = {}
+    sinks: dict[int, str] = {}
+    for rows in SCALE_ROWS:
+        server.reset()
+        samplers = {name: WorkerMemory(markers) for name, markers in processes.items()}
+        with ExitStack() as sampling:
+            for sampler in samplers.values():
+                sampling.enter_context(sampler)
+            started = time.monotonic()
+            summary = bench.run(server, rows, concurrency=64,
+                                sink={"format": "delta", "mode": "merge"})  # fmt: skip
+            wall = time.monotonic() - started
+        sinks[rows] = summary.sink
+        seen[rows] = {"rate": served_rate(server.stats()), "wall": wall,
+                      **{k: v.peak_mib for k, v in samplers.items()}}  # fmt: skip
+    small, large = (seen[r] for r in SCALE_ROWS)
+    figures = [
+        Figure(f"{where}{name} peak RSS, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows",
+               large[name] / small[name], 1.15, False,
+               f"{small[name]:.0f} MiB vs {large[name]:.0f} MiB")
+        for name in processes
+    ]  # fmt: skip
+    figures.append(Figure(
+        f"{where}requests/s, {SCALE_ROWS[1]} vs {SCALE_ROWS[0]} rows",
+        large["rate"] / small["rate"], 0.9, True,
+        f"{large['rate']:.0f}/s vs {small['rate']:.0f}/s at the endpoint; command to table "
+        f"written {large['wall']:.0f} s vs {small['wall']:.0f} s"))  # fmt: skip
+    return figures, sinks
 
 
 def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
@@ -712,8 +750,9 @@ def main(argv: list[str]) -> int:
             adaptive_alone,
             memory,
         ]
-        if args.only is not None and "scale" in args.only:
-            steps.append(scale)
+        # Not in the default run: each takes 10-15 minutes.
+        steps += [step for step in (scale, scale_cluster)
+                  if args.only is not None and step.__name__ in args.only]  # fmt: skip
         for step in steps:
             if args.only is not None and step.__name__ not in args.only:
                 continue
