@@ -725,12 +725,29 @@ def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
                   "values")  # fmt: skip
 
 
+Step = Callable[[Bench], Figure | list[Figure]]
+DEFAULT_STEPS: tuple[Step, ...] = (
+    throughput,
+    latency_bound,
+    rate_matrix,
+    fast_start,
+    chunked,
+    fixed_limit,
+    adaptive,
+    adaptive_blind,
+    adaptive_alone,
+    memory,
+)
+# Every step by name; `scale` and `scale_cluster` run only when named (10-15 minutes each).
+STEPS: dict[str, Step] = {step.__name__: step for step in (*DEFAULT_STEPS, scale, scale_cluster)}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count")
     parser.add_argument("--out", default=str(ROOT / "data" / "bench" / "latest.json"))
-    parser.add_argument("--only", nargs="*", default=None, metavar="STEP",
-                        help="run only these steps (e.g. fixed_limit adaptive)")  # fmt: skip
+    parser.add_argument("--only", nargs="+", default=None, metavar="STEP", choices=STEPS,
+                        help="run only these steps: " + ", ".join(STEPS))  # fmt: skip
     args = parser.parse_args(argv)
     started = time.monotonic()
     spark = spark_session("batch-chat-bench", SPARK_CONF)
@@ -738,24 +755,8 @@ def main(argv: list[str]) -> int:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="batch-chat-bench-") as tmp:
         bench = Bench(spark, Path(tmp), args.scale)
-        steps: list[Callable[[Bench], Figure | list[Figure]]] = [
-            throughput,
-            latency_bound,
-            rate_matrix,
-            fast_start,
-            chunked,
-            fixed_limit,
-            adaptive,
-            adaptive_blind,
-            adaptive_alone,
-            memory,
-        ]
-        # Not in the default run: each takes 10-15 minutes.
-        steps += [step for step in (scale, scale_cluster)
-                  if args.only is not None and step.__name__ in args.only]  # fmt: skip
+        steps = DEFAULT_STEPS if args.only is None else [STEPS[name] for name in args.only]
         for step in steps:
-            if args.only is not None and step.__name__ not in args.only:
-                continue
             found = step(bench)
             for figure in found if isinstance(found, list) else [found]:
                 print(figure.row(), file=sys.stderr, flush=True)
