@@ -644,18 +644,20 @@ def scale_cluster(bench: Bench) -> list[Figure]:
     standalone cluster of two 1-core workers on this machine, where the driver is not also the
     executor (as on Databricks and `spark-submit --master spark://...`): its memory apart from
     the executors' (which hold the rows: Spark's cache and sort, bounded by their memory)."""
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from tests.cluster import StandaloneCluster  # the suite's own fixture, not the package
 
-    with tempfile.TemporaryDirectory(prefix="batch-chat-cluster-") as tmp:
-        with StandaloneCluster(Path(tmp)) as cluster, endpoint() as server:
-            bench.restart({"spark.master": cluster.url})
-            try:
-                figures, _ = _scale_runs(bench, server, {
-                    "driver JVM": DRIVER_JVM, "executor JVM": EXECUTOR_JVM, "worker": WORKERS,
-                }, where="cluster: ")  # fmt: skip
-            finally:
-                bench.restart({})  # back to the local session before the cluster stops
+    workdir = bench.workdir / "cluster"  # logs and executors' files, removed with the bench's
+    workdir.mkdir(exist_ok=True)
+    with StandaloneCluster(workdir) as cluster, endpoint() as server:
+        bench.restart({"spark.master": cluster.url})
+        try:
+            figures, _ = _scale_runs(bench, server, {
+                "driver JVM": DRIVER_JVM, "executor JVM": EXECUTOR_JVM, "worker": WORKERS,
+            }, where="cluster: ")  # fmt: skip
+        finally:
+            bench.restart({})  # back to the local session before the cluster stops
     return figures
 
 
