@@ -80,10 +80,18 @@ def test_copies_beyond_those_the_sink_holds_are_sent(
     spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
 ) -> None:
     first = [(1, "p"), (1, "p"), (2, "q")]
+    assert not cached_frames(spark)
     summary = rerun(spark, echo, tmp_path, "id long, prompt string", first, [*first, (1, "p")],
                     request={"dedupe": False})  # fmt: skip
     assert (summary.recognised, summary.rows, echo.stats()["requests_total"]) == (3, 1, 1)
     assert sink_rows(spark, tmp_path / "out").filter("id = 1").count() == 3
+    # What planning kept (the join's rows, the copies counted, the keyed rest) is let go.
+    assert not cached_frames(spark)
+
+
+def cached_frames(spark: SparkSession) -> bool:
+    """Whether the session keeps any DataFrame (Delta's own snapshot caches are not those)."""
+    return not spark._jsparkSession.sharedState().cacheManager().isEmpty()
 
 
 def test_a_row_asking_what_a_recognised_row_asks_is_not_answered_by_the_same_sink_row(

@@ -170,6 +170,7 @@ def _plan(
             keyed.unpersist()
             release(known.kept)
             raise
+        known.read()
         log.info("%d input rows recognised as answered by their values", input_rows - work_rows)
     # A Delta sink with the column records it in every row (see `pipeline.spark.legacy`).
     recorded = sink.format == "delta" and existing is not None and (

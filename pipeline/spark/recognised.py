@@ -10,7 +10,9 @@ so a join finds the answered rows of a nightly rerun without building one reques
 
 Copies count as they do in planning (see `pipeline.spark.chunks`): input values held n times take
 at most n such sink rows. Most values are held once: those rows are found with one anti-join of
-the input with the sink; only the rows whose hash the input holds more than once are counted.
+the input with the sink, the pass that also counts the input rows of each hash (the join
+partitions the input by the hash anyway); only the rows whose hash the input holds more than once
+are counted against the sink.
 The rows left (new values, changed ones, surplus copies, rows of a sink written under another
 config) are keyed in Python and planned as before, against the sink rows the recognised ones
 did not take. Values compare exactly: text by its bytes, floating point by its spelling (so -0.0
@@ -45,6 +47,7 @@ HASH = "_values_hash"
 HELD = "_held"  # sink rows that hold those values
 ASKED = "_asked"  # input rows that hold them
 TAKEN = "_taken"  # sink rows of a key that recognised input rows took
+_SHARED = "_shared"  # input rows that share a row's hash
 _COPY = "_value_copy"
 _IN, _SINK = "_in", "_sink"  # aliases of the two sides of a join
 
@@ -59,9 +62,15 @@ class Recognised:
     # struct of its request columns (see `values_of`).
     _asked: DataFrame
     _stamped: DataFrame
-    # Kept while the run plans: the values the sink holds fewer times than the input, then
-    # what `taken` looked up.
+    # Kept while the run plans: the rows the join left (until `rest` is read, see `read`), the
+    # values the sink holds fewer times than the input, then what `taken` looked up.
     kept: list[DataFrame]
+
+    def read(self) -> None:
+        """`rest` was read into a frame of its own (keyed, kept): the rows the join left need
+        not be kept any longer."""
+        left = self.kept.pop(0)
+        left.unpersist()
 
     def taken(self, ids: DataFrame) -> DataFrame:
         """request_id, request_hash, _taken: how many sink rows of a key the recognised input
@@ -101,24 +110,36 @@ def recognise(
         return None
     keys = [HASH, VALUES]
     asked = frame.select("*", F.xxhash64(asked_values).alias(HASH), asked_values.alias(VALUES))
-    stamped = answers.filter(
-        (F.col(CONFIG_HASH) == config_hash) & F.col("request_hash").isNotNull()
-    ).select(*IDENTITY_COLUMNS, F.xxhash64(held_values).alias(HASH), held_values.alias(VALUES))
+    # A row is stamped in the write that records its request_hash (see `columns.stamp`), so a
+    # stamped row has one: the column's long digests need not be read to find those rows.
+    stamped = answers.filter(F.col(CONFIG_HASH) == config_hash).select(
+        *IDENTITY_COLUMNS, F.xxhash64(held_values).alias(HASH), held_values.alias(VALUES)
+    )
     if stamped.isEmpty():  # another config (file statistics say so at once): nothing to find
         return None
     inputs = list(map(column, frame.columns))
     kept: list[DataFrame] = []
-    # Hashes the input holds more than once: copies of one value (or values that share a hash).
-    # Few or none, found first, they are then looked up while the input is read.
-    repeated = asked.groupBy(HASH).count().filter(F.col("count") > 1).select(HASH)
-    repeated, copied = filled_count(repeated, kept)
-    # A value held once is answered when a stamped row holds it: one anti-join, no counting.
-    once = asked.join(repeated, HASH, "left_anti").alias(_IN)
-    rest = once.join(stamped.select(*keys).alias(_SINK), _same(), "left_anti").select(*inputs)
-    if copied:
-        copies = asked.join(repeated, HASH, "left_semi")
-        held = stamped.join(repeated, HASH, "left_semi")
-        rest = rest.unionByName(_surplus(frame, copies, held, kept).select(*inputs))
+    # One pass over both tables: the join partitions and sorts the input by the hash anyway, so
+    # each row also learns how many input rows share its hash. A value held once is answered
+    # when a stamped row holds it; rows of a hash held more than once (copies of one value, or
+    # values that share a hash: few or none) all stay, to be counted below.
+    shared = asked.withColumn(_SHARED, F.count(F.lit(1)).over(Window.partitionBy(HASH)))
+    answered = _same() & (F.col(f"{_IN}.{_SHARED}") == 1)
+    left = shared.alias(_IN).join(stamped.select(*keys).alias(_SINK), answered, "left_anti")
+    # Kept (first in `kept`) until the rest is keyed: filled by counting the copies among them.
+    left = cached(left)
+    kept.append(left)
+    try:
+        copied = left.filter(F.col(_SHARED) > 1)
+        rest = left.filter(F.col(_SHARED) == 1).select(*inputs)
+        if copied.count():
+            repeated = copied.select(HASH).distinct()
+            held = stamped.join(repeated, HASH, "left_semi")
+            surplus = _surplus(frame, copied.drop(_SHARED), held, kept)
+            rest = rest.unionByName(surplus.select(*inputs))
+    except BaseException:
+        release(kept)
+        raise
     return Recognised(rest, asked.select(*keys), stamped, kept)
 
 
@@ -155,14 +176,10 @@ def filled(frame: DataFrame, kept: list[DataFrame]) -> DataFrame:
     """`frame`, computed now and kept (added to `kept`): a later join then knows its size and
     looks its rows up while it scans a table, rather than shuffling the table (and stages that
     run at once never compute it twice)."""
-    return filled_count(frame, kept)[0]
-
-
-def filled_count(frame: DataFrame, kept: list[DataFrame]) -> tuple[DataFrame, int]:
-    """`filled`, and how many rows it holds."""
     frame = cached(frame)
     kept.append(frame)
-    return frame, frame.count()
+    frame.count()
+    return frame
 
 
 def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
