@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.chat import ChatRequest, Completion, Message, RowResult
+from pipeline.core.tools import ToolCall
 from pipeline.http import journal as journal_module
 from pipeline.http.engine import Engine
 from pipeline.http.journal import (
@@ -46,7 +47,15 @@ def files(folder: Path) -> list[Path]:
 
 
 def test_a_result_reads_back_as_it_was_written() -> None:
-    for result in (answer(3, attempts=2), RowResult("x", "error", error="timeout", attempts=4)):
+    called = Completion(
+        "", "tool_calls", 9, 5, 14, "echo", "resp-t", (ToolCall("lookup", '{"q":"é"}', "c1"),
+        ToolCall("add", "{}")), reasoning="first, look it up", reasoning_tokens=2,
+    )  # fmt: skip
+    for result in (
+        answer(3, attempts=2),
+        RowResult("x", "error", error="timeout", attempts=4),
+        RowResult("t", "ok", called, http_status=200, attempts=1, reused=True),
+    ):
         assert decode_result(encode_result(result)) == result
 
 
