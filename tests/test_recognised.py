@@ -4,12 +4,14 @@ stale rows of a changed id. Real Spark, real Delta files, the real local endpoin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
+from pipeline.spark.recognised import HASH, recognise, release
 from pipeline.spark.summary import RunSummary
 from tests.test_changes import ask as ask_without
 from tests.test_changes import sink_rows
@@ -128,3 +130,26 @@ def test_floating_point_values_compare_by_their_spelling(
                     source={"temperature_column": "temperature"})  # fmt: skip
     assert (summary.recognised, summary.changes["changed"]) == (1, 1)
     assert echo.stats()["requests_total"] == 1
+
+
+def test_the_input_meets_the_sink_by_the_hash_alone(spark: SparkSession) -> None:
+    """The values are compared in the join's condition, not made its key: keyed by them, the
+    join would shuffle and sort the whole input a second time (by its prompts)."""
+    schema = "id long, prompt string"
+    frame = spark.createDataFrame([(1, "p"), (2, "q"), (2, "q"), (3, "r")], schema)
+    answers = spark.createDataFrame([(1, "p"), (2, "q"), (3, "other")], schema).selectExpr(
+        "id", "prompt", "CAST(id AS STRING) AS request_id", "'h' AS request_hash",
+        "'c' AS config_hash",
+    )  # fmt: skip
+    found = recognise(frame, answers, ["id", "prompt"], "c")
+    assert found is not None
+    try:
+        plan = found.kept[0]._jdf.queryExecution().executedPlan().toString()
+        # A second copy of (2, "q"), beyond the one the sink holds, and (3, "r"), which it lacks.
+        assert sorted(found.rest.collect()) == [(2, "q"), (3, "r")]
+    finally:
+        release(found.kept)
+    joins = re.findall(r"Join \[([^\]]*)\], \[([^\]]*)\], LeftAnti", plan)
+    assert joins, plan
+    for keys in joins:
+        assert all(key.startswith(HASH + "#") for side in keys for key in side.split(", ")), plan

@@ -109,7 +109,20 @@ def recognise(
     if asked_values is None or held_values is None:
         return None
     keys = [HASH, VALUES]
-    asked = frame.select("*", F.xxhash64(asked_values).alias(HASH), asked_values.alias(VALUES))
+    # Each input value travels once through the join: a column the values hold as it is (not
+    # floating point, held by its spelling) is read back from them (see `restore`).
+    inside = _held_as_is(frame, columns)
+    carried = [column(name) for name in frame.columns if name not in inside]
+
+    def restore(rows: DataFrame, *more: str) -> DataFrame:
+        """`rows` of `asked` with the input's columns again (and `more`)."""
+        values = F.col(VALUES)
+        return rows.select(*[
+            values.getField(name).alias(name) if name in inside else column(name)
+            for name in frame.columns
+        ], *more)  # fmt: skip
+
+    asked = frame.select(*carried, F.xxhash64(asked_values).alias(HASH), asked_values.alias(VALUES))
     # A row is stamped in the write that records its request_hash (see `columns.stamp`), so a
     # stamped row has one: the column's long digests need not be read to find those rows.
     stamped = answers.filter(F.col(CONFIG_HASH) == config_hash).select(
@@ -117,26 +130,31 @@ def recognise(
     )
     if stamped.isEmpty():  # another config (file statistics say so at once): nothing to find
         return None
-    inputs = list(map(column, frame.columns))
     kept: list[DataFrame] = []
     # One pass over both tables: the join partitions and sorts the input by the hash anyway, so
     # each row also learns how many input rows share its hash. A value held once is answered
     # when a stamped row holds it; rows of a hash held more than once (copies of one value, or
     # values that share a hash: few or none) all stay, to be counted below.
     shared = asked.withColumn(_SHARED, F.count(F.lit(1)).over(Window.partitionBy(HASH)))
-    answered = _same() & (F.col(f"{_IN}.{_SHARED}") == 1)
+    # The hash is the join's key and the values are compared in its condition, under a CASE
+    # (which Spark does not take for a key): keyed by the values too, the join would shuffle and
+    # sort the input a second time, by its values (10 s of 25 at 10M rows).
+    alone = _side(_IN, _SHARED) == 1
+    answered = (_side(_IN, HASH) == _side(_SINK, HASH)) & F.when(
+        alone, _side(_IN, VALUES) == _side(_SINK, VALUES)
+    )
     left = shared.alias(_IN).join(stamped.select(*keys).alias(_SINK), answered, "left_anti")
     # Kept (first in `kept`) until the rest is keyed: filled by counting the copies among them.
     left = cached(left)
     kept.append(left)
     try:
         copied = left.filter(F.col(_SHARED) > 1)
-        rest = left.filter(F.col(_SHARED) == 1).select(*inputs)
+        rest = restore(left.filter(F.col(_SHARED) == 1))
         if copied.count():
             repeated = copied.select(HASH).distinct()
             held = stamped.join(repeated, HASH, "left_semi")
-            surplus = _surplus(frame, copied.drop(_SHARED), held, kept)
-            rest = rest.unionByName(surplus.select(*inputs))
+            surplus = _surplus(frame, restore(copied, *keys), held, kept)
+            rest = rest.unionByName(surplus.select(*map(column, frame.columns)))
     except BaseException:
         release(kept)
         raise
@@ -144,11 +162,15 @@ def recognise(
 
 
 def _same() -> Column:
-    """Rows of `_IN` and `_SINK` (aliases) that hold the same values: joined by the hash, then
-    compared (longs are sorted, not the values)."""
-    return (F.col(f"{_IN}.{HASH}") == F.col(f"{_SINK}.{HASH}")) & F.coalesce(
-        F.col(f"{_IN}.{VALUES}") == F.col(f"{_SINK}.{VALUES}"), F.lit(False)
+    """Rows of `_IN` and `_SINK` (aliases) that hold the same values. Spark keys the join by
+    both the hash and the values: for frames grouped by them (so partitioned by them)."""
+    return (_side(_IN, HASH) == _side(_SINK, HASH)) & F.coalesce(
+        _side(_IN, VALUES) == _side(_SINK, VALUES), F.lit(False)
     )
+
+
+def _side(alias: str, name: str) -> Column:
+    return F.col(f"{alias}.{name}")
 
 
 def _surplus(
@@ -198,6 +220,12 @@ def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
         else:
             parts.append(column(name).alias(name))
     return F.struct(*parts)
+
+
+def _held_as_is(frame: DataFrame, columns: Sequence[str]) -> set[str]:
+    """Which of `columns` `values_of` holds with their own type (all but floating point)."""
+    types = {f.name: f.dataType for f in frame.schema.fields}
+    return {name for name in columns if not isinstance(types[name], FloatType | DoubleType)}
 
 
 def _holds(kind: DataType, types: tuple[type[DataType], ...]) -> bool:
