@@ -49,6 +49,8 @@ ASKED = "_asked"  # input rows that hold them
 TAKEN = "_taken"  # sink rows of a key that recognised input rows took
 _SHARED = "_shared"  # input rows that share a row's hash
 _COPY = "_value_copy"
+# Types a row's values hold by their spelling (-0.0 and 0.0 are two requests), not as they are.
+_SPELLED = (FloatType, DoubleType)
 _IN, _SINK = "_in", "_sink"  # aliases of the two sides of a join
 
 
@@ -213,9 +215,9 @@ def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
         kind = types.get(name)
         if kind is None or _holds(kind, (MapType,)):
             return None
-        if isinstance(kind, FloatType | DoubleType):
+        if isinstance(kind, _SPELLED):
             parts.append(column(name).cast("string").alias(name))
-        elif _holds(kind, (FloatType, DoubleType)):
+        elif _holds(kind, _SPELLED):
             return None
         else:
             parts.append(column(name).alias(name))
@@ -225,7 +227,7 @@ def values_of(frame: DataFrame, columns: Sequence[str]) -> Column | None:
 def _held_as_is(frame: DataFrame, columns: Sequence[str]) -> set[str]:
     """Which of `columns` `values_of` holds with their own type (all but floating point)."""
     types = {f.name: f.dataType for f in frame.schema.fields}
-    return {name for name in columns if not isinstance(types[name], FloatType | DoubleType)}
+    return {name for name in columns if not isinstance(types[name], _SPELLED)}
 
 
 def _holds(kind: DataType, types: tuple[type[DataType], ...]) -> bool:
