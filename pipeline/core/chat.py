@@ -52,6 +52,26 @@ class ChatRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedRequest:
+    """A request as the keying pass hands it to the answering pass: its wire body, encoded once
+    when the row was keyed, and what the limits need to know of it (see `ChatRequest`)."""
+
+    request_id: str
+    body: bytes
+    prompt_tokens: int  # estimated, as `ChatRequest.estimated_prompt_tokens`
+    output_tokens: int  # as `ChatRequest.estimated_output_tokens`
+    images: int = 0
+    request_hash: str | None = None
+
+    def estimated_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+
+# What a task sends: a request built here, or one the keying pass built and encoded.
+Outgoing = ChatRequest | EncodedRequest
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     text: str
     finish_reason: str | None

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pipeline.core.chat import ROLES, ChatRequest, Message, RowResult
+from pipeline.core.chat import ROLES, ChatRequest, EncodedRequest, Message, RowResult
 from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig, template_fields
 from pipeline.core.errors import InvalidInput
 from pipeline.core.identity import (
@@ -106,6 +106,17 @@ class RequestBuilder:
         body = self._wire.body(request, self._endpoint, self._extra)
         fingerprint = request_fingerprint(self._endpoint.api, self._endpoint.name, body)
         return dataclasses.replace(request, request_hash=fingerprint)
+
+    def encoded(self, request: ChatRequest) -> EncodedRequest:
+        """`request` with its body encoded as this endpoint's wire format sends it."""
+        return EncodedRequest(
+            request.request_id,
+            self._wire.encoded_body(request, self._endpoint, self._extra),
+            request.estimated_prompt_tokens(),
+            request.estimated_output_tokens(),
+            sum(len(m.images) for m in request.messages),
+            request.request_hash,
+        )
 
     def _as_text(self, row: Mapping[str, Any], *, lenient: bool = False) -> dict[str, Any]:
         """`row` with its bytes decoded (see `decoded`), but the image column's, which are

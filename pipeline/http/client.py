@@ -11,14 +11,13 @@ what an answer means, the limiter is passed in (`limiter.Limiter`), the token co
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
-from pipeline.core.chat import ChatRequest, Completion, RowResult
+from pipeline.core.chat import Completion, EncodedRequest, Outgoing, RowResult
 from pipeline.core.errors import (
     ConnectionFailed,
     EndpointError,
@@ -43,7 +42,7 @@ from pipeline.wire import WireFormat
 class _Row:
     """One row's request on its way: the encoded body, when it started, attempts so far."""
 
-    request: ChatRequest
+    request: Outgoing
     body: bytes
     started: float
     attempts: int = 0
@@ -94,7 +93,7 @@ class ChatClient:
         """Why this client stopped sending (see `FatalAnswerGuard`), or None."""
         return self.guard.stop_reason
 
-    async def send(self, request: ChatRequest) -> RowResult:
+    async def send(self, request: Outgoing) -> RowResult:
         """Send `request` under the limits and retry policy; the outcome as a row result."""
         if self.guard.stopping:
             return RowResult(
@@ -103,8 +102,11 @@ class ChatClient:
                 error=f"aborted: {self.stop_reason}",
                 request_hash=request.request_hash,
             )
-        body = self._wire.body(request, self._settings.endpoint, self._extra)
-        row = _Row(request, json.dumps(body, ensure_ascii=False).encode("utf-8"), self._clock())
+        body = (
+            request.body if isinstance(request, EncodedRequest)
+            else self._wire.encoded_body(request, self._settings.endpoint, self._extra)
+        )  # fmt: skip
+        row = _Row(request, body, self._clock())
         try:
             completion, status = await self._send(row)
         except Exception as err:  # every failure becomes an error row, never a lost row
@@ -169,7 +171,7 @@ class ChatClient:
             self.guard.judge(err)
             raise
 
-    async def _attempt(self, request: ChatRequest, body: bytes) -> tuple[Completion, int]:
+    async def _attempt(self, request: Outgoing, body: bytes) -> tuple[Completion, int]:
         """Acquire, post (again once with a renewed token after a 401/403), parse; the
         limiter is settled exactly once for what was acquired."""
         estimate = request.estimated_tokens()

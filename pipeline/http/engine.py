@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -22,7 +22,7 @@ import aiohttp
 
 from pipeline.control.agents import Reporter
 from pipeline.control.progress import Tally
-from pipeline.core.chat import ChatRequest, RowResult
+from pipeline.core.chat import Outgoing, RowResult
 from pipeline.core.errors import describe
 from pipeline.core.loopthread import LoopThread
 from pipeline.http.client import ChatClient
@@ -96,7 +96,7 @@ class Engine:
         # Touched only on the loop's thread.
         self._shared: OrderedDict[str, _Shared] = OrderedDict()
         self._loop = LoopThread("chat-engine")
-        self._queue: asyncio.Queue[tuple[_Batch, int, ChatRequest]] | None = None
+        self._queue: asyncio.Queue[tuple[_Batch, int, Outgoing]] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._limiter: Limiter | None = None
@@ -138,14 +138,14 @@ class Engine:
         return None if self._client is None else self._client.stop_reason
 
     def submit(
-        self, items: list[ChatRequest | RowResult]
+        self, items: Sequence[Outgoing | RowResult]
     ) -> concurrent.futures.Future[list[RowResult]]:
         """Queue the requests of one batch; results come back in the same order as `items`.
 
         Items that are already results (rows rejected before sending) pass through untouched.
         """
         results: list[RowResult | None] = [i if isinstance(i, RowResult) else None for i in items]
-        pending = [(n, i) for n, i in enumerate(items) if isinstance(i, ChatRequest)]
+        pending = [(n, i) for n, i in enumerate(items) if not isinstance(i, RowResult)]
         batch = _Batch(results, remaining=len(pending), tally=self._tally)
         self._loop.call_soon(self._enqueue, batch, pending)
         return batch.future
@@ -165,7 +165,7 @@ class Engine:
         if self._input_ended and self._queue.empty():
             self._limiter.ending()
 
-    def _enqueue(self, batch: _Batch, pending: list[tuple[int, ChatRequest]]) -> None:
+    def _enqueue(self, batch: _Batch, pending: list[tuple[int, Outgoing]]) -> None:
         assert self._queue is not None
         for result in batch.results:
             if result is not None:
@@ -266,7 +266,7 @@ class Engine:
             await self._session.close()
 
 
-def _not_sent(request: ChatRequest, error: str) -> RowResult:
+def _not_sent(request: Outgoing, error: str) -> RowResult:
     return RowResult(request.request_id, "error", error=error, request_hash=request.request_hash)
 
 

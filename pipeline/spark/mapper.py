@@ -16,14 +16,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from pyspark import TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql.types import BinaryType, DataType, StringType, StructField, StructType
 
-from pipeline.core.chat import ChatRequest, Message, RowResult
+from pipeline.core.chat import EncodedRequest, RowResult
 from pipeline.core.config import EndpointConfig, RequestConfig, SourceConfig
 from pipeline.core.errors import JobAborted, TaskSuperseded
 from pipeline.core.prompts import RequestBuilder
@@ -152,7 +151,10 @@ def make_key_mapper(
             out = frame.reset_index(drop=True)
             out["request_id"] = [item.request_id for item in items]
             out["request_hash"] = [item.request_hash for item in items]
-            out[REQUEST] = [encode_item(item) for item in items]
+            out[REQUEST] = [
+                encode_item(item if isinstance(item, RowResult) else builder.encoded(item))
+                for item in items
+            ]
             yield out
 
     return map_batches
@@ -168,48 +170,40 @@ def make_estimate_mapper() -> BatchMapper:
 
     def map_batches(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
-            built = [i for i in carried_items(frame) if isinstance(i, ChatRequest)]
+            built = [i for i in carried_items(frame) if isinstance(i, EncodedRequest)]
             yield pd.DataFrame({
                 "key": pd.Series([r.request_hash for r in built], dtype=object),
-                "prompt_tokens": pd.Series([r.estimated_prompt_tokens() for r in built],
-                                           dtype="int64"),
-                "output_tokens": pd.Series([r.estimated_output_tokens() for r in built],
-                                           dtype="int64"),
-                "images": pd.Series([sum(len(m.images) for m in r.messages) for r in built],
-                                    dtype="int64"),
-            })  # fmt: skip
+                "prompt_tokens": pd.Series([r.prompt_tokens for r in built], dtype="int64"),
+                "output_tokens": pd.Series([r.output_tokens for r in built], dtype="int64"),
+                "images": pd.Series([r.images for r in built], dtype="int64"),
+            })
 
     return map_batches
 
 
-def encode_item(item: ChatRequest | RowResult) -> bytes:
-    """A built request (or the error row of a row that is none) as compact JSON, to travel with
-    its row from the keying pass to the answering pass; `decode_item` reads it back."""
+def encode_item(item: EncodedRequest | RowResult) -> bytes:
+    """A keyed request (or the error row of a row that is none), to travel with its row from
+    the keying pass to the answering pass; `decode_item` reads it back. A request is one line
+    of its estimates (prompt tokens, output tokens, images), then its wire body as sent: the
+    answering pass sends those bytes as they are."""
     if isinstance(item, RowResult):
-        plain: dict[str, Any] = {"error": item.error}
-    else:
-        plain = {
-            "messages": [[m.role, m.content, *([list(m.images)] if m.images else [])]
-                         for m in item.messages],
-            "max_tokens": item.max_tokens,
-            "temperature": item.temperature,
-        }
-    return json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return b"!" + (item.error or "").encode("utf-8")
+    return b"%d %d %d\n%b" % (item.prompt_tokens, item.output_tokens, item.images, item.body)
 
 
-def decode_item(encoded: bytes, request_id: str, request_hash: str) -> ChatRequest | RowResult:
+def decode_item(encoded: bytes, request_id: str, request_hash: str) -> EncodedRequest | RowResult:
     """What `encode_item` encoded, for the row with that id and hash."""
-    plain = json.loads(encoded)
-    if "error" in plain:
-        return RowResult(request_id, "error", error=plain["error"], request_hash=request_hash)
-    messages = tuple(Message(role, content, tuple(*images))
-                     for role, content, *images in plain["messages"])  # fmt: skip
-    return ChatRequest(
-        request_id, messages, plain["max_tokens"], plain["temperature"], request_hash
+    if encoded[:1] == b"!":
+        error = encoded[1:].decode("utf-8")
+        return RowResult(request_id, "error", error=error, request_hash=request_hash)
+    head, _, body = encoded.partition(b"\n")
+    prompt_tokens, output_tokens, images = head.split()
+    return EncodedRequest(
+        request_id, body, int(prompt_tokens), int(output_tokens), int(images), request_hash
     )
 
 
-def carried_items(frame: pd.DataFrame) -> list[ChatRequest | RowResult]:
+def carried_items(frame: pd.DataFrame) -> list[EncodedRequest | RowResult]:
     """The requests the keying pass built for the rows of `frame` (a keyed batch); a row whose
     `_earlier` holds an earlier run's answer gets that answer instead."""
     items = [

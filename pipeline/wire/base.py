@@ -69,6 +69,12 @@ class WireFormat:
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    def encoded_body(
+        self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
+    ) -> bytes:
+        """`body`, as the bytes sent."""
+        return json.dumps(self.body(request, endpoint, extra), ensure_ascii=False).encode("utf-8")
+
     def parse(self, payload: Any) -> Completion:
         """A 2xx JSON answer → Completion.
 
