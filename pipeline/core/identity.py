@@ -65,9 +65,13 @@ def plain(value: Any) -> Any:
 
 def canonical(value: Any) -> str:
     """`value` as JSON with sorted keys and no spaces: one spelling for one value."""
-    return json.dumps(
-        value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
-    )
+    return _CANONICAL.encode(value)
+
+
+# What `json.dumps` would build at every call with these arguments (this runs once a row).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+)
 
 
 def digest(text: str) -> str:

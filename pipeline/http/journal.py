@@ -80,9 +80,11 @@ def encode_result(result: RowResult) -> str:
             {name: getattr(call, name) for name in _CALL_FIELDS} for call in completion.tool_calls
         ]
         plain["completion"] = answer
-    return json.dumps(plain, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT.encode(plain)
 
 
+# What `json.dumps` would build at every call with these arguments.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _RESULT_FIELDS = tuple(f.name for f in fields(RowResult))
 _COMPLETION_FIELDS = tuple(f.name for f in fields(Completion))
 _CALL_FIELDS = tuple(f.name for f in fields(ToolCall))

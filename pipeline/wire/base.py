@@ -45,6 +45,10 @@ class JobRequest(Protocol):
     def tool_choice(self) -> str | None: ...
 
 
+# `json.dumps` with any argument builds an encoder per call: one serves every body.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 class WireFormat:
     """One wire format. Subclasses set `name` and implement `url`, `body` and `parse`; the
     rest has the defaults most chat APIs share (Bearer token, Databricks/OpenAI error bodies,
@@ -73,7 +77,7 @@ class WireFormat:
         self, request: ChatRequest, endpoint: Endpoint, extra: Mapping[str, Any]
     ) -> bytes:
         """`body`, as the bytes sent."""
-        return json.dumps(self.body(request, endpoint, extra), ensure_ascii=False).encode("utf-8")
+        return _ENCODER.encode(self.body(request, endpoint, extra)).encode("utf-8")
 
     def parse(self, payload: Any) -> Completion:
         """A 2xx JSON answer → Completion.
