@@ -151,7 +151,6 @@ WARM_UP_ROWS = 5_000
 
 def throughput(bench: Bench) -> list[Figure]:
     rows = bench.rows(30_000)
-    invocations = ""
     ours: list[float] = []
     bare: list[float] = []
 
@@ -163,11 +162,10 @@ def throughput(bench: Bench) -> list[Figure]:
         bench.run(server, rows, concurrency=64, adaptive=False)
         ours.append(served_rate(server.stats()))
         server.reset()
-        bare_aiohttp(invocations, rows)
+        bare_aiohttp(f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", rows)
         bare.append(served_rate(server.stats()))
 
     with endpoint() as server:
-        invocations = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
         # The session's first job pays for JVM warm-up and new Python workers: not measured.
         bench.run(server, bench.rows(WARM_UP_ROWS), concurrency=64)
         side_by_side(server)
