@@ -67,6 +67,11 @@ def test_a_keyed_row_carries_the_body_the_client_would_send() -> None:
     )
     assert json.loads(sent.body)["max_tokens"] == 7
     assert (sent.request_id, sent.request_hash) == ("1", built.request_hash)
+    assert (sent.prompt_tokens, sent.output_tokens, sent.images) == (
+        built.estimated_prompt_tokens(),
+        built.estimated_output_tokens(),
+        0,
+    )
     assert sent.estimated_tokens() == built.estimated_tokens()
     assert isinstance(rejected, RowResult) and rejected.status == "error"
     assert rejected.error is not None and "'q' is null" in rejected.error
