@@ -38,15 +38,16 @@ def test_a_local_master_counts_its_slots(master: str, slots: int | None) -> None
 def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots(
     tmp_path: Path,
 ) -> None:
-    # Shuffles over twice the slots (not Spark's 200), Delta's log replay over the slots, and
-    # what the user set (here with --conf) kept as set, the compiled classes' cache too.
+    # Shuffles over twice the slots (not Spark's 200), Delta's log replay over the slots, the
+    # preloading Python daemon, and what the user set (here with --conf) kept as set, the
+    # compiled classes' cache too.
     script = tmp_path / "sizes.py"
     script.write_text(
         "from pipeline.spark.session import spark_session\n"
         "spark = spark_session()\n"
         "for key in ('spark.sql.shuffle.partitions',\n"
         "            'spark.databricks.delta.snapshotPartitions',\n"
-        "            'spark.sql.codegen.cache.maxEntries'):\n"
+        "            'spark.sql.codegen.cache.maxEntries', 'spark.python.daemon.module'):\n"
         "    print(key, spark.conf.get(key))\n"
     )
     submit = str(Path(sys.executable).with_name("spark-submit"))
@@ -59,6 +60,7 @@ def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots
     assert "spark.sql.shuffle.partitions 6\n" in done.stdout
     assert "spark.databricks.delta.snapshotPartitions 5\n" in done.stdout
     assert "spark.sql.codegen.cache.maxEntries 300\n" in done.stdout
+    assert "spark.python.daemon.module pipeline.spark.daemon\n" in done.stdout
 
 
 def test_a_session_this_package_starts_keeps_the_classes_a_run_compiles(

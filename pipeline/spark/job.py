@@ -34,6 +34,7 @@ from pipeline.http.settings import ClientSettings
 from pipeline.spark.chunks import WorkPlan, spread
 from pipeline.spark.columns import output_schema, parsed_type, stamp
 from pipeline.spark.crossing import as_text, map_in_pandas
+from pipeline.spark.daemon import start_early
 from pipeline.spark.inflight import EARLIER, Inflight, journal_plan
 from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
@@ -88,6 +89,7 @@ def run_job(
     run_id = uuid.uuid4().hex[:12]
     log.info("run %s config: %s", run_id, json.dumps(config.to_dict(), default=str))
     spark = spark or spark_session()
+    start_early(spark)  # the Python workers start while the driver plans
     frame = read_input(spark, config)
     started = time.monotonic()
     metadata = {"batch_chat_run": run_id, "chunk": "adopt", "config": config.to_dict()}

@@ -47,6 +47,10 @@ SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 # setting: only for a session this package starts, unless its launch (builder, `--conf`)
 # sets it.
 CODEGEN_CACHE = {"spark.sql.codegen.cache.maxEntries": "1000"}
+# Python workers forked with the job's modules already imported (see `pipeline.spark.daemon`):
+# static too, and only where the executors run this interpreter (the package installed).
+PRELOADING_DAEMON = {"spark.python.daemon.module": "pipeline.spark.daemon"}
+STATIC_DEFAULTS = {**CODEGEN_CACHE, **PRELOADING_DAEMON}
 
 
 def spark_session(
@@ -74,7 +78,7 @@ def spark_session(
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
     with_delta = not under_submit or _delta_on_classpath()
     settings = {**(JOB_CONF if with_delta else BASE_CONF), **(conf or {})}
-    for key, value in CODEGEN_CACHE.items():
+    for key, value in STATIC_DEFAULTS.items():
         if not (under_submit and _submitted_with(key)):
             settings.setdefault(key, value)
     if not under_submit:
@@ -101,7 +105,7 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
         # pyspark starts the Connect server in this process: as a local run would, with Delta
         # (its jars fetched through spark.jars.packages) and executors on this interpreter.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        settings = {**JOB_CONF, **CODEGEN_CACHE, "spark.jars.packages": DELTA_PACKAGE, **settings}
+        settings = {**JOB_CONF, **STATIC_DEFAULTS, "spark.jars.packages": DELTA_PACKAGE, **settings}
         _size_for_local(remote, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
