@@ -89,6 +89,11 @@ class Bench:
         self.spark = spark_session("batch-chat-bench", {**SPARK_CONF, **conf})
         self.spark.sparkContext.setLogLevel("ERROR")
 
+    def new_path(self, name: str) -> Path:
+        """A path in the bench's folder that nothing wrote yet (a step may run twice)."""
+        self._runs += 1
+        return self.workdir / f"{name}_{self._runs}"
+
     def rows(self, n: int) -> int:
         return max(100, int(n * self.scale))
 
@@ -484,13 +489,13 @@ def fast_start(bench: Bench) -> list[Figure]:
             "--progress", "log", "--set", f"source.path={source}",
             "--set", f"endpoint.host={server.url}", "--set", f"endpoint.name={ENDPOINT}",
             "--set", f"endpoint.token_env={TOKEN_ENV}",
-            "--set", f"sink.path={bench.workdir / f'start_out_{rows}'}",
+            "--set", f"sink.path={bench.new_path(f'start_out_{rows}')}",
         ], env)  # fmt: skip
         first = (server.stats()["first_request_at"] or started) - started
         server.reset()
         url = f"{server.url}/serving-endpoints/{ENDPOINT}/invocations"
         udf = _timed([python, __file__, "udf-job", url, source,
-                      str(bench.workdir / f"udf_out_{rows}")], env)  # fmt: skip
+                      str(bench.new_path(f"udf_out_{rows}"))], env)  # fmt: skip
     return [
         Figure("command to first request vs bare session + count", first / bare, 1.5, False,
                f"{first:.1f} s vs {bare:.1f} s; new Delta sink, {rows} rows"),
