@@ -6,9 +6,13 @@ import sys
 from collections.abc import Iterable, Iterator
 
 import pandas as pd
+import pytest
 from pyspark.sql import SparkSession
 
 from pipeline.spark.daemon import PRELOADED, preload, start_early
+from pipeline.spark.session import static_defaults
+
+DAEMON = "spark.python.daemon.module"
 
 
 def test_a_session_this_package_starts_forks_its_workers_from_the_preloading_daemon(
@@ -26,6 +30,17 @@ def test_a_session_this_package_starts_forks_its_workers_from_the_preloading_dae
     for row in rows.collect():
         assert row["daemon"] == "pipeline.spark.daemon"
         assert row["loaded"].split(",") == list(PRELOADED)
+
+
+@pytest.mark.parametrize(
+    ("master", "preloading"),
+    [("local[2]", True), ("local[*]", True), ("local", True), ("spark://10.0.0.1:7077", False),
+     ("yarn", False), ("k8s://https://10.0.0.1:443", False), ("", False)],
+)  # fmt: skip
+def test_only_a_local_master_gets_the_preloading_daemon(master: str, preloading: bool) -> None:
+    # A cluster's executors may have the package only through --py-files, on the path of a
+    # task but not of the daemon: there the daemon stays pyspark's own.
+    assert (static_defaults(master).get(DAEMON) == "pipeline.spark.daemon") is preloading
 
 
 def test_a_module_that_cannot_be_imported_does_not_stop_the_daemon() -> None:

@@ -48,9 +48,17 @@ SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 # sets it.
 CODEGEN_CACHE = {"spark.sql.codegen.cache.maxEntries": "1000"}
 # Python workers forked with the job's modules already imported (see `pipeline.spark.daemon`):
-# static too, and only where the executors run this interpreter (the package installed).
+# static too, and only on a local master, whose executors are this interpreter. On a cluster
+# they may lack the package (shipped with `--py-files`, which a worker puts on its path at each
+# task): a daemon that cannot import it would not start, and no Python task could run.
 PRELOADING_DAEMON = {"spark.python.daemon.module": "pipeline.spark.daemon"}
-STATIC_DEFAULTS = {**CODEGEN_CACHE, **PRELOADING_DAEMON}
+
+
+def static_defaults(master: str) -> dict[str, str]:
+    """The static settings a session this package starts on `master` gets, unless its launch
+    sets them."""
+    local = local_slots(master) is not None
+    return {**CODEGEN_CACHE, **(PRELOADING_DAEMON if local else {})}
 
 
 def spark_session(
@@ -78,11 +86,12 @@ def spark_session(
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit launched the JVM
     with_delta = not under_submit or _delta_on_classpath()
     settings = {**(JOB_CONF if with_delta else BASE_CONF), **(conf or {})}
-    for key, value in STATIC_DEFAULTS.items():
-        if not (under_submit and _submitted_with(key)):
-            settings.setdefault(key, value)
     if not under_submit:
         settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
+    master = settings.get("spark.master") or (_submitted_master() if under_submit else "")
+    for key, value in static_defaults(master).items():
+        if not (under_submit and _submitted_with(key)):
+            settings.setdefault(key, value)
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -105,7 +114,8 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
         # pyspark starts the Connect server in this process: as a local run would, with Delta
         # (its jars fetched through spark.jars.packages) and executors on this interpreter.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        settings = {**JOB_CONF, **STATIC_DEFAULTS, "spark.jars.packages": DELTA_PACKAGE, **settings}
+        local = {**JOB_CONF, **static_defaults(remote), "spark.jars.packages": DELTA_PACKAGE}
+        settings = {**local, **settings}
         _size_for_local(remote, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -223,6 +233,14 @@ def _submitted_with(key: str) -> bool:
 
     SparkContext._ensure_initialized()
     return SparkConf().contains(key)
+
+
+def _submitted_master() -> str:
+    """The master spark-submit's launch names (`--master`, spark-defaults.conf)."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return SparkConf().get("spark.master", "") or ""
 
 
 def _delta_on_classpath() -> bool:
