@@ -4,7 +4,8 @@ imported before it forks a worker.
 Spark forks every Python worker from one daemon per executor; a new worker imports what its
 task's function needs (pandas, pyarrow, aiohttp, this package) when it unpickles it: 0.4-2.0 s
 per worker on two busy cores (Spark's "time to initialize Python workers", 2026-12-04), paid
-on the way to the first request, and again by each chunk's new workers. Imported here once,
+on the way to the first request, and again by any worker forked later (the workers of two
+chunks running at once; a worker that died). Imported here once,
 they are in every worker from its fork on (copy-on-write pages, shared until written).
 
 `session.PRELOADING_DAEMON` names this module as `spark.python.daemon.module`. An import that

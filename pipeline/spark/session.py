@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+from pyspark import SparkConf
 from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.errors import ConfigError
@@ -229,18 +230,20 @@ def _connect_host(spark: SparkSession) -> str | None:
 
 def _submitted_with(key: str) -> bool:
     """Whether spark-submit's launch (`--conf`, spark-defaults.conf) sets `key`."""
-    from pyspark import SparkConf, SparkContext
-
-    SparkContext._ensure_initialized()
-    return SparkConf().contains(key)
+    return _launch_conf().contains(key)
 
 
 def _submitted_master() -> str:
     """The master spark-submit's launch names (`--master`, spark-defaults.conf)."""
-    from pyspark import SparkConf, SparkContext
+    return _launch_conf().get("spark.master", "") or ""
+
+
+def _launch_conf() -> SparkConf:
+    """The Spark conf spark-submit's launch gave the JVM it started."""
+    from pyspark import SparkContext
 
     SparkContext._ensure_initialized()
-    return SparkConf().get("spark.master", "") or ""
+    return SparkConf()
 
 
 def _delta_on_classpath() -> bool:
