@@ -513,17 +513,23 @@ def fast_start(bench: Bench) -> list[Figure]:
 CHUNKED_ROWS = 20_000
 CHUNK_ROWS = (1_000, 100)
 FLOOR_CHUNKS = 10  # bare Spark chunks timed for the floor (the median is taken)
+# The same at a latency that leaves the cores idle: what hiding a chunk's cost gains there.
+CHUNKED_LATENCY_S = 0.2
+CHUNKED_LATENCY_ROWS = 10_000
 
 
 def chunked(bench: Bench) -> list[Figure]:
     """Requests/s at the endpoint (first to last request) with the rows cut into chunks of
     1,000 and of 100 (on a tenth of the rows: 20 chunks either way), over the same rows in one
-    chunk; beside them what a chunk costs Spark with no request at all (the same rows through
-    a shuffle, an identity `mapInPandas` and a Delta append), the floor under any chunk."""
+    chunk; beside them what a chunk costs Spark with no request at all (the same rows, spread
+    once, through an identity `mapInPandas` and a Delta append), in seconds and in the cores'
+    busy seconds, the floor under any chunk on an instant endpoint, where the requests keep
+    both cores busy. Then 1,000-row chunks at CHUNKED_LATENCY_S of latency, where the cores
+    have room for a chunk's Spark work beside the requests."""
     rows = bench.rows(CHUNKED_ROWS)
     delta = {"format": "delta", "mode": "merge"}
+    rates = {}
     with endpoint() as server:
-        rates = {}
         for chunk_rows, count in (
             (rows, rows),
             *((c, rows * c // CHUNK_ROWS[0]) for c in CHUNK_ROWS),
@@ -531,41 +537,70 @@ def chunked(bench: Bench) -> list[Figure]:
             server.reset()
             bench.run(server, count, concurrency=64, sink={**delta, "chunk_rows": chunk_rows})
             rates[chunk_rows] = served_rate(server.stats())
-    floor = _spark_chunk_seconds(bench, bench.prompts(rows), CHUNK_ROWS[0], FLOOR_CHUNKS)
+    source = bench.prompts(rows)
+    floor, floor_busy = _spark_chunk_seconds(bench, source, CHUNK_ROWS[0], FLOOR_CHUNKS)
     one = rates[rows]
     figures = [
         Figure(f"chunk_rows {c} vs one chunk, requests/s at the endpoint", rates[c] / one, 0.9,
                True, f"{rates[c]:.0f}/s vs {one:.0f}/s ({rows} rows in one chunk)")
         for c in CHUNK_ROWS
     ]  # fmt: skip
-    share = rows / one / (rows / one + rows / CHUNK_ROWS[0] * floor)
+    # The cores' seconds a chunk's requests take at the one-chunk rate, were they all busy.
+    requests = CHUNK_ROWS[0] / one * (os.cpu_count() or 1)
     figures[0].detail += (
-        f"; a chunk of {CHUNK_ROWS[0]} rows costs Spark {floor:.2f} s with no request (shuffle, "
-        f"identity mapInPandas, Delta append): at most {share:.2f} of the one-chunk rate when "
-        "that cost is not hidden"
+        f"; a chunk of {CHUNK_ROWS[0]} rows costs Spark {floor:.2f} s and {floor_busy:.2f} "
+        f"core-s with no request (identity mapInPandas, Delta append), its requests at most "
+        f"{requests:.2f} core-s: at most {requests / (requests + floor_busy):.2f} of the "
+        "one-chunk rate while the requests fill the cores"
     )
+    slow = bench.rows(CHUNKED_LATENCY_ROWS)
+    slow_rates = {}
+    with endpoint("--latency-s", str(CHUNKED_LATENCY_S)) as server:
+        for chunk_rows in (slow, CHUNK_ROWS[0]):
+            server.reset()
+            bench.run(server, slow, concurrency=64, sink={**delta, "chunk_rows": chunk_rows})
+            slow_rates[chunk_rows] = served_rate(server.stats())
+    ratio = slow_rates[CHUNK_ROWS[0]] / slow_rates[slow]
+    figures.append(Figure(
+        f"chunk_rows {CHUNK_ROWS[0]} vs one chunk, {CHUNKED_LATENCY_S} s latency", ratio, 0.9,
+        True, f"{slow_rates[CHUNK_ROWS[0]]:.0f}/s vs {slow_rates[slow]:.0f}/s, {slow} rows, "
+        f"{TASKS} tasks x 64 in flight",
+    ))  # fmt: skip
     return figures
 
 
-def _spark_chunk_seconds(bench: Bench, source: str, rows: int, chunks: int) -> float:
-    """Median seconds of a chunk's Spark work alone: `rows` rows through a shuffle, an identity
-    `mapInPandas` and an append to a Delta table, `chunks` times."""
+def busy_core_seconds() -> float:
+    """Seconds this machine's cores have been busy since it started (all of them, summed):
+    Linux's /proc/stat; 0 elsewhere."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in first[1:9]]  # user .. steal (guest is inside user)
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _spark_chunk_seconds(bench: Bench, source: str, rows: int, chunks: int) -> tuple[float, float]:
+    """Median seconds, and median busy core-seconds, of a chunk's Spark work alone: `rows`
+    rows of a frame spread over the tasks once (as a run of several chunks spreads them)
+    through an identity `mapInPandas` and an append to a Delta table, `chunks` times."""
 
     def identity(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield from frames
 
-    frame = bench.spark.read.parquet(source).persist()
+    frame = bench.spark.read.parquet(source).repartition(TASKS).persist()
     total = frame.count()
     out = str(bench.workdir / "bare_chunks")
-    seconds = []
+    seconds, busy = [], []
     for index in range(chunks):
-        started = time.monotonic()
+        started, cores = time.monotonic(), busy_core_seconds()
         part = frame.filter(F.pmod(F.col("id"), F.lit(max(1, total // rows))) == index)
-        part = part.repartition(TASKS)
         part.mapInPandas(identity, part.schema).write.format("delta").mode("append").save(out)
         seconds.append(time.monotonic() - started)
+        busy.append(busy_core_seconds() - cores)
     frame.unpersist()
-    return sorted(seconds)[len(seconds) // 2]
+    return sorted(seconds)[len(seconds) // 2], sorted(busy)[len(busy) // 2]
 
 
 def _timed(command: list[str], env: dict[str, str]) -> float:

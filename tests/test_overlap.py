@@ -1,17 +1,19 @@
 """Chunks answered side by side: which chunks may run beside earlier ones, that at most two do,
-and that what they commit is taken in chunk order. The chunk jobs here are plain functions
-(the scheduling is what is tested); the lease is a real one on a temp sink.
+and that the next one starts as soon as any of them has committed. The chunk jobs here are
+plain functions (the scheduling is what is tested); the lease is a real one on a temp sink.
+Then how several chunks' rows are spread over the tasks.
 
 Also: the archives on a Spark worker's import path are read once, not at every task."""
 
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,23 @@ def work_of(spark: SparkSession, chunks: int, replaced: dict[int, int] | None = 
 
 class Chunks:
     """Chunk jobs that note which chunks run at once; `hold[i]`: chunk i waits (with a
-    deadline) until chunk hold[i] has started, so it can only finish when both overlap."""
+    deadline) until chunk hold[i] has started, so it can only finish when both overlap;
+    `after[i]`: chunk i waits until chunk after[i] has finished."""
 
-    def __init__(self, hold: dict[int, int] | None = None, fail: int | None = None) -> None:
+    def __init__(
+        self,
+        hold: dict[int, int] | None = None,
+        fail: int | None = None,
+        after: dict[int, int] | None = None,
+    ) -> None:
         self.hold = hold or {}
+        self.after = after or {}
         self.fail = fail
         self.lock = threading.Lock()
         self.running: set[int] = set()
         self.beside: dict[int, set[int]] = {}  # chunk: the chunks that ran while it started
         self.started = {i: threading.Event() for i in range(64)}
+        self.finished = {i: threading.Event() for i in range(64)}
         self.committed: list[int] = []
 
     def answer(self, index: int, metadata: str) -> dict[str, Any]:
@@ -65,12 +75,15 @@ class Chunks:
         try:
             if index in self.hold and not self.started[self.hold[index]].wait(WAIT_S):
                 raise AssertionError(f"chunk {self.hold[index]} never started beside {index}")
+            if index in self.after and not self.finished[self.after[index]].wait(WAIT_S):
+                raise AssertionError(f"chunk {self.after[index]} never finished beside {index}")
             if index == self.fail:
                 raise RuntimeError(f"chunk {index} failed")
             return {"rows": 1, "ok": 1}
         finally:
             with self.lock:
                 self.running.discard(index)
+            self.finished[index].set()
 
     def on_commit(self) -> Callable[[int, dict[str, Any]], None]:
         return lambda index, counts: self.committed.append(index)
@@ -82,11 +95,24 @@ def test_delta_chunks_overlap_two_at_a_time_after_the_first(
     chunks = Chunks(hold={1: 2, 3: 4})
     with a_run(spark, tmp_path, "delta") as run:
         _overlapped(spark, run, work_of(spark, 6), chunks.answer, chunks.on_commit())
-    assert chunks.committed == [0, 1, 2, 3, 4, 5]
+    assert sorted(chunks.committed) == [0, 1, 2, 3, 4, 5] and chunks.committed[0] == 0
     assert chunks.beside[0] == set()  # it makes the table: nothing beside it
     assert all(0 not in beside for beside in chunks.beside.values())
     assert max(len(b) + 1 for b in chunks.beside.values()) <= CHUNKS_AT_ONCE
     assert 1 in chunks.beside[2] and 3 in chunks.beside[4]
+
+
+def test_the_next_chunk_starts_when_any_running_one_has_committed(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Chunk 1 finishes only once chunk 3 runs: 3 must start when 2 commits, not wait for 1
+    # (Spark may run a later chunk's tasks first: the slots would idle while 1 commits).
+    chunks = Chunks(hold={1: 3})
+    with a_run(spark, tmp_path, "delta") as run:
+        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit())
+    assert 1 in chunks.beside[3]
+    assert chunks.committed.index(2) < chunks.committed.index(1)
+    assert sorted(chunks.committed) == [0, 1, 2, 3, 4]
 
 
 def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
@@ -102,7 +128,7 @@ def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
     with a_run(spark, tmp_path / "delta", "delta") as run:
         work = work_of(spark, 5, replaced={3: 7})
         _overlapped(spark, run, work, chunks.answer, chunks.on_commit())
-    assert chunks.committed == [0, 1, 2, 3, 4]
+    assert chunks.committed[::3] == [0, 3] and sorted(chunks.committed) == [0, 1, 2, 3, 4]
     assert chunks.beside[3] == set()
     assert 1 in chunks.beside[2]
 
@@ -110,7 +136,7 @@ def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
 def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    chunks = Chunks(hold={1: 2}, fail=1)
+    chunks = Chunks(hold={1: 2}, fail=1, after={2: 1})  # 2 still runs when 1 fails
     with a_run(spark, tmp_path, "delta") as run, pytest.raises(RuntimeError, match="chunk 1"):
         _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit())
     assert chunks.committed == [0]
@@ -137,3 +163,31 @@ def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:
         sys.path_importer_cache.pop(str(archive), None)
         for name in ("zipped_first", "zipped_second"):
             sys.modules.pop(name, None)
+
+
+def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession) -> None:
+    # Identical requests (equal hashes) share a task and sit next to each other in it; each
+    # chunk reads its rows of the kept spread, with no shuffle of its own.
+    hashes = [f"h{i % 37:02d}" for i in range(200)]
+    keyed = spark.createDataFrame(
+        [(str(i), h) for i, h in enumerate(hashes)], "request_id string, request_hash string"
+    ).persist()
+    work = WorkPlan(keyed, 200, [70, 60, 70])
+    work.spread_once(2, dedupe=True)
+    assert work.spread is not None
+    seen: list[str] = []
+    for index in range(3):
+        sent = work.sent(index, 2, dedupe=True)
+        with redirect_stdout(io.StringIO()) as plan:
+            sent.explain()
+        above_the_kept_rows = plan.getvalue().split("InMemoryTableScan")[0]
+        assert "Exchange" not in above_the_kept_rows
+        parts = sent.rdd.glom().map(lambda rows: [r["request_hash"] for r in rows]).collect()
+        assert len(parts) == 2
+        for part in parts:
+            assert part == sorted(part)
+        owners = {h: i for i, part in enumerate(parts) for h in part}
+        assert all(owners[h] == i for i, part in enumerate(parts) for h in part)
+        seen.extend(r["request_id"] for r in sent.collect())
+    assert sorted(seen) == sorted(str(i) for i in range(200))  # every row once
+    work.release()

@@ -2,7 +2,9 @@
 paid for, and their removal once committed (the tasks write them: `pipeline.http.journal`).
 
 Everything goes through Spark (a read of the folder, one tiny task to remove files), so it works
-under Spark Connect and wherever only the executors reach the folder.
+under Spark Connect and wherever only the executors reach the folder; on a local master (the
+executors are this process's JVM, on this machine) the driver removes files itself: a removal
+task would wait for a slot, and take it from the next chunk's tasks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pipeline.core.config import SinkConfig
 from pipeline.core.errors import ConfigError
 from pipeline.http.journal import arrow_location
 from pipeline.spark.conditions import MISSING, has_condition
-from pipeline.spark.session import is_connect
+from pipeline.spark.session import is_connect, local_slots
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class Inflight:
         self._committed: list[str] = []  # committed chunks' folders not removed yet
         self._lock = threading.Lock()
         self._found = False  # whether the folder was there at the start (earlier runs' files)
+        # Whether this process sees the executors' files (a classic session on a local master).
+        self._here = not is_connect(spark) and (
+            local_slots(spark.sparkContext.master or "") is not None
+        )
 
     def _query(self, answer: Callable[[DataFrame], T]) -> T | None:
         """`answer` of the folder's rows (an action), or None when there is no folder yet."""
@@ -159,16 +165,23 @@ class Inflight:
     def _remove(self, folders: list[str]) -> None:
         def remove(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             for _ in frames:
-                for folder in folders:
-                    fs, path = arrow_location(folder)
-                    try:
-                        fs.delete_dir(path)
-                    except FileNotFoundError:
-                        pass
+                _delete(folders)
                 yield pd.DataFrame({"removed": [len(folders)]})
 
         try:
+            if self._here:
+                _delete(folders)
+                return
             tasks = self._spark.range(1, numPartitions=1)
             tasks.mapInPandas(remove, "removed long").collect()
         except Exception as err:  # left behind: the next run reads and then removes them
             log.warning("could not remove in-flight answers in %s (%s)", self.plan.folder, err)
+
+
+def _delete(folders: list[str]) -> None:
+    for folder in folders:
+        fs, path = arrow_location(folder)
+        try:
+            fs.delete_dir(path)
+        except FileNotFoundError:
+            pass

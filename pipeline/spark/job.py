@@ -13,9 +13,8 @@ import os
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -182,6 +181,8 @@ def _answer_chunks(
         journal = None if run.inflight is None else run.inflight.plan
         plan = TaskPlan(config.request, client, journal)
         earlier = None if run.inflight is None else run.inflight.earlier_answers()
+        if earlier is None:
+            work.spread_once(tasks, config.request.dedupe)
 
         def answer(index: int, metadata: str) -> dict[str, Any]:
             return _commit_chunk(spark, run, work, plan, index, metadata, earlier)
@@ -271,23 +272,27 @@ def _overlapped(
     committed: Callable[[int, dict[str, Any]], None],
 ) -> None:
     """Run `answer(index, metadata)` (one chunk's Spark job, ending in its commit) for every
-    chunk, and `committed(index, counts)` after each, in chunk order.
+    chunk, and `committed(index, counts)` after each, as each commits.
 
     A chunk may start while the one before is still answered or committed (`CHUNKS_AT_ONCE`
     Spark jobs, from as many driver threads): its tasks take the slots the earlier chunk's last
     tasks free, so the endpoint does not idle while a chunk commits or the next one starts.
-    Only where commits commute (see `_may_overlap`); any other chunk waits for every earlier
-    one. When a chunk fails, the chunks already running finish (their answers are paid for and
-    get committed), and the first failure is raised; on Ctrl-C they are cancelled.
+    The next chunk starts as soon as any running one has committed: Spark may run the later
+    one's tasks first (whichever job reaches its scheduler first), and waiting on the earlier
+    one would leave the slots idle while it commits. Only where commits commute (see
+    `_may_overlap`); any other chunk waits for every earlier one. When a chunk fails, the
+    chunks already running finish (their answers are paid for and get committed), and the
+    first failure is raised; on Ctrl-C they are cancelled.
     """
     config = run.config
     saved_config = config.to_dict()  # holds the token's variable name, never the token
-    running: deque[tuple[int, Future[dict[str, Any]]]] = deque()
+    running: dict[Future[dict[str, Any]], int] = {}
 
     def settle(at_most: int) -> None:
         while len(running) > at_most:
-            index, future = running.popleft()
-            committed(index, future.result())
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=running.__getitem__):
+                committed(running.pop(future), future.result())
 
     with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
         try:
@@ -305,14 +310,14 @@ def _overlapped(
                     # without any row, so the next run answers them again; nothing is lost or
                     # doubled.
                     delete_rows(spark, config.sink, replaced, metadata)
-                running.append((index, pool.submit(answer, index, metadata)))
+                running[pool.submit(answer, index, metadata)] = index
                 if index == 0:
                     settle(0)  # it makes or replaces the table, which later chunks append to
             settle(0)
         except BaseException as err:
             if not isinstance(err, Exception) and is_connect(spark):
                 spark.interruptAll()  # Ctrl-C (classic pyspark cancels its jobs itself)
-            wait([future for _, future in running])
+            wait(running)
             raise
 
 
@@ -336,11 +341,12 @@ def _commit_chunk(
     """Answer chunk `index` and commit it; what was observed on its rows. Rows whose request
     `earlier` answers (earlier runs' in-flight answers) get that answer."""
     config = run.config
-    chunk = work.chunk(index)
-    if earlier is not None:
-        chunk = chunk.join(earlier, "request_hash", "left")
+    dedupe = config.request.dedupe
+    if earlier is None:
+        as_sent = work.sent(index, run.tasks, dedupe)
+    else:
+        as_sent = spread(work.chunk(index).join(earlier, "request_hash", "left"), run.tasks, dedupe)
     parsed = parsed_type(config.request.output_format)
-    as_sent = spread(chunk, run.tasks, config.request.dedupe)
     answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS, EARLIER).schema, parsed)
     answered = map_in_pandas(as_sent, make_batch_mapper(plan, index), answered_schema)
     text_schema = output_schema(run.source_schema, parsed)
