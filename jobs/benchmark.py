@@ -515,7 +515,7 @@ CHUNK_ROWS = (1_000, 100)
 FLOOR_CHUNKS = 10  # bare Spark chunks timed for the floor (the median is taken)
 # The same at a latency that leaves the cores idle: what hiding a chunk's cost gains there.
 CHUNKED_LATENCY_S = 0.2
-CHUNKED_LATENCY_ROWS = 10_000
+CHUNKED_LATENCY_ROWS = 6_000
 
 
 def chunked(bench: Bench) -> list[Figure]:
