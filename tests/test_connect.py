@@ -27,14 +27,15 @@ CLIENT_TIMEOUT_S = 300
 
 
 def run_remote(
-    server: ConnectServer,
+    server: ConnectServer | str,
     echo: LocalEndpoint,
     source: Path,
     sink: Path,
     *args: str,
     **overrides: Any,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline run --remote <server>` on conf/local.yaml with `overrides`."""
+    """`python -m pipeline run --remote <server>` on conf/local.yaml with `overrides`; `server`
+    a URL, or `local[N]` for a server pyspark starts in the client."""
     settings: dict[str, Any] = {
         "source.path": source,
         "source.format": "parquet",
@@ -53,7 +54,8 @@ def run_remote(
     }
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     command = [
-        sys.executable, "-m", "pipeline", "run", "--remote", server.url,
+        sys.executable, "-m", "pipeline", "run", "--remote",
+        server if isinstance(server, str) else server.url,
         "--config", str(ROOT / "conf" / "local.yaml"), "--progress", "log", *sets, *args,
     ]  # fmt: skip
     env = {**os.environ, TOKEN_ENV: TOKEN}
@@ -83,6 +85,20 @@ def summary_line(stdout: str, name: str) -> str:
 
 def sink_rows(spark: SparkSession, sink: Path, fmt: str) -> DataFrame:
     return spark.read.format(fmt).load(str(sink))
+
+
+def test_an_embedded_connect_server_runs_the_job_and_warns_of_nothing(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    # pyspark sets the settings it started its server with again on the session, and the
+    # static ones (Delta's extension, the preloading daemon, ...) cannot change there.
+    source, sink = tmp_path / "in", tmp_path / "out"
+    write_prompts(spark, source, range(5))
+    done = run_remote("local[1]", echo, source, sink)
+    assert summary_line(ok(done), "rows") == "5 (5 ok, 0 error)"
+    assert echo.stats()["requests_total"] == 5
+    assert "CANNOT_MODIFY_CONFIG" not in done.stderr
+    assert sink_rows(spark, sink, "delta").count() == 5
 
 
 @pytest.mark.parametrize("fmt", ["delta", "parquet"])

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -111,16 +112,26 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
         _check_listening(remote)
     builder = SparkSession.builder.remote(remote).appName(app_name)
     settings = dict(conf or {})
+    ours: list[str] = []  # settings of ours the server starts with
     if remote.startswith("local"):
         # pyspark starts the Connect server in this process: as a local run would, with Delta
         # (its jars fetched through spark.jars.packages) and executors on this interpreter.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         local = {**JOB_CONF, **static_defaults(remote), "spark.jars.packages": DELTA_PACKAGE}
+        _size_for_local(remote, local)
+        ours = [key for key in local if key not in settings]
         settings = {**local, **settings}
-        _size_for_local(remote, settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with warnings.catch_warnings():
+        # pyspark gives the server it starts these settings, then sets each again on the new
+        # session, where a static one cannot change: a warning for each, about a value the
+        # server already runs with. (A user's own setting keeps its warning.)
+        for key in ours:
+            warnings.filterwarnings(
+                "ignore", rf"Failed to set {re.escape(key)} to .*CANNOT_MODIFY_CONFIG", UserWarning
+            )
+        session = builder.getOrCreate()
     _warn_if_speculative(session)
     return session
 
