@@ -114,12 +114,7 @@ class WorkPlan:
         at every chunk's start, and 0.1-0.2 s of the cores per chunk)."""
         if self.chunks <= 1 or self.todo is not None or self.spread is not None:
             return
-        rows = self.keyed.withColumn(CHUNK, chunk_of(self.chunks))
-        if dedupe:
-            rows = rows.repartition(tasks, "request_hash")
-            rows = rows.sortWithinPartitions(CHUNK, "request_hash")
-        else:
-            rows = rows.repartition(tasks)
+        rows = spread(self.keyed.withColumn(CHUNK, chunk_of(self.chunks)), tasks, dedupe, CHUNK)
         try:
             kept = rows.persist()
         except Exception:  # no cache (serverless compute): each chunk spreads its own rows
@@ -129,11 +124,17 @@ class WorkPlan:
         self.keyed.unpersist()
         self.spread = kept
 
-    def sent(self, index: int, tasks: int, dedupe: bool) -> DataFrame:
-        """Chunk `index` as its Spark tasks take it: spread over `tasks` tasks (see `spread`)."""
-        if self.spread is not None:
+    def sent(
+        self, index: int, tasks: int, dedupe: bool, earlier: DataFrame | None = None
+    ) -> DataFrame:
+        """Chunk `index` as its Spark tasks take it: spread over `tasks` tasks (see `spread`);
+        with `earlier` (request_hash and an earlier run's answer) joined, when given."""
+        if earlier is None and self.spread is not None:
             return self.spread.filter(F.col(CHUNK) == index).drop(CHUNK)
-        return spread(self.chunk(index), tasks, dedupe)
+        rows = self.chunk(index)
+        if earlier is not None:
+            rows = rows.join(earlier, "request_hash", "left")
+        return spread(rows, tasks, dedupe)
 
     def pending(self) -> DataFrame:
         """Every row the run must answer, all chunks together."""
@@ -355,11 +356,13 @@ def chunk_of(chunks: int) -> Column:
     return F.pmod(F.xxhash64(F.col("request_hash")), F.lit(chunks))
 
 
-def spread(chunk: DataFrame, tasks: int, dedupe: bool) -> DataFrame:
+def spread(chunk: DataFrame, tasks: int, dedupe: bool, *grouped_by: str) -> DataFrame:
     """A chunk over `tasks` Spark tasks; when deduping, identical requests go to the same
-    task, one after the other (so a task needs to remember only recent answers)."""
+    task, one after the other (so a task needs to remember only recent answers), sorted
+    first by the `grouped_by` columns within each task."""
     if dedupe:
-        return chunk.repartition(tasks, "request_hash").sortWithinPartitions("request_hash")
+        by_hash = chunk.repartition(tasks, "request_hash")
+        return by_hash.sortWithinPartitions(*grouped_by, "request_hash")
     return chunk.repartition(tasks)
 
 

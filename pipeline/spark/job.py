@@ -30,7 +30,7 @@ from pipeline.core.config import JobConfig, LimitsConfig
 from pipeline.core.errors import JobAborted
 from pipeline.core.secrets import Credentials, resolve_credentials
 from pipeline.http.settings import ClientSettings
-from pipeline.spark.chunks import WorkPlan, spread
+from pipeline.spark.chunks import WorkPlan
 from pipeline.spark.columns import output_schema, parsed_type, stamp
 from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.daemon import start_early
@@ -341,11 +341,7 @@ def _commit_chunk(
     """Answer chunk `index` and commit it; what was observed on its rows. Rows whose request
     `earlier` answers (earlier runs' in-flight answers) get that answer."""
     config = run.config
-    dedupe = config.request.dedupe
-    if earlier is None:
-        as_sent = work.sent(index, run.tasks, dedupe)
-    else:
-        as_sent = spread(work.chunk(index).join(earlier, "request_hash", "left"), run.tasks, dedupe)
+    as_sent = work.sent(index, run.tasks, config.request.dedupe, earlier)
     parsed = parsed_type(config.request.output_format)
     answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS, EARLIER).schema, parsed)
     answered = map_in_pandas(as_sent, make_batch_mapper(plan, index), answered_schema)
