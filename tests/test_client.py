@@ -18,6 +18,7 @@ from pipeline.http.guard import FatalAnswerGuard
 from pipeline.http.limiter import build_limiter
 from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint, free_port
+from tests.clock import FakeClock
 from tests.conftest import ENDPOINT_NAME, TOKEN
 
 FAST_RETRIES = LimitsConfig(
@@ -159,6 +160,28 @@ def test_request_over_the_token_budget_is_never_sent(echo: LocalEndpoint) -> Non
     assert (result.status, result.attempts, result.http_status) == ("error", 0, None)
     assert result.error is not None and result.error.startswith("token_budget_exceeded:")
     assert echo.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize(("status", "waited"), [(429, 1.0), (503, 0.0)])
+def test_a_429_keeps_its_token_booking_and_a_failed_attempt_gives_it_back(
+    echo: LocalEndpoint, status: int, waited: float
+) -> None:
+    """A 429 says the endpoint's window is full: the attempt's tokens stay spent, so its retry
+    waits for the budget instead of going at once into the same window. A 503 used nothing."""
+    echo.control(fail_first=1, fail_status=status, retry_after_s=0.01)
+    limits = replace(FAST_RETRIES, tokens_per_minute=600.0)  # 10 tokens a second, 10 at once
+    client_settings = settings(echo, limits=limits, tokens_per_minute=600.0)
+    clock = FakeClock()  # the budget's clock: time passes only while the limiter waits
+    assert REQUEST.estimated_tokens() == 10  # the whole budget of a second
+
+    async def scenario() -> RowResult:
+        async with open_session(client_settings) as session:
+            limiter = build_limiter(client_settings, clock=clock, sleep=clock.sleep)
+            return await ChatClient(client_settings, session, limiter).send(REQUEST)
+
+    result = asyncio.run(scenario())
+    assert (result.status, result.attempts) == ("ok", 2)
+    assert sum(clock.sleeps) == pytest.approx(waited)
 
 
 def test_repeated_fatal_answers_stop_sending(echo: LocalEndpoint) -> None:

@@ -350,7 +350,10 @@ class JobBudget:
         self._since = [0, 0]
         self._probes = 0
         if self._requests is None and self._tokens is not None:  # the token budget binds
-            self._tokens.set_rate(self._tokens.rate_per_s * CONFIGURED_BACKOFF)
+            tokens_before = self._tokens.rate_per_s
+            self._tokens.set_rate(tokens_before * CONFIGURED_BACKOFF)
+            log.info("token rate %.0f/min after 429s (was %.0f/min)",
+                     self._tokens.rate_per_s * 60, tokens_before * 60)  # fmt: skip
         else:
             before = self.rate_per_s
             rate = self._decreased(before, now)

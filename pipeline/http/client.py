@@ -23,6 +23,7 @@ from pipeline.core.errors import (
     EndpointError,
     EndpointUnreachable,
     MalformedResponse,
+    RateLimited,
     RequestTimedOut,
     Stopped,
     describe,
@@ -186,6 +187,12 @@ class ChatClient:
             if status == 429:
                 self.rate_limited += 1
             completion = parse_answer(self._wire, status, headers, text)
+        except RateLimited:
+            # Refused: the endpoint's window is full. The attempt keeps its place in the
+            # schedule (its estimate spent, as its request permit is), else the tokens given
+            # back send the next request at once into the same full window.
+            self._limiter.settle(estimate, estimate)
+            raise
         except EndpointError:
             self._limiter.settle(estimate, None)
             raise

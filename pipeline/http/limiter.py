@@ -43,7 +43,8 @@ class Limiter(Protocol):
         """
 
     def settle(self, estimated_tokens: int, actual_tokens: int | None) -> None:
-        """Correct the reservation with the real usage (None: nothing was used)."""
+        """Correct the reservation with the real usage (None: nothing was used). The client
+        settles a 429 at its estimate: refused, it still keeps its place in the schedule."""
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """An answer's status and headers (429s, announced limits), for limits that adapt."""
