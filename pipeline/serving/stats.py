@@ -46,6 +46,7 @@ class ServingStats:
         self.last_request_at: float | None = None
         # Requests started in each whole second since the first one (gaps show as zeros).
         self.per_second: list[int] = []
+        self.limited_per_second: list[int] = []  # of those, refused with 429 by a rate limit
 
     @property
     def faults_injected(self) -> int:
@@ -59,10 +60,7 @@ class ServingStats:
         self.last_request_at = time.time()
         if self.first_request_at is None:
             self.first_request_at = self.last_request_at
-        second = int(self.last_request_at - self.first_request_at)
-        if second >= len(self.per_second):
-            self.per_second.extend([0] * (second + 1 - len(self.per_second)))
-        self.per_second[second] += 1
+        _count_in_second(self.per_second, self.last_request_at - self.first_request_at)
 
     def request_finished(self, status: int) -> None:
         """Count a request leaving a model route with `status`."""
@@ -89,6 +87,8 @@ class ServingStats:
     def limited(self) -> None:
         """Count one request refused (429) by a rate limit."""
         self.rate_limited += 1
+        if self.first_request_at is not None:
+            _count_in_second(self.limited_per_second, time.time() - self.first_request_at)
 
     def overloaded(self) -> None:
         """Count one request refused (503) at the concurrency bound in reject mode."""
@@ -114,4 +114,13 @@ class ServingStats:
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
             "per_second": list(self.per_second),
+            "limited_per_second": list(self.limited_per_second),
         }
+
+
+def _count_in_second(counts: list[int], elapsed_s: float) -> None:
+    """One more in the whole second `elapsed_s` falls in (zeros for the seconds before)."""
+    second = int(elapsed_s)
+    if second >= len(counts):
+        counts.extend([0] * (second + 1 - len(counts)))
+    counts[second] += 1

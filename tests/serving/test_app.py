@@ -320,6 +320,7 @@ def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
         "queued": 0,
         "distinct_requests": 2,
         "per_second": [2],
+        "limited_per_second": [],
     }
 
 

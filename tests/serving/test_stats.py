@@ -38,6 +38,7 @@ def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
         "queued": 0,
         "distinct_requests": 2,
         "per_second": [2],
+        "limited_per_second": [],
     }
 
 
@@ -69,6 +70,7 @@ def test_refusals_are_counted_apart_and_never_in_flight() -> None:
     assert (snapshot["peak_in_flight"], snapshot["faults_injected"]) == (0, 0)
     assert snapshot["by_status"] == {"429": 2, "503": 1}
     assert snapshot["queued"] == 3
+    assert (snapshot["per_second"], snapshot["limited_per_second"]) == ([3], [2])
 
 
 def test_reset_zeroes_counters_but_keeps_requests_in_flight() -> None:
