@@ -65,9 +65,19 @@ class Chunks:
         self.started = {i: threading.Event() for i in range(64)}
         self.finished = {i: threading.Event() for i in range(64)}
         self.committed: list[int] = []
+        self.modes: dict[int, str] = {}
+        self.table_made: list[str] = []  # `make_table`'s metadata, if it was called
 
-    def answer(self, index: int, metadata: str) -> dict[str, Any]:
+    def make_table(self, metadata: str) -> None:
+        assert not self.started_any(), "the table is made before any chunk starts"
+        self.table_made.append(metadata)
+
+    def started_any(self) -> bool:
+        return any(event.is_set() for event in self.started.values())
+
+    def answer(self, index: int, metadata: str, mode: str) -> dict[str, Any]:
         assert f'"chunk": "{index + 1}/' in metadata
+        self.modes[index] = mode
         with self.lock:
             self.beside[index] = set(self.running)
             self.running.add(index)
@@ -89,17 +99,26 @@ class Chunks:
         return lambda index, counts: self.committed.append(index)
 
 
-def test_delta_chunks_overlap_two_at_a_time_after_the_first(
+def test_delta_chunks_overlap_two_at_a_time_once_the_table_is_made(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    chunks = Chunks(hold={1: 2, 3: 4})
+    chunks = Chunks(hold={0: 1, 3: 4})  # chunk 0 finishes only once chunk 1 runs beside it
     with a_run(spark, tmp_path, "delta") as run:
-        _overlapped(spark, run, work_of(spark, 6), chunks.answer, chunks.on_commit())
-    assert sorted(chunks.committed) == [0, 1, 2, 3, 4, 5] and chunks.committed[0] == 0
-    assert chunks.beside[0] == set()  # it makes the table: nothing beside it
-    assert all(0 not in beside for beside in chunks.beside.values())
+        _overlapped(spark, run, work_of(spark, 6), chunks.answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
+    assert len(chunks.table_made) == 1 and '"chunk": "0/6"' in chunks.table_made[0]
+    assert sorted(chunks.committed) == [0, 1, 2, 3, 4, 5]
+    assert set(chunks.modes.values()) == {"append"}  # the table exists for every chunk
     assert max(len(b) + 1 for b in chunks.beside.values()) <= CHUNKS_AT_ONCE
-    assert 1 in chunks.beside[2] and 3 in chunks.beside[4]
+    assert 0 in chunks.beside[1] and 3 in chunks.beside[4]
+
+
+def test_one_chunk_makes_the_table_itself(spark: SparkSession, tmp_path: Path) -> None:
+    chunks = Chunks()
+    with a_run(spark, tmp_path, "delta") as run:
+        _overlapped(spark, run, work_of(spark, 1), chunks.answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
+    assert (chunks.table_made, chunks.committed) == ([], [0])
 
 
 def test_the_next_chunk_starts_when_any_running_one_has_committed(
@@ -109,7 +128,8 @@ def test_the_next_chunk_starts_when_any_running_one_has_committed(
     # (Spark may run a later chunk's tasks first: the slots would idle while 1 commits).
     chunks = Chunks(hold={1: 3})
     with a_run(spark, tmp_path, "delta") as run:
-        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit())
+        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
     assert 1 in chunks.beside[3]
     assert chunks.committed.index(2) < chunks.committed.index(1)
     assert sorted(chunks.committed) == [0, 1, 2, 3, 4]
@@ -120,17 +140,24 @@ def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
 ) -> None:
     chunks = Chunks()
     with a_run(spark, tmp_path, "parquet") as run:
-        _overlapped(spark, run, work_of(spark, 4), chunks.answer, chunks.on_commit())
-    assert chunks.committed == [0, 1, 2, 3]
+        _overlapped(spark, run, work_of(spark, 4), chunks.answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
+    assert chunks.committed == [0, 1, 2, 3] and chunks.table_made == []
     assert all(beside == set() for beside in chunks.beside.values())
 
     chunks = Chunks(hold={1: 2})  # 2 may start beside 1; 3 deletes rows first: alone
     with a_run(spark, tmp_path / "delta", "delta") as run:
         work = work_of(spark, 5, replaced={3: 7})
-        _overlapped(spark, run, work, chunks.answer, chunks.on_commit())
+        _overlapped(spark, run, work, chunks.answer, chunks.on_commit(), chunks.make_table)
     assert chunks.committed[::3] == [0, 3] and sorted(chunks.committed) == [0, 1, 2, 3, 4]
     assert chunks.beside[3] == set()
     assert 1 in chunks.beside[2]
+
+    chunks = Chunks()  # chunk 0 deletes rows first: it writes first, alone, and no table is made
+    with a_run(spark, tmp_path / "delta0", "delta") as run:
+        work = work_of(spark, 3, replaced={0: 2})
+        _overlapped(spark, run, work, chunks.answer, chunks.on_commit(), chunks.make_table)
+    assert chunks.table_made == [] and chunks.committed[0] == 0 and chunks.beside[1] == set()
 
 
 def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(
@@ -138,7 +165,8 @@ def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(
 ) -> None:
     chunks = Chunks(hold={1: 2}, fail=1, after={2: 1})  # 2 still runs when 1 fails
     with a_run(spark, tmp_path, "delta") as run, pytest.raises(RuntimeError, match="chunk 1"):
-        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit())
+        _overlapped(spark, run, work_of(spark, 5), chunks.answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
     assert chunks.committed == [0]
     assert set(chunks.beside) == {0, 1, 2}  # 2 ran (and finished); 3 and 4 never started
     assert chunks.running == set()

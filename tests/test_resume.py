@@ -142,9 +142,11 @@ def test_each_chunk_is_one_commit_with_the_run_config_but_never_the_token(
     summary, out = run(spark, config)
     assert summary.chunks == 5 and out.count() == 95
     history = DeltaTable.forPath(spark, str(sink)).history().collect()
-    assert len(history) == 5  # one commit per chunk
+    assert len(history) == 6  # one commit per chunk, after one making the table with no row
     metadata = [json.loads(r["userMetadata"]) for r in history]
-    assert sorted(m["chunk"] for m in metadata) == [f"{i}/5" for i in range(1, 6)]
+    assert sorted(m["chunk"] for m in metadata) == [f"{i}/5" for i in range(6)]
+    made = next(r for r in history if json.loads(r["userMetadata"])["chunk"] == "0/5")
+    assert made["operationMetrics"].get("numOutputRows", "0") == "0"
     assert len({m["batch_chat_run"] for m in metadata}) == 1
     assert metadata[0]["config"]["endpoint"]["token_env"] == TOKEN_ENV
     assert all(TOKEN not in r["userMetadata"] for r in history)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -184,8 +184,18 @@ def _answer_chunks(
         if earlier is None:
             work.spread_once(tasks, config.request.dedupe)
 
-        def answer(index: int, metadata: str) -> dict[str, Any]:
-            return _commit_chunk(spark, run, work, plan, index, metadata, earlier)
+        def answer(index: int, metadata: str, mode: SaveMode) -> dict[str, Any]:
+            rows, observe = _chunk_rows(run, work, plan, index, earlier)
+            try:
+                write_sink(rows, config.sink, mode, metadata, observe=observe)
+            except Exception as err:
+                _raise_if_aborted(err)
+                raise
+            return dict(observe[0].get)
+
+        def make_table(metadata: str) -> None:
+            rows, _ = _chunk_rows(run, work, plan, 0, earlier)
+            write_sink(rows.limit(0), config.sink, FIRST_SAVE_MODE[config.sink.mode], metadata)
 
         def committed(index: int, chunk: dict[str, Any]) -> None:
             if run.inflight is not None:
@@ -200,7 +210,7 @@ def _answer_chunks(
                 int(chunk.get("attempts") or 0), _rate_note(server.budget),
             )  # fmt: skip
 
-        _overlapped(spark, run, work, answer, committed)
+        _overlapped(spark, run, work, answer, committed, make_table)
     if run.inflight is not None and live:
         # The written rows say what their answers cost, whoever paid (an earlier run whose
         # answers were recovered too); the tasks' reports say what this run paid, lost
@@ -268,11 +278,12 @@ def _overlapped(
     spark: SparkSession,
     run: _Run,
     work: WorkPlan,
-    answer: Callable[[int, str], dict[str, Any]],
+    answer: Callable[[int, str, SaveMode], dict[str, Any]],
     committed: Callable[[int, dict[str, Any]], None],
+    make_table: Callable[[str], None],
 ) -> None:
-    """Run `answer(index, metadata)` (one chunk's Spark job, ending in its commit) for every
-    chunk, and `committed(index, counts)` after each, as each commits.
+    """Run `answer(index, metadata, mode)` (one chunk's Spark job, ending in its commit) for
+    every chunk, and `committed(index, counts)` after each, as each commits.
 
     A chunk may start while the one before is still answered or committed (`CHUNKS_AT_ONCE`
     Spark jobs, from as many driver threads): its tasks take the slots the earlier chunk's last
@@ -283,10 +294,21 @@ def _overlapped(
     `_may_overlap`); any other chunk waits for every earlier one. When a chunk fails, the
     chunks already running finish (their answers are paid for and get committed), and the
     first failure is raised; on Ctrl-C they are cancelled.
+
+    The first write makes or replaces the table (or adds new columns to it), which no other
+    write may do beside it. Where chunks overlap, `make_table` does that with no row first, in a
+    commit of its own, and every chunk appends (chunk 0 ran alone before: a second or more of
+    idle endpoint on a run of several chunks); else chunk 0 writes first, alone.
     """
     config = run.config
     saved_config = config.to_dict()  # holds the token's variable name, never the token
     running: dict[Future[dict[str, Any]], int] = {}
+
+    def commit_metadata(chunk: str) -> str:
+        return json.dumps(
+            {"batch_chat_run": run.run_id, "chunk": chunk, "config": saved_config},
+            default=str,
+        )
 
     def settle(at_most: int) -> None:
         while len(running) > at_most:
@@ -294,24 +316,26 @@ def _overlapped(
             for future in sorted(done, key=running.__getitem__):
                 committed(running.pop(future), future.result())
 
+    first_alone = work.chunks == 1 or not _may_overlap(config, work, 0)
+    if not first_alone:
+        run.lease.check()
+        make_table(commit_metadata(f"0/{work.chunks}"))
     with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
         try:
             for index in range(work.chunks):
                 settle(CHUNKS_AT_ONCE - 1 if _may_overlap(config, work, index) else 0)
                 run.lease.check()  # never commit over another run's work
-                metadata = json.dumps(
-                    {"batch_chat_run": run.run_id, "chunk": f"{index + 1}/{work.chunks}",
-                     "config": saved_config},
-                    default=str,
-                )  # fmt: skip
+                metadata = commit_metadata(f"{index + 1}/{work.chunks}")
                 replaced = work.replaced_in(index)
                 if replaced is not None:
                     # Its own commit, before the chunk's: a crash in between leaves those rows
                     # without any row, so the next run answers them again; nothing is lost or
                     # doubled.
                     delete_rows(spark, config.sink, replaced, metadata)
-                running[pool.submit(answer, index, metadata)] = index
-                if index == 0:
+                first = index == 0 and first_alone
+                mode = FIRST_SAVE_MODE[config.sink.mode] if first else "append"
+                running[pool.submit(answer, index, metadata, mode)] = index
+                if first:
                     settle(0)  # it makes or replaces the table, which later chunks append to
             settle(0)
         except BaseException as err:
@@ -329,17 +353,16 @@ def _may_overlap(config: JobConfig, work: WorkPlan, index: int) -> bool:
     return config.sink.format == "delta" and not work.replaced_per_chunk.get(index)
 
 
-def _commit_chunk(
-    spark: SparkSession,
+def _chunk_rows(
     run: _Run,
     work: WorkPlan,
     plan: TaskPlan,
     index: int,
-    metadata: str,
     earlier: DataFrame | None = None,
-) -> dict[str, Any]:
-    """Answer chunk `index` and commit it; what was observed on its rows. Rows whose request
-    `earlier` answers (earlier runs' in-flight answers) get that answer."""
+) -> tuple[DataFrame, tuple[Observation, list[Column]]]:
+    """Chunk `index`'s rows as the sink takes them, answered as they are written, and what to
+    observe on them. Rows whose request `earlier` answers (earlier runs' in-flight answers) get
+    that answer."""
     config = run.config
     as_sent = work.sent(index, run.tasks, config.request.dedupe, earlier)
     parsed = parsed_type(config.request.output_format)
@@ -349,16 +372,10 @@ def _commit_chunk(
     observation = Observation(f"batch_chat_chunk_{index}")
     images = config.source.image_column
     metrics = chunk_metrics(None if images is None else image_count(images, run.source_schema))
-    mode = FIRST_SAVE_MODE[config.sink.mode] if index == 0 else "append"
     rows = as_text(answered, text_schema)
     if work.config_hash is not None:
         rows = stamp(rows, work.config_hash)
-    try:
-        write_sink(rows, config.sink, mode, metadata, observe=(observation, metrics))
-    except Exception as err:
-        _raise_if_aborted(err)
-        raise
-    return dict(observation.get)
+    return rows, (observation, metrics)
 
 
 def check_error_share(summary: RunSummary, max_error_fraction: float | None) -> None:
