@@ -113,12 +113,15 @@ def test_delta_chunks_overlap_two_at_a_time_once_the_table_is_made(
     assert 0 in chunks.beside[1] and 3 in chunks.beside[4]
 
 
-def test_one_chunk_makes_the_table_itself(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [0, 1])
+def test_one_chunk_makes_the_table_itself_and_none_makes_nothing(
+    spark: SparkSession, tmp_path: Path, count: int
+) -> None:
     chunks = Chunks()
     with a_run(spark, tmp_path, "delta") as run:
-        _overlapped(spark, run, work_of(spark, 1), chunks.answer, chunks.on_commit(),
+        _overlapped(spark, run, work_of(spark, count), chunks.answer, chunks.on_commit(),
                     chunks.make_table)  # fmt: skip
-    assert (chunks.table_made, chunks.committed) == ([], [0])
+    assert (chunks.table_made, chunks.committed) == ([], list(range(count)))
 
 
 def test_the_next_chunk_starts_when_any_running_one_has_committed(
