@@ -316,7 +316,8 @@ def _overlapped(
             for future in sorted(done, key=running.__getitem__):
                 committed(running.pop(future), future.result())
 
-    first_alone = work.chunks <= 1 or not _may_overlap(config, work, 0)  # (0: no write)
+    # One chunk makes the table itself; no chunk writes nothing.
+    first_alone = work.chunks <= 1 or not _may_overlap(config, work, 0)
     if not first_alone:
         run.lease.check()
         make_table(commit_metadata(f"0/{work.chunks}"))
