@@ -18,6 +18,8 @@ from pipeline.control.budget import (
     MAX_PROBE,
     PATIENCE,
     RECOUNT_AFTER_S,
+    YOUNGER_LEASE_SECONDS,
+    YOUNGER_POLL_S,
     JobBudget,
     Schedule,
 )
@@ -101,6 +103,33 @@ def test_the_oldest_task_is_served_first_and_the_next_takes_over_at_once() -> No
     assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 0  # booked ahead
     budget.lease(LeaseAsk(requests=0, task="task-0"))  # it ended: its last ask says so
     assert budget.lease(LeaseAsk(requests=8, task="task-1")).requests == 1  # at once
+
+
+def test_a_younger_task_soon_takes_what_the_oldest_gave_back() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(12_000, None, adaptive=False, clock=clock)  # 200/s: 10 per lease
+    held = budget.lease(LeaseAsk(requests=64, task="task-0")).requests
+    clock.now += 0.001
+    refused = budget.lease(LeaseAsk(requests=64, task="task-1"))
+    assert refused.requests == 0  # booked ahead by the oldest, yet asked again soon ...
+    assert refused.wait_s <= YOUNGER_POLL_S < LEASE_SECONDS - YOUNGER_LEASE_SECONDS
+    # ... for the oldest's input ended: it sent one of its permits and gave the rest back.
+    budget.lease(LeaseAsk(requests=0, returned=held - 1, task="task-0"))
+    clock.now += refused.wait_s
+    taken = budget.lease(LeaseAsk(requests=64, task="task-1"))
+    assert taken.requests > 1 and taken.start_s == 0.0  # due now: no gap in the rate
+
+
+def test_younger_tasks_together_ask_about_as_often_as_one() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(600, None, adaptive=False, clock=clock)  # 10/s: the oldest books 1
+    for task in range(5):
+        budget.lease(LeaseAsk(requests=8, task=f"task-{task}"))
+    refused = budget.lease(LeaseAsk(requests=8, task="task-4"))
+    assert refused.requests == 0
+    assert refused.wait_s == pytest.approx(4 * YOUNGER_POLL_S)  # four younger tasks
+    clock.now += 0.095  # the next permit is due in 0.005 s: waiting less than the poll
+    assert budget.lease(LeaseAsk(requests=8, task="task-4")).wait_s < 4 * YOUNGER_POLL_S
 
 
 def test_a_task_that_ended_keeps_its_place_for_a_retry() -> None:

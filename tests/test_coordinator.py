@@ -183,3 +183,33 @@ def test_a_task_whose_input_ended_gives_back_what_nobody_waits_for_and_asks_only
         await limits.close()
 
     asyncio.run(scenario())
+
+
+def test_a_task_whose_input_ended_asks_only_for_what_its_permits_do_not_cover() -> None:
+    # What it asked for beyond that would go back only after its last request: permits booked
+    # ahead, which the tasks after it find only when they next ask.
+    clock = FakeClock(1000.0)
+    budget = JobBudget(60_000, None, adaptive=False, clock=clock)  # 985/s: 50 per lease
+    limits = SharedLimits(LocalLessor(budget), RateLimits(None, None), batch=64,
+                          uses_tokens=False, clock=clock, sleep=clock.sleep)  # fmt: skip
+    asks: list[LeaseAsk] = []
+    lease = budget.lease
+
+    def recorded(ask: LeaseAsk) -> LeaseGrant:
+        asks.append(ask)
+        return lease(ask)
+
+    budget.lease = recorded  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await limits.acquire(10)  # one lease: 49 permits held after it
+        limits.ending()
+        await asyncio.gather(*(limits.acquire(10) for _ in range(70)))
+        await limits.close()
+
+    asyncio.run(scenario())
+    ended = [ask.requests for ask in asks].index(0)  # ending(): nobody waits, all go back
+    assert asks[ended].returned == 49
+    # Then 70 requests (retries): leased as they are needed, and nothing left to give back.
+    assert asks[ended + 1].requests == 70
+    assert sum(ask.returned for ask in asks[ended + 1 :]) == 0

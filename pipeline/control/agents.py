@@ -205,7 +205,7 @@ class SharedLimits:
                     self._permits.popleft()
                 if self._needs_tokens():
                     self._seen["token_correction"] += estimated_tokens - permits.tokens
-                if not self._spare() and self._held < (self._batch + 1) // 2:
+                if not self._spare() and self._short():
                     self._refilling(estimated_tokens)
                 wait = due - self._clock()
                 if wait > 0:
@@ -271,6 +271,13 @@ class SharedLimits:
             told.add_done_callback(self._returning.discard)
         return True
 
+    def _short(self) -> bool:
+        """Whether to ask for more now: below half a batch, or, once the input ended, fewer
+        than the requests waiting (more would be given back only after its last request)."""
+        if self._ending:
+            return self._held < self._waiting
+        return self._held < (self._batch + 1) // 2
+
     def _drop(self) -> tuple[int, float]:
         """Drop the permits held: how many were paced, and the tokens booked for them all."""
         paced = sum(p.count for p in self._permits if p.interval)
@@ -334,8 +341,8 @@ class SharedLimits:
         return min(float(estimated_tokens), used / answers * USAGE_MARGIN)
 
     def _ask(self, estimated_tokens: int, reported: Mapping[str, float]) -> LeaseAsk:
-        # Once the input ended, only what the requests waiting need.
-        requests = max(1, self._waiting) if self._ending else self._batch
+        # Once the input ended, only what the requests waiting need beyond the permits held.
+        requests = max(1, self._waiting - self._held) if self._ending else self._batch
         tokens = self._booking(estimated_tokens) * requests if self._needs_tokens() else 0
         return LeaseAsk(
             requests=requests,
