@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipeline.control.protocol import LeaseAsk, LeaseGrant
 from pipeline.core.timing import Clock
@@ -80,7 +80,7 @@ DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
 # the endpoint's usual from then on, never a reason to slow down.
 NOISE_MARGIN = 1.5
 # A decrease is judged on every answer since it, against the 429s the share before it would
-# have given: fewer by this many standard deviations (of a Poisson count), it was right; more,
+# have given: fewer by this many standard deviations (of that count), it was right; more,
 # it was not enough; neither, once this many 429s were expected, they are the endpoint's usual
 # (a quiet second is no proof: at 20 answers a second and 7.5 % of them 429s, one comes by
 # chance one time in five). Until judged, no further decrease (quiet seconds still speed up) ...
@@ -127,11 +127,13 @@ class Schedule:
 
 @dataclass(frozen=True)
 class _Slowed:
-    """A decrease: the share of 429s that drew it, and the rates before it."""
+    """A decrease: the share of 429s that drew it, the rates before it, and the request rate it
+    set."""
 
     share: float
     requests: float | None
     tokens: float | None
+    after: float | None = None
 
 
 class JobBudget:
@@ -326,7 +328,9 @@ class JobBudget:
             return False
         ok, limited = self._since
         expected = (ok + limited) * slowed.share  # 429s, had slowing down changed nothing
-        deviation = (limited - expected) / math.sqrt(max(expected, 1e-9))
+        # In standard deviations of that count (binomial: at a large share, far fewer than a
+        # Poisson count's, and a decrease from 83 % to 67 % of 90 answers is plain).
+        deviation = (limited - expected) / math.sqrt(max(expected * (1 - slowed.share), 1e-9))
         if not self._sees_all or deviation < -SIGNIFICANT:
             self._slowed = None  # (a budget that does not see every task never calls it noise)
             return False
@@ -338,7 +342,7 @@ class JobBudget:
             # 429 beyond it may be slowed for at once; it is judged when the evidence is in.
             return self._ceiling is None and self._token_ceiling is None
         share = limited / max(1, ok + limited)
-        self._noise = max(self._noise, share * NOISE_MARGIN)
+        self._noise = min(1.0, max(self._noise, share * NOISE_MARGIN))
         log.info("%.1f %% of requests answer 429 whatever the rate: not slowing down for "
                  "those", 100 * share)  # fmt: skip
         self._requests = None if slowed.requests is None else Schedule(slowed.requests, self._clock)
@@ -374,6 +378,7 @@ class JobBudget:
             was = "no rate" if before is None else f"{before * 60:.0f}/min"
             log.info("request rate %.0f/min after 429s (was %s)", rate * 60, was)
             self._set_rate(max(MIN_RATE, rate))
+            self._slowed = replace(self._slowed, after=self.rate_per_s)
         self._decreased_at = now
         self._new_period(now)
 
@@ -417,6 +422,13 @@ class JobBudget:
             rate = self._increased(rate)
         else:
             self._probes = 0
+        slowed = self._slowed
+        if slowed is not None and slowed.requests is not None and slowed.after is not None:
+            # A decrease is judged on the 429s at a rate under the one that drew them (back at
+            # that rate, the same 429s would say they come whatever the rate: `_holding`): at
+            # most halfway back until then.
+            under = (slowed.requests + slowed.after) / 2
+            rate = max(self.rate_per_s or rate, min(rate, under))
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
         self._set_rate(max(MIN_RATE, rate))
