@@ -83,7 +83,8 @@ NOISE_MARGIN = 1.5
 # have given: fewer by this many standard deviations (of that count), it was right; more,
 # it was not enough; neither, once this many 429s were expected, they are the endpoint's usual
 # (a quiet second is no proof: at 20 answers a second and 7.5 % of them 429s, one comes by
-# chance one time in five). Until judged, no further decrease (quiet seconds still speed up) ...
+# chance one time in five). Until judged, no further decrease (quiet seconds still speed up, at
+# most halfway back to the rate that drew the 429s: see `_speed_up`) ...
 SIGNIFICANT = 2.0
 NOISE_EVIDENCE = 6  # more than SIGNIFICANT squared: none of them, the decrease was right
 HOLD_MAX_S = 30 * ADAPT_PERIOD_S  # ... for at most this long (then the decrease counts as right)
