@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pipeline.control.protocol import LeaseAsk, LeaseGrant
 from pipeline.core.timing import Clock
@@ -134,7 +134,7 @@ class _Slowed:
     share: float
     requests: float | None
     tokens: float | None
-    after: float | None = None
+    after: float | None
 
 
 class JobBudget:
@@ -224,7 +224,7 @@ class JobBudget:
         if start > horizon:
             wait = start - horizon
             if not oldest:  # it may be the oldest before then (see YOUNGER_POLL_S)
-                wait = min(wait, YOUNGER_POLL_S * max(1, len(self._tasks) - 1))
+                wait = min(wait, YOUNGER_POLL_S * max(1, self.tasks_running - 1))
             return LeaseGrant(0, 0.0, max(MIN_WAIT_S, wait))
         interval = max(intervals)
         granted = ask.requests
@@ -361,7 +361,7 @@ class JobBudget:
         # drew this decrease alone (picked for its 429s, it overstates them).
         ok, limited = self._recent_counts()
         usual = limited / max(1, ok + limited) if ok + limited >= MIN_JUDGED else share
-        self._slowed = _Slowed(usual, self.rate_per_s, tokens)
+        before = self.rate_per_s
         self._since = [0, 0]
         self._probes = 0
         if self._requests is None and self._tokens is not None:  # the token budget binds
@@ -370,7 +370,6 @@ class JobBudget:
             log.info("token rate %.0f/min after 429s (was %.0f/min)",
                      self._tokens.rate_per_s * 60, tokens_before * 60)  # fmt: skip
         else:
-            before = self.rate_per_s
             rate = self._decreased(before, now)
             if before is None:
                 self._recount_at = now + RECOUNT_AFTER_S
@@ -379,7 +378,7 @@ class JobBudget:
             was = "no rate" if before is None else f"{before * 60:.0f}/min"
             log.info("request rate %.0f/min after 429s (was %s)", rate * 60, was)
             self._set_rate(max(MIN_RATE, rate))
-            self._slowed = replace(self._slowed, after=self.rate_per_s)
+        self._slowed = _Slowed(usual, before, tokens, self.rate_per_s)
         self._decreased_at = now
         self._new_period(now)
 
@@ -416,11 +415,12 @@ class JobBudget:
             ceiling = self._token_ceiling or self._tokens.rate_per_s
             self._tokens.set_rate(min(ceiling, self._tokens.rate_per_s + ceiling * CEILING_STEP))
             return
-        rate = self.rate_per_s
-        if rate is None:
+        current = self.rate_per_s
+        if current is None:
             return
-        if self._granted_since_change >= 0.5 * rate * (now - self._period_start):
-            rate = self._increased(rate)
+        rate = current
+        if self._granted_since_change >= 0.5 * current * (now - self._period_start):
+            rate = self._increased(current)
         else:
             self._probes = 0
         slowed = self._slowed
@@ -429,7 +429,7 @@ class JobBudget:
             # that rate, the same 429s would say they come whatever the rate: `_holding`): at
             # most halfway back until then.
             under = (slowed.requests + slowed.after) / 2
-            rate = max(self.rate_per_s or rate, min(rate, under))
+            rate = max(current, min(rate, under))
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
         self._set_rate(max(MIN_RATE, rate))
