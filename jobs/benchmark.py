@@ -375,12 +375,19 @@ UNREACHABLE = "192.0.2.1"
 
 
 def adaptive_alone(bench: Bench) -> list[Figure]:
-    """Tasks that cannot reach the driver: each finds its rate from its own answers."""
+    """Tasks that cannot reach the driver: each finds its rate from its own answers; and, with
+    four times as many tasks as slots, each keeps its part of a budget set to the limit (the
+    tasks running at once share it; a slot's next task goes on where the one before stopped)."""
     return [
         *limited_run(bench, "adaptive, no driver, headers", (), driver_address=UNREACHABLE),
         *limited_run(
             bench, "adaptive, no driver, 429s only", ("--no-limit-headers",),
             driver_address=UNREACHABLE,
+        ),
+        *limited_run(
+            bench, f"no driver, limit set, {4 * TASKS} tasks", ("--no-limit-headers",),
+            targets=(0.9, 0.01), driver_address=UNREACHABLE, tasks=4 * TASKS,
+            requests_per_minute=RATE_PER_S * 60,
         ),
     ]  # fmt: skip
 

@@ -193,3 +193,22 @@ def test_a_remote_url_nobody_answers_is_a_config_error_at_once(
     assert main(["run", "--remote", url, "--config", config]) == EXIT_CONFIG_ERROR
     err = capsys.readouterr().err
     assert f"config error: --remote: no Spark Connect server answers at {url[5:]}" in err
+
+
+def test_with_no_driver_under_connect_the_tasks_at_once_share_the_budget(
+    spark: SparkSession, connect_server: ConnectServer, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """Tasks that cannot reach the client (as on Databricks Connect): eight tasks on the
+    server's two slots each keep half of the budget, counted through the Connect session."""
+    source, sink = tmp_path / "in", tmp_path / "out"
+    write_prompts(spark, source, range(160))
+    done = run_remote(
+        connect_server, echo, source, sink, source__partitions=8,
+        limits__driver_address="192.0.2.1", limits__requests_per_minute=1200,
+    )  # fmt: skip
+    assert summary_line(ok(done), "rows") == "160 (160 ok, 0 error)"
+    assert "2 of the 8 tasks run at once: each keeps 1/2 of the rate budgets" in done.stderr
+    stats = echo.stats()
+    span = stats["last_request_at"] - stats["first_request_at"]
+    assert stats["requests_total"] == 160
+    assert 0.6 * 20 < 160 / span <= 20 * 1.05  # an eighth each would be 5/s

@@ -60,9 +60,10 @@ class Limiter(Protocol):
 def build_limiter(
     settings: ClientSettings, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
 ) -> Limiter:
-    """The task's limiter: the driver's budget when `settings.budget_url` is set, else a budget
-    of its own when `settings.adaptive_alone`, each with the task's static share to fall back
-    on; else that static share alone."""
+    """The task's limiter: the driver's budget when `settings.budget_url` is set, else, for a
+    task that cannot reach the driver (`settings.alone`), a budget of its own that its slot's
+    next task goes on with; each with the task's static share to fall back on. Else that static
+    share alone."""
     own_share = RateLimits(
         settings.requests_per_minute,
         settings.tokens_per_minute,
@@ -72,15 +73,11 @@ def build_limiter(
     )
     if settings.budget_url is not None:
         lessor: Lessor = DriverLessor(settings.budget_url)
-    elif settings.adaptive_alone:
-        own_budget = JobBudget(
-            settings.requests_per_minute,
-            settings.tokens_per_minute,
-            adaptive=True,
-            clock=clock,
-            sees_all=False,
-        )
-        lessor = LocalLessor(own_budget, share=1.0 / max(1, settings.tasks))
+    elif settings.alone and (
+        settings.limits.adaptive or (settings.requests_per_minute, settings.tokens_per_minute)
+        != (None, None)
+    ):
+        lessor = LocalLessor(_own_budget(settings, clock), share=1.0 / max(1, settings.tasks))
     else:
         return own_share
     return SharedLimits(
@@ -92,3 +89,29 @@ def build_limiter(
         clock=clock,
         sleep=sleep,
     )
+
+
+# The budget of the last task run in this process without the driver's (`alone`), by
+# what it was built from. Spark runs a slot's next task in the same Python worker
+# (`spark.python.worker.reuse`, on by default), so the next task of the run goes on at the rate
+# this one found, where a budget of its own would start from none and find it again, 429s first.
+_kept: dict[tuple[object, ...], JobBudget] = {}
+
+
+def _own_budget(settings: ClientSettings, clock: Clock) -> JobBudget:
+    """The slot's budget for a task that cannot reach the driver: the one the task before it
+    in this worker used, when that task was of the same run; else a new one."""
+    key = (settings.run_id, settings.requests_per_minute, settings.tokens_per_minute, clock)
+    budget = _kept.get(key) if settings.run_id else None
+    if budget is None:
+        budget = JobBudget(
+            settings.requests_per_minute,
+            settings.tokens_per_minute,
+            adaptive=settings.limits.adaptive,
+            clock=clock,
+            sees_all=False,
+        )
+        _kept.clear()  # one run at a time in a worker: an earlier run's budget is done
+        if settings.run_id:
+            _kept[key] = budget
+    return budget

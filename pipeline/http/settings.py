@@ -35,9 +35,12 @@ class ClientSettings:
     progress_url: str | None = None
     # Where the driver hands out the current token, when it renews (OAuth via the SDK).
     token_url: str | None = None
-    # Without `budget_url`: find the rate the endpoint admits this task from its own answers
-    # (its share of the budgets as the ceiling), as the driver would for the job. For tasks
-    # that cannot reach the driver (see `pipeline.spark.reach`).
-    adaptive_alone: bool = False
+    # Tasks that cannot reach the driver (see `pipeline.spark.reach`): each keeps a budget of
+    # its own, its share of the job's, and with `limits.adaptive` finds the rate the endpoint
+    # admits it from its own answers, as the driver would for the job.
+    alone: bool = False
     # How many tasks share the job's budgets at once (this task's part of an endpoint limit).
     tasks: int = 1
+    # The run these tasks answer for: a task's own budget (`adaptive_alone`) is kept for the
+    # next task of the same run in the same Python worker (see `limiter.build_limiter`).
+    run_id: str = ""

@@ -166,6 +166,7 @@ def _answer_chunks(
         requests_per_minute=_share(limits.requests_per_minute, tasks),
         tokens_per_minute=_share(limits.tokens_per_minute, tasks),
         tasks=tasks,
+        run_id=run.run_id,
     )
     totals = ChunkTotals()
     with _driver_server(spark, limits, board, credentials) as server, _showing(board):
@@ -176,8 +177,17 @@ def _answer_chunks(
                 client = replace(client, token_url=server.token_url)
             if server.budget is not None:
                 client = replace(client, budget_url=server.url)
-        else:
-            client = replace(client, adaptive_alone=limits.adaptive)
+        else:  # each task keeps its part of the budgets: the job's over the tasks at once
+            at_once = min(tasks, task_slots(spark))
+            client = replace(
+                client,
+                alone=True,
+                requests_per_minute=_share(limits.requests_per_minute, at_once),
+                tokens_per_minute=_share(limits.tokens_per_minute, at_once),
+                tasks=at_once,
+            )
+            log.info("%d of the %d tasks run at once: each keeps 1/%d of the rate budgets",
+                     at_once, tasks, at_once)  # fmt: skip
         journal = None if run.inflight is None else run.inflight.plan
         plan = TaskPlan(config.request, client, journal)
         earlier = None if run.inflight is None else run.inflight.earlier_answers()
@@ -207,7 +217,7 @@ def _answer_chunks(
             log.info(
                 "chunk %d/%d committed: %d rows (%d ok, %d requests sent)%s",
                 index + 1, work.chunks, int(chunk.get("rows") or 0), int(chunk.get("ok") or 0),
-                int(chunk.get("attempts") or 0), _rate_note(server.budget),
+                int(chunk.get("attempts") or 0), _rate_note(server.budget if live else None),
             )  # fmt: skip
 
         _overlapped(spark, run, work, answer, committed, make_table)
@@ -250,7 +260,8 @@ def _reachable(spark: SparkSession, server: DriverServer, limits: LimitsConfig) 
         return True
     log.warning(
         "Spark tasks cannot reach this process at %s (limits.driver_address): the rate budgets "
-        "are split evenly across the tasks, each adapting to its own 429s; progress shows per "
+        "are split evenly across the tasks running at once, each adapting to its own 429s (a "
+        "slot's next task goes on from its rate); progress shows per "
         "committed chunk; a token that expires is not renewed",
         server.advertise,
     )
@@ -420,6 +431,28 @@ def default_parallelism(spark: SparkSession) -> int:
     ids = spark.range(1 << 16).select(F.spark_partition_id().alias("partition"))
     row = ids.agg(F.max("partition").alias("last")).first()
     return 1 if row is None or row["last"] is None else int(row["last"]) + 1
+
+
+UNBOUNDED = 2**31 - 1  # Spark's "no maximum" for executors
+
+
+def task_slots(spark: SparkSession) -> int:
+    """The most tasks that may run at once on this session's cluster (see `most_at_once`)."""
+    return most_at_once(default_parallelism(spark), lambda key: spark.conf.get(key, None))
+
+
+def most_at_once(slots: int, conf: Callable[[str], str | None]) -> int:
+    """The most tasks that may run at once: the `slots` there are now; under dynamic allocation
+    (`conf` reads the session's settings), the most its executors could give, no bound when
+    they have none."""
+    if (conf("spark.dynamicAllocation.enabled") or "false").lower() != "true":
+        return slots
+    executors = int(conf("spark.dynamicAllocation.maxExecutors") or UNBOUNDED)
+    cores = int(conf("spark.executor.cores") or 0)
+    per_task = max(1, int(conf("spark.task.cpus") or 1))
+    if executors >= UNBOUNDED or cores <= 0:
+        return UNBOUNDED
+    return max(slots, executors * cores // per_task)
 
 
 def _share(per_minute: float | None, tasks: int) -> float | None:
