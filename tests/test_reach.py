@@ -27,7 +27,7 @@ def test_a_task_reaches_a_server_on_this_machine(
     assert not tasks_reach(spark, f"http://{UNREACHABLE}:9/health", timeout_s=0.5)
 
 
-def test_an_unreachable_driver_address_runs_on_static_shares(
+def test_an_unreachable_driver_address_is_said_once_and_the_run_goes_on(
     spark: SparkSession,
     echo: LocalEndpoint,
     tmp_path: Path,
