@@ -25,7 +25,7 @@ from pipeline.core.config import SinkConfig
 from pipeline.core.errors import ConfigError
 from pipeline.http.journal import arrow_location
 from pipeline.spark.conditions import MISSING, has_condition
-from pipeline.spark.session import is_connect, local_slots
+from pipeline.spark.session import files_here, is_connect
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,8 @@ class Inflight:
         self._committed: list[str] = []  # committed chunks' folders not removed yet
         self._lock = threading.Lock()
         self._found = False  # whether the folder was there at the start (earlier runs' files)
-        # Whether this process sees the executors' files (a classic session on a local master).
-        self._here = not is_connect(spark) and (
-            local_slots(spark.sparkContext.master or "") is not None
-        )
+        # Whether this process sees the executors' files (a local master, classic or Connect).
+        self._here = files_here(spark)
 
     def _query(self, answer: Callable[[DataFrame], T]) -> T | None:
         """`answer` of the folder's rows (an action), or None when there is no folder yet."""
@@ -98,7 +96,7 @@ class Inflight:
         """False when the folder surely does not exist: asked of the file system here, not by a
         Spark read that fails (Spark logs such a failure at length). A Spark Connect client may
         not see the cluster's files: only Spark can say there."""
-        if is_connect(self._spark):
+        if not self._here and is_connect(self._spark):
             return True
         try:
             fs, path = arrow_location(self.plan.folder)

@@ -117,7 +117,8 @@ def _connect_session(app_name: str, remote: str, conf: Mapping[str, str] | None)
         # pyspark starts the Connect server in this process: as a local run would, with Delta
         # (its jars fetched through spark.jars.packages) and executors on this interpreter.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        local = {**JOB_CONF, **static_defaults(remote), "spark.jars.packages": DELTA_PACKAGE}
+        local = {**JOB_CONF, **static_defaults(remote), "spark.jars.packages": DELTA_PACKAGE,
+                 EMBEDDED_SERVER: "true"}  # fmt: skip
         _size_for_local(remote, local)
         ours = [key for key in local if key not in settings]
         settings = {**local, **settings}
@@ -200,6 +201,20 @@ def _check_listening(remote: str) -> None:
 def is_connect(spark: SparkSession) -> bool:
     """Whether `spark` is a Spark Connect session (no JVM in this process to call)."""
     return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+# Set on a Spark Connect session whose server pyspark started in this process (`--remote
+# local[N]`, see `spark_session`): its executors run on this machine.
+EMBEDDED_SERVER = "spark.batchchat.embeddedServer"
+
+
+def files_here(spark: SparkSession) -> bool:
+    """Whether this process sees the files `spark`'s executors read and write, as they do: a
+    classic session on a local master, or a Connect server started in this process. (A Connect
+    client of any other server may not: only Spark can say what its cluster sees.)"""
+    if is_connect(spark):
+        return spark.conf.get(EMBEDDED_SERVER, "false") == "true"
+    return local_slots(spark.sparkContext.master or "") is not None
 
 
 def driver_host(spark: SparkSession) -> str:
