@@ -91,17 +91,18 @@ def build_limiter(
     )
 
 
-# The budget of the last task run in this process without the driver's (`alone`), by
-# what it was built from. Spark runs a slot's next task in the same Python worker
-# (`spark.python.worker.reuse`, on by default), so the next task of the run goes on at the rate
-# this one found, where a budget of its own would start from none and find it again, 429s first.
+# The budget of the last task run in this process without the driver's (`alone`), by its run
+# (every task of a run carries the same shares) and clock. Spark runs a slot's next task in the
+# same Python worker (`spark.python.worker.reuse`, on by default), so the next task of the run
+# goes on at the rate this one found, where a budget of its own would start from none and find
+# it again, 429s first.
 _kept: dict[tuple[object, ...], JobBudget] = {}
 
 
 def _own_budget(settings: ClientSettings, clock: Clock) -> JobBudget:
     """The slot's budget for a task that cannot reach the driver: the one the task before it
     in this worker used, when that task was of the same run; else a new one."""
-    key = (settings.run_id, settings.requests_per_minute, settings.tokens_per_minute, clock)
+    key = (settings.run_id, clock)
     budget = _kept.get(key) if settings.run_id else None
     if budget is None:
         budget = JobBudget(

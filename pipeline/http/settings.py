@@ -41,6 +41,6 @@ class ClientSettings:
     alone: bool = False
     # How many tasks share the job's budgets at once (this task's part of an endpoint limit).
     tasks: int = 1
-    # The run these tasks answer for: a task's own budget (`adaptive_alone`) is kept for the
-    # next task of the same run in the same Python worker (see `limiter.build_limiter`).
+    # The run these tasks answer for: a task's own budget (`alone`) is kept for the next task
+    # of the same run in the same Python worker (see `limiter.build_limiter`).
     run_id: str = ""
