@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,7 @@ class Bench:
         tasks: int | None = None,
         source: str | None = None,
         sink: dict[str, Any] | None = None,
+        system_prompt: str | None = None,
         **limits: Any,
     ) -> RunSummary:
         """The job over `rows` prompts (or the prompts at `source`), in `tasks` Spark tasks
@@ -119,7 +120,8 @@ class Bench:
         self._runs += 1
         raw = {
             "source": {"path": source or self.prompts(rows), "id_column": "id",
-                       "prompt_column": "prompt", "partitions": tasks},
+                       "prompt_column": "prompt", "partitions": tasks,
+                       "system_prompt": system_prompt},
             "endpoint": {"name": ENDPOINT, "host": endpoint.url, "token_env": TOKEN_ENV},
             "request": {"max_tokens": 8},
             "limits": {"backoff_initial_s": 0.05, "max_attempts": 10, **limits},
@@ -577,6 +579,36 @@ def chunked(bench: Bench) -> list[Figure]:
     return figures
 
 
+# A nightly rerun whose config changed: every row answered again, its old row replaced.
+RERUN_CHANGED_ROWS = 10_000
+RERUN_CHANGED_CHUNK = 1_000
+
+
+def rerun_changed(bench: Bench) -> Figure:
+    """Requests/s at the endpoint (first to last request) of a rerun whose system prompt
+    changed, so that every row is sent again and its row in the sink replaced, over the first
+    run of the same rows into a new sink; Delta, merge, chunks of RERUN_CHANGED_CHUNK rows."""
+    rows = bench.rows(RERUN_CHANGED_ROWS)
+    sink = {"path": str(bench.new_path("changed")), "format": "delta", "mode": "merge",
+            "chunk_rows": RERUN_CHANGED_CHUNK}  # fmt: skip
+    rates, waits = [], []
+    with endpoint() as server:
+        for system_prompt in ("Answer briefly.", "Answer in one word."):
+            server.reset()
+            started = time.monotonic()
+            summary = bench.run(server, rows, concurrency=64, sink=sink,
+                                system_prompt=system_prompt)  # fmt: skip
+            waits.append(time.monotonic() - started)
+            rates.append(served_rate(server.stats()))
+    return Figure(
+        "rerun with a changed config vs a new sink, requests/s at the endpoint",
+        rates[1] / rates[0], 0.9, True,
+        f"{rates[1]:.0f}/s vs {rates[0]:.0f}/s; {summary.changes.get('changed', 0)} rows "
+        f"changed, in chunks of {RERUN_CHANGED_CHUNK}; call to table written {waits[1]:.1f} s "
+        f"vs {waits[0]:.1f} s",
+    )  # fmt: skip
+
+
 def busy_core_seconds() -> float:
     """Seconds this machine's cores have been busy since it started (all of them, summed):
     Linux's /proc/stat; 0 elsewhere."""
@@ -708,21 +740,39 @@ def scale_cluster(bench: Bench) -> list[Figure]:
     standalone cluster of two 1-core workers on this machine, where the driver is not also the
     executor (as on Databricks and `spark-submit --master spark://...`): its memory apart from
     the executors' (which hold the rows: Spark's cache and sort, bounded by their memory)."""
+    with on_cluster(bench), endpoint() as server:
+        figures, _ = _scale_runs(bench, server, {
+            "driver JVM": DRIVER_JVM, "executor JVM": EXECUTOR_JVM, "worker": WORKERS,
+        }, where="cluster: ")  # fmt: skip
+    return figures
+
+
+def rate_cluster(bench: Bench) -> list[Figure]:
+    """Not in the default run (`--only rate_cluster`; about 8 minutes): the rate matrix and the
+    runs whose tasks cannot reach the driver, on a standalone cluster of two 1-core workers on
+    this machine (the driver's budget server reached over the network, each task in an
+    executor of its own, a slot's next task in that executor's Python worker)."""
+    with on_cluster(bench):
+        figures = [*rate_matrix(bench), *adaptive_alone(bench)]
+    return [replace(f, name=f"cluster: {f.name}") for f in figures]
+
+
+@contextmanager
+def on_cluster(bench: Bench) -> Iterator[None]:
+    """The bench's session on a standalone cluster of two 1-core workers started on this
+    machine, for the time of the block; then a local session again, before the cluster stops."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from tests.cluster import StandaloneCluster  # the suite's own fixture, not the package
 
     workdir = bench.workdir / "cluster"  # logs and executors' files, removed with the bench's
     workdir.mkdir(exist_ok=True)
-    with StandaloneCluster(workdir) as cluster, endpoint() as server:
+    with StandaloneCluster(workdir) as cluster:
         bench.restart({"spark.master": cluster.url})
         try:
-            figures, _ = _scale_runs(bench, server, {
-                "driver JVM": DRIVER_JVM, "executor JVM": EXECUTOR_JVM, "worker": WORKERS,
-            }, where="cluster: ")  # fmt: skip
+            yield
         finally:
-            bench.restart({})  # back to the local session before the cluster stops
-    return figures
+            bench.restart({})
 
 
 def _scale_runs(
@@ -798,14 +848,18 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     rate_matrix,
     fast_start,
     chunked,
+    rerun_changed,
     fixed_limit,
     adaptive,
     adaptive_blind,
     adaptive_alone,
     memory,
 )
-# Every step by name; `scale` and `scale_cluster` run only when named (10-15 minutes each).
-STEPS: dict[str, Step] = {step.__name__: step for step in (*DEFAULT_STEPS, scale, scale_cluster)}
+# Every step by name; `scale`, `scale_cluster` and `rate_cluster` run only when named (8-15
+# minutes each).
+STEPS: dict[str, Step] = {
+    step.__name__: step for step in (*DEFAULT_STEPS, scale, scale_cluster, rate_cluster)
+}
 
 
 def main(argv: list[str]) -> int:

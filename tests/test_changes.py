@@ -12,9 +12,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, JobAborted
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.dryrun import dry_run
+from pipeline.spark.job import run_job
+from tests.conftest import TOKEN_ENV
 from tests.test_job import job, prompts, run, save
 
 DELTA = {"format": "delta", "mode": "merge"}
@@ -91,6 +93,34 @@ def test_edited_prompts_are_answered_again_and_their_rows_replaced(
     echo.reset()
     again, _ = run(spark, config)
     assert (again.rows, echo.stats()["requests_total"]) == (0, 0)
+
+
+def test_a_run_stopped_after_its_delete_leaves_no_old_row_and_the_next_answers_them(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """The rows a run replaces go in one commit before its first chunk: a run that stops
+    then (a wrong token here) leaves the edited ids without a row, never two rows of one id,
+    and the next run answers just those, as new."""
+    sink = tmp_path / "out"
+    run(spark, ask(echo, save(prompts(spark, 30), tmp_path / "v1"), sink))
+    edited = prompts(spark, 30).withColumn(
+        "prompt",
+        F.when(F.col("id") < 10, F.concat(F.lit("edited "), F.col("prompt"))).otherwise(
+            F.col("prompt")
+        ),
+    )
+    config = ask(echo, save(edited, tmp_path / "v2"), sink, sink={"chunk_rows": 4},
+                 limits={"max_fatal_errors": 1, "concurrency": 1})  # fmt: skip
+    with pytest.raises(JobAborted):
+        run_job(config, spark, env={TOKEN_ENV: "dapi-not-the-token"})
+    ids = sorted(r.id for r in sink_rows(spark, sink).select("id").collect())
+    assert ids == list(range(10, 30))  # the 10 edited rows' old answers are gone, all of them
+    echo.reset()
+    summary, _ = run(spark, config)
+    assert (summary.rows, summary.changes["new"], echo.stats()["requests_total"]) == (10, 10, 10)
+    out = sink_rows(spark, sink)
+    assert out.count() == 30 and out.select("id").distinct().count() == 30
+    assert out.filter("id < 10 AND completion LIKE 'edited %'").count() == 10
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from pipeline.core.loader import config_from_dict
 from pipeline.spark.archives import read_once
@@ -41,8 +41,8 @@ def a_run(spark: SparkSession, tmp_path: Path, sink_format: str) -> Iterator[_Ru
         yield _Run(config, "overlap-run", 2, lease, spark.range(1).schema)
 
 
-def work_of(spark: SparkSession, chunks: int, replaced: dict[int, int] | None = None) -> WorkPlan:
-    return WorkPlan(spark.range(1), chunks, [1] * chunks, replaced_per_chunk=replaced or {})
+def work_of(spark: SparkSession, chunks: int, replaced: DataFrame | None = None) -> WorkPlan:
+    return WorkPlan(spark.range(1), chunks, [1] * chunks, replaced=replaced)
 
 
 class Chunks:
@@ -138,9 +138,7 @@ def test_the_next_chunk_starts_when_any_running_one_has_committed(
     assert sorted(chunks.committed) == [0, 1, 2, 3, 4]
 
 
-def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
-    spark: SparkSession, tmp_path: Path
-) -> None:
+def test_parquet_chunks_run_alone(spark: SparkSession, tmp_path: Path) -> None:
     chunks = Chunks()
     with a_run(spark, tmp_path, "parquet") as run:
         _overlapped(spark, run, work_of(spark, 4), chunks.answer, chunks.on_commit(),
@@ -148,19 +146,40 @@ def test_parquet_chunks_and_chunks_that_delete_rows_run_alone(
     assert chunks.committed == [0, 1, 2, 3] and chunks.table_made == []
     assert all(beside == set() for beside in chunks.beside.values())
 
-    chunks = Chunks(hold={1: 2})  # 2 may start beside 1; 3 deletes rows first: alone
-    with a_run(spark, tmp_path / "delta", "delta") as run:
-        work = work_of(spark, 5, replaced={3: 7})
-        _overlapped(spark, run, work, chunks.answer, chunks.on_commit(), chunks.make_table)
-    assert chunks.committed[::3] == [0, 3] and sorted(chunks.committed) == [0, 1, 2, 3, 4]
-    assert chunks.beside[3] == set()
-    assert 1 in chunks.beside[2]
 
-    chunks = Chunks()  # chunk 0 deletes rows first: it writes first, alone, and no table is made
-    with a_run(spark, tmp_path / "delta0", "delta") as run:
-        work = work_of(spark, 3, replaced={0: 2})
-        _overlapped(spark, run, work, chunks.answer, chunks.on_commit(), chunks.make_table)
-    assert chunks.table_made == [] and chunks.committed[0] == 0 and chunks.beside[1] == set()
+@pytest.mark.parametrize("count", [1, 4])
+def test_the_rows_a_run_replaces_go_in_one_commit_before_any_chunk(
+    spark: SparkSession, tmp_path: Path, count: int
+) -> None:
+    """A real Delta sink of four rows, two of them replaced (a stale answer, an error row):
+    deleted in one commit before the first chunk starts (and before the table is made), and
+    the chunks still run two at a time."""
+    sink = tmp_path / "out"
+    rows = [("0", "h0", "ok"), ("1", "h1", "ok"), ("2", "h2", "error"), ("3", "h3", "ok")]
+    spark.createDataFrame(rows, "request_id string, request_hash string, status string") \
+        .write.format("delta").save(str(sink))  # fmt: skip
+    replaced = spark.createDataFrame(
+        [("1", "h1", True), ("2", "h2", False)],
+        "request_id string, request_hash string, stale boolean",
+    )
+    left_at_start: dict[int, list[str]] = {}
+    chunks = Chunks(hold={0: 1, 1: 0} if count > 1 else {})  # 0 and 1 each wait for the other
+
+    def answer(index: int, metadata: str, mode: str) -> dict[str, Any]:
+        ids = spark.read.format("delta").load(str(sink)).select("request_id").collect()
+        left_at_start[index] = sorted(r.request_id for r in ids)
+        return chunks.answer(index, metadata, mode)
+
+    with a_run(spark, tmp_path, "delta") as run:
+        _overlapped(spark, run, work_of(spark, count, replaced), answer, chunks.on_commit(),
+                    chunks.make_table)  # fmt: skip
+    assert left_at_start == {i: ["0", "3"] for i in range(count)}
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{sink}`").orderBy("version").collect()
+    assert [h.operation for h in history] == ["WRITE", "MERGE"]  # one commit deletes both
+    assert '"chunk": "replace"' in history[1].userMetadata
+    assert sorted(chunks.committed) == list(range(count))
+    if count > 1:  # the chunks overlap as ever
+        assert chunks.table_made and (0 in chunks.beside[1] or 1 in chunks.beside[0])
 
 
 def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(

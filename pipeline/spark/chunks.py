@@ -76,9 +76,9 @@ class WorkPlan:
     chunk_sizes: list[int]
     # The (id, hash, copy) keys still to answer, with their kind; None: every keyed row.
     todo: DataFrame | None = None
-    # Sink rows each chunk replaces: request_id, request_hash, stale, _chunk (Delta only).
+    # Sink rows the run replaces (request_id, request_hash, stale; Delta only), deleted in one
+    # commit before the first chunk; None: none.
     replaced: DataFrame | None = None
-    replaced_per_chunk: dict[int, int] = field(default_factory=dict)
     changes: Changes = field(default_factory=Changes)
     cached: list[DataFrame] = field(default_factory=list)
     # Stamped on the rows written (see `RequestBuilder.config_hash`); None: not stamped.
@@ -139,12 +139,6 @@ class WorkPlan:
     def pending(self) -> DataFrame:
         """Every row the run must answer, all chunks together."""
         return self.keyed if self.todo is None else _wanted(self.keyed, self.todo)
-
-    def replaced_in(self, index: int) -> DataFrame | None:
-        """The sink rows to delete before chunk `index` is committed, or None."""
-        if self.replaced is None or not self.replaced_per_chunk.get(index):
-            return None
-        return self.replaced.filter(F.col(CHUNK) == index)
 
     def release(self) -> None:
         for frame in (self.keyed, *self.cached):
@@ -252,9 +246,8 @@ def _against(
     if sink.format == "delta" and (changes.changed or (changes.retry and sink.retries_errors)):
         replaced = cached(_replaced(keyed, answers, todo, sink, taken))
         plan.cached.append(replaced)
-        plan.replaced = replaced
-        per_chunk = replaced.groupBy(CHUNK).count().collect()
-        plan.replaced_per_chunk = {int(r[CHUNK]): int(r["count"]) for r in per_chunk}
+        if replaced.count():
+            plan.replaced = replaced
     return plan
 
 
@@ -326,17 +319,11 @@ def _replaced(
     sink: SinkConfig,
     taken: Taken | None,
 ) -> DataFrame:
-    """Sink rows to delete, each before the chunk that answers its row again: error rows of a
-    request sent again (`sink.retry_errors`), and rows of a changed id whose request is no longer
-    asked (stale: by a row of `keyed`, or by a recognised one, whose keys `taken` holds)."""
+    """Sink rows to delete before the run's first chunk: error rows of a request sent again
+    (`sink.retry_errors`), and rows of a changed id whose request is no longer asked (stale: by
+    a row of `keyed`, or by a recognised one, whose keys `taken` holds)."""
     keys = list(IDENTITY_COLUMNS)
-    frames = []
-    if sink.retries_errors:
-        retried = todo.filter(F.col(KIND) == "retry").select(*keys, CHUNK).distinct()
-        frames.append(retried.withColumn("stale", F.lit(False)))
-    changed = todo.filter(F.col(KIND) == "changed").groupBy("request_id").agg(
-        F.min(CHUNK).alias(CHUNK)
-    )
+    changed = todo.filter(F.col(KIND) == "changed").select("request_id").distinct()
     asked = keyed.select(*keys)
     if taken is not None:
         asked = asked.unionByName(taken(changed).select(*keys))
@@ -344,10 +331,10 @@ def _replaced(
     stale = answers.select(*keys).distinct().join(changed, "request_id").join(
         asked, keys, "left_anti"
     )
-    frames.append(stale.withColumn("stale", F.lit(True)))
-    replaced = frames[0]
-    for frame in frames[1:]:
-        replaced = replaced.unionByName(frame)
+    replaced = stale.withColumn("stale", F.lit(True))
+    if sink.retries_errors:
+        retried = todo.filter(F.col(KIND) == "retry").select(*keys).distinct()
+        replaced = retried.withColumn("stale", F.lit(False)).unionByName(replaced)
     return replaced
 
 

@@ -306,6 +306,10 @@ def _overlapped(
     chunks already running finish (their answers are paid for and get committed), and the
     first failure is raised; on Ctrl-C they are cancelled.
 
+    The sink rows the run replaces (`work.replaced`) are deleted first, in a commit of their
+    own: a crash after it leaves those rows without any row until a run answers them again
+    (answers paid for meanwhile are kept, see `pipeline.spark.inflight`); never two rows.
+
     The first write makes or replaces the table (or adds new columns to it), which no other
     write may do beside it. Where chunks overlap, `make_table` does that with no row first, in a
     commit of its own, and every chunk appends (chunk 0 ran alone before: a second or more of
@@ -327,23 +331,24 @@ def _overlapped(
             for future in sorted(done, key=running.__getitem__):
                 committed(running.pop(future), future.result())
 
+    if work.replaced is not None:
+        # Every row the run replaces, deleted in one commit before any chunk: a delete beside a
+        # chunk's append is refused (Delta's isolation outside Databricks, `Serializable`), and
+        # a delete per chunk rewrote, each time, every file still holding the rows it replaces
+        # (10 chunks of a 20k-row sink: 90k rows copied; here 20k, once).
+        run.lease.check()
+        delete_rows(spark, config.sink, work.replaced, commit_metadata("replace"))
     # One chunk makes the table itself; no chunk writes nothing.
-    first_alone = work.chunks <= 1 or not _may_overlap(config, work, 0)
+    first_alone = work.chunks <= 1 or not _may_overlap(config)
     if not first_alone:
         run.lease.check()
         make_table(commit_metadata(f"0/{work.chunks}"))
     with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
         try:
             for index in range(work.chunks):
-                settle(CHUNKS_AT_ONCE - 1 if _may_overlap(config, work, index) else 0)
+                settle(CHUNKS_AT_ONCE - 1 if _may_overlap(config) else 0)
                 run.lease.check()  # never commit over another run's work
                 metadata = commit_metadata(f"{index + 1}/{work.chunks}")
-                replaced = work.replaced_in(index)
-                if replaced is not None:
-                    # Its own commit, before the chunk's: a crash in between leaves those rows
-                    # without any row, so the next run answers them again; nothing is lost or
-                    # doubled.
-                    delete_rows(spark, config.sink, replaced, metadata)
                 first = index == 0 and first_alone
                 mode = FIRST_SAVE_MODE[config.sink.mode] if first else "append"
                 running[pool.submit(answer, index, metadata, mode)] = index
@@ -357,12 +362,11 @@ def _overlapped(
             raise
 
 
-def _may_overlap(config: JobConfig, work: WorkPlan, index: int) -> bool:
-    """Whether chunk `index` may run beside earlier chunks. Delta appends of one schema commute;
-    a chunk that first deletes rows must not (Delta refuses a delete when a file was appended
-    meanwhile), nor Parquet, whose concurrent writes to one folder share its `_temporary`
-    folder (one job's commit removes the other's files)."""
-    return config.sink.format == "delta" and not work.replaced_per_chunk.get(index)
+def _may_overlap(config: JobConfig) -> bool:
+    """Whether chunks may run beside earlier ones: Delta appends of one schema commute; not
+    Parquet's, whose concurrent writes to one folder share its `_temporary` folder (one job's
+    commit removes the other's files)."""
+    return config.sink.format == "delta"
 
 
 def _chunk_rows(
