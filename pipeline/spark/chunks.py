@@ -12,9 +12,9 @@ rest is sent:
   parameters, response format, API or endpoint name). Sent again and the old rows replaced
   (`sink.on_change: resend`), or left as they are (`keep`).
 A hash of the request spreads the rows over chunks of about `sink.chunk_rows` rows, identical
-requests always in the same chunk. Each chunk is one Spark job ending in one commit (after the
-sink rows it replaces are deleted in their own commit), so a crash loses at most the chunk in
-flight, and the next run finds everything committed before it.
+requests always in the same chunk. Each chunk is one Spark job ending in one commit, so a crash
+loses at most the chunks in flight, and the next run finds everything committed before it. The
+sink rows the run replaces are deleted first, all in one commit (see `WorkPlan.replaced`).
 """
 
 from __future__ import annotations
@@ -107,14 +107,16 @@ class WorkPlan:
         return _wanted(rows, self.todo.filter(F.col(CHUNK) == index))
 
     def spread_once(self, tasks: int, dedupe: bool) -> None:
-        """For a plan of several chunks that sends every keyed row: spread the rows over `tasks`
-        tasks once for all chunks (see `spread`), kept in place of `keyed`. Each chunk is then
-        its rows of each kept partition, with no shuffle of its own: a chunk's job is one stage,
-        whose tasks start reading at once (a shuffle per chunk cost a job and a wait for slots
-        at every chunk's start, and 0.1-0.2 s of the cores per chunk)."""
-        if self.chunks <= 1 or self.todo is not None or self.spread is not None:
+        """For a plan of several chunks: spread the rows it sends over `tasks` tasks once for
+        all chunks (see `spread`), kept in place of `keyed`. Each chunk is then its rows of each
+        kept partition, with no shuffle of its own: a chunk's job is one stage, whose tasks
+        start reading at once (a shuffle per chunk cost a job and a wait for slots at every
+        chunk's start, and 0.1-0.2 s of the cores per chunk; a rerun whose config changed, in
+        1,000-row chunks at 0.2 s a request, reached 0.80-0.81 of the rate into a new sink)."""
+        if self.chunks <= 1 or self.spread is not None:
             return
-        rows = spread(self.keyed.withColumn(CHUNK, chunk_of(self.chunks)), tasks, dedupe, CHUNK)
+        # The chunk of a row, as `todo` has it too.
+        rows = spread(self.pending().withColumn(CHUNK, chunk_of(self.chunks)), tasks, dedupe, CHUNK)
         try:
             kept = rows.persist()
         except Exception:  # no cache (serverless compute): each chunk spreads its own rows
