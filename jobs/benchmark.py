@@ -752,7 +752,7 @@ def scale_cluster(bench: Bench) -> list[Figure]:
 
 
 def rate_cluster(bench: Bench) -> list[Figure]:
-    """Not in the default run (`--only rate_cluster`; about 8 minutes): the rate matrix and the
+    """Not in the default run (`--only rate_cluster`; about 10 minutes): the rate matrix and the
     runs whose tasks cannot reach the driver, on a standalone cluster of two 1-core workers on
     this machine (the driver's budget server reached over the network, each task in an
     executor of its own, a slot's next task in that executor's Python worker)."""
@@ -859,7 +859,7 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     adaptive_alone,
     memory,
 )
-# Every step by name; `scale`, `scale_cluster` and `rate_cluster` run only when named (8-15
+# Every step by name; `scale`, `scale_cluster` and `rate_cluster` run only when named (10-16
 # minutes each).
 STEPS: dict[str, Step] = {
     step.__name__: step for step in (*DEFAULT_STEPS, scale, scale_cluster, rate_cluster)

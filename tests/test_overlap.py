@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from pipeline.core.loader import config_from_dict
 from pipeline.spark.archives import read_once
-from pipeline.spark.chunks import WorkPlan
+from pipeline.spark.chunks import CHUNK, WorkPlan, chunk_of, numbered
 from pipeline.spark.job import CHUNKS_AT_ONCE, _overlapped, _Run
 from pipeline.spark.lease import SinkLease
 
@@ -215,14 +216,20 @@ def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:
             sys.modules.pop(name, None)
 
 
-def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession) -> None:
+@pytest.mark.parametrize("rerun", [False, True])
+def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession, rerun: bool) -> None:
     # Identical requests (equal hashes) share a task and sit next to each other in it; each
-    # chunk reads its rows of the kept spread, with no shuffle of its own.
+    # chunk reads its rows of the kept spread, with no shuffle of its own. A rerun's plan (rows
+    # the sink answers left out: here the odd ids) is spread once too.
     hashes = [f"h{i % 37:02d}" for i in range(200)]
     keyed = spark.createDataFrame(
         [(str(i), h) for i, h in enumerate(hashes)], "request_id string, request_hash string"
     ).persist()
-    work = WorkPlan(keyed, 200, [70, 60, 70])
+    todo = None
+    if rerun:
+        todo = numbered(keyed).filter(F.col("request_id").cast("int") % 2 == 0)
+        todo = todo.withColumn(CHUNK, chunk_of(3))
+    work = WorkPlan(keyed, 200, [70, 60, 70], todo=todo)
     work.spread_once(2, dedupe=True)
     assert work.spread is not None
     seen: list[str] = []
@@ -239,5 +246,6 @@ def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession) -> N
         owners = {h: i for i, part in enumerate(parts) for h in part}
         assert all(owners[h] == i for i, part in enumerate(parts) for h in part)
         seen.extend(r["request_id"] for r in sent.collect())
-    assert sorted(seen) == sorted(str(i) for i in range(200))  # every row once
+    every = range(0, 200, 2) if rerun else range(200)
+    assert sorted(seen) == sorted(str(i) for i in every)  # every row to send, once
     work.release()

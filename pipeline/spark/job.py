@@ -335,18 +335,19 @@ def _overlapped(
         # Every row the run replaces, deleted in one commit before any chunk: a delete beside a
         # chunk's append is refused (Delta's isolation outside Databricks, `Serializable`), and
         # a delete per chunk rewrote, each time, every file still holding the rows it replaces
-        # (10 chunks of a 20k-row sink: 90k rows copied; here 20k, once).
+        # (a 20k-row sink whose every prompt changed, in 10 chunks: 90k rows copied; now none).
         run.lease.check()
         delete_rows(spark, config.sink, work.replaced, commit_metadata("replace"))
+    overlap = _may_overlap(config)
     # One chunk makes the table itself; no chunk writes nothing.
-    first_alone = work.chunks <= 1 or not _may_overlap(config)
+    first_alone = work.chunks <= 1 or not overlap
     if not first_alone:
         run.lease.check()
         make_table(commit_metadata(f"0/{work.chunks}"))
     with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
         try:
             for index in range(work.chunks):
-                settle(CHUNKS_AT_ONCE - 1 if _may_overlap(config) else 0)
+                settle(CHUNKS_AT_ONCE - 1 if overlap else 0)
                 run.lease.check()  # never commit over another run's work
                 metadata = commit_metadata(f"{index + 1}/{work.chunks}")
                 first = index == 0 and first_alone
