@@ -818,14 +818,21 @@ def _scale_runs(
     return figures, sinks
 
 
-def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
-    """A merge rerun over `sink` whose input has RERUN_NEW more rows: its call to its first
-    request, over a bare anti-join count of the same input and sink (median of two)."""
-    rows = SCALE_ROWS[1]
+def _rerun_planning(
+    bench: Bench,
+    server: LocalEndpoint,
+    sink: str,
+    rows: int = SCALE_ROWS[1],
+    make_rows: Callable[[SparkSession, int, int], DataFrame] | None = None,
+    what: str = "",
+) -> Figure:
+    """A merge rerun over `sink` (the answers to `rows` rows of `make_rows`, default
+    `prompt_rows`) whose input has RERUN_NEW more rows: its call to its first request, over a
+    bare anti-join count of the same input and sink (median of two)."""
+    make_rows = make_rows or prompt_rows
     new = int(rows * RERUN_NEW)
-    source = str(bench.workdir / f"rerun_{rows}")
-    more = prompt_rows(bench.spark, rows, rows + new)
-    bench.spark.read.parquet(bench.prompts(rows)).unionByName(more).write.parquet(source)
+    source = str(bench.workdir / f"rerun_{rows}{what.replace(' ', '_')}")
+    make_rows(bench.spark, 0, rows + new).write.parquet(source)
     bare = []
     for _ in range(2):
         started = time.monotonic()
@@ -838,11 +845,43 @@ def _rerun_planning(bench: Bench, server: LocalEndpoint, sink: str) -> Figure:
                         sink={"path": sink, "format": "delta", "mode": "merge"})  # fmt: skip
     first = (server.stats()["first_request_at"] or started) - started
     median = sorted(bare)[len(bare) // 2]
-    return Figure(f"merge rerun planning vs bare anti-join, {rows} rows, {new} new",
+    return Figure(f"merge rerun planning vs bare anti-join, {rows} rows{what}, {new} new",
                   first / median, 2.0, False,
                   f"call to first request {first:.1f} s vs anti-join count {median:.1f} s; "
                   f"{summary.rows} rows sent, {summary.recognised} recognised by their "
                   "values")  # fmt: skip
+
+
+# rerun_long: the merge rerun planning of `scale` with prompts of about LONG_PROMPT_CHARS.
+LONG_ROWS = 300_000
+LONG_PROMPT_CHARS = 2_048
+
+
+def rerun_long(bench: Bench) -> Figure:
+    """Not in the default run (`--only rerun_long`; about 4 minutes): `scale`'s merge rerun
+    planning where prompts are 2 KB, as real ones are, not 25 bytes: what finding the answered
+    rows costs when their values are long (a bare anti-join reads the ids alone)."""
+    rows = bench.rows(LONG_ROWS)
+    source = str(bench.workdir / f"long_prompts_{rows}")
+    long_prompt_rows(bench.spark, 0, rows).write.parquet(source)
+    with endpoint() as server:
+        summary = bench.run(server, rows, source=source, concurrency=64,
+                            sink={"format": "delta", "mode": "merge"})  # fmt: skip
+        return _rerun_planning(
+            bench, server, summary.sink, rows, long_prompt_rows, f" of {LONG_PROMPT_CHARS} B"
+        )
+
+
+def long_prompt_rows(spark: SparkSession, start: int, end: int) -> DataFrame:
+    """Prompt rows with ids `start` to `end` (excluded), each prompt LONG_PROMPT_CHARS of text
+    that differs from row to row (hex digests: as little repetition as real text has)."""
+    digests = [
+        F.sha2(F.concat(F.col("id").cast("string"), F.lit(f"-{k}")), 256)
+        for k in range(LONG_PROMPT_CHARS // 64)
+    ]  # fmt: skip
+    return spark.range(start, end).select(
+        F.col("id"), F.concat(F.lit("question "), F.col("id"), F.lit(" "), *digests).alias("prompt")
+    )
 
 
 Step = Callable[[Bench], Figure | list[Figure]]
@@ -859,10 +898,11 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     adaptive_alone,
     memory,
 )
-# Every step by name; `scale`, `scale_cluster` and `rate_cluster` run only when named (10-16
-# minutes each).
+# Every step by name; `scale`, `scale_cluster`, `rate_cluster` and `rerun_long` run only when
+# named (4-16 minutes each).
 STEPS: dict[str, Step] = {
-    step.__name__: step for step in (*DEFAULT_STEPS, scale, scale_cluster, rate_cluster)
+    step.__name__: step
+    for step in (*DEFAULT_STEPS, scale, scale_cluster, rate_cluster, rerun_long)
 }
 
 
