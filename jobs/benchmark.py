@@ -831,7 +831,7 @@ def _rerun_planning(
     bare anti-join count of the same input and sink (median of two)."""
     make_rows = make_rows or prompt_rows
     new = int(rows * RERUN_NEW)
-    source = str(bench.workdir / f"rerun_{rows}{what.replace(' ', '_')}")
+    source = str(bench.new_path(f"rerun_{rows}{what.replace(' ', '_')}"))
     make_rows(bench.spark, 0, rows + new).write.parquet(source)
     bare = []
     for _ in range(2):
@@ -862,7 +862,7 @@ def rerun_long(bench: Bench) -> Figure:
     planning where prompts are 2 KB, as real ones are, not 25 bytes: what finding the answered
     rows costs when their values are long (a bare anti-join reads the ids alone)."""
     rows = bench.rows(LONG_ROWS)
-    source = str(bench.workdir / f"long_prompts_{rows}")
+    source = str(bench.new_path(f"long_prompts_{rows}"))
     long_prompt_rows(bench.spark, 0, rows).write.parquet(source)
     with endpoint() as server:
         summary = bench.run(server, rows, source=source, concurrency=64,
