@@ -858,7 +858,7 @@ LONG_PROMPT_CHARS = 2_048
 
 
 def rerun_long(bench: Bench) -> Figure:
-    """Not in the default run (`--only rerun_long`; about 4 minutes): `scale`'s merge rerun
+    """Not in the default run (`--only rerun_long`; about 2 minutes): `scale`'s merge rerun
     planning where prompts are 2 KB, as real ones are, not 25 bytes: what finding the answered
     rows costs when their values are long (a bare anti-join reads the ids alone)."""
     rows = bench.rows(LONG_ROWS)
@@ -899,7 +899,7 @@ DEFAULT_STEPS: tuple[Step, ...] = (
     memory,
 )
 # Every step by name; `scale`, `scale_cluster`, `rate_cluster` and `rerun_long` run only when
-# named (4-16 minutes each).
+# named (2-16 minutes each).
 STEPS: dict[str, Step] = {
     step.__name__: step
     for step in (*DEFAULT_STEPS, scale, scale_cluster, rate_cluster, rerun_long)
