@@ -402,6 +402,9 @@ MATRIX_IN_FLIGHT = (4, 64)
 MATRIX_SECONDS = 12
 MATRIX_LATENCY_S = 0.02
 TOKEN_LIMIT_PER_S = 1000
+# Tokens the endpoint counts for one of the bench's requests: the prompt's three words
+# ("question number 17") and their echo (the echo model's tokens are words, max_tokens 8).
+TOKENS_PER_ROW = 6
 
 
 @dataclass
@@ -466,7 +469,7 @@ def _matrix_run(
     server.reset()
     unit = "tokens_per_minute" if tokens else "requests_per_minute"
     server.control(latency_s=MATRIX_LATENCY_S, **{unit: limit if budget else None})
-    rows = limit * MATRIX_SECONDS // (12 if tokens else 1)
+    rows = limit * MATRIX_SECONDS // (TOKENS_PER_ROW if tokens else 1)
     limits = {unit: limit * 60} if budget else {}
     bench.run(server, max(rows, 100), tasks=tasks, concurrency=in_flight, **limits)
     stats = server.stats()
