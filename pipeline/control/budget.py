@@ -30,6 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from pipeline.control.peers import HostPeers
 from pipeline.control.protocol import LeaseAsk, LeaseGrant
 from pipeline.core.timing import Clock
 
@@ -148,12 +149,16 @@ class JobBudget:
         adaptive: bool,
         clock: Clock = time.monotonic,
         sees_all: bool = True,
+        peers: HostPeers | None = None,
     ) -> None:
         """`sees_all`: every task of the job reports to this budget. A budget of one task among
         others it does not hear from (`agents.LocalLessor`) never takes 429s for noise: they may
-        be the other tasks' doing, and slowing down this task alone need not lessen them."""
+        be the other tasks' doing, and slowing down this task alone need not lessen them.
+        `peers`: such a budget's window on the rates of the run's other tasks on its host
+        (see `_even_out`)."""
         self._clock = clock
         self._sees_all = sees_all
+        self._peers = peers
         self._configured = requests_per_minute is not None
         self._ceiling = (
             None if requests_per_minute is None else requests_per_minute / 60 * MARGIN
@@ -203,10 +208,14 @@ class JobBudget:
         what the task saw."""
         now = self._clock()
         self._learn(ask, now)
+        if self._peers is not None:
+            self._even_out(self._peers, now)
         if ask.requests <= 0:  # its last ask, unless a retry is still to come
             ended = self._tasks.pop(ask.task, None)
             if ended is not None:
                 self._ended[ask.task] = (ended[0], now)
+            if self._peers is not None:
+                self._peers.pause(self.rate_per_s)
             return LeaseGrant(0, 0.0, 0.0)
         per_request = ask.tokens / ask.requests if ask.tokens > 0 else 0.0
         schedules = [self._requests] if self._requests is not None else []
@@ -236,6 +245,28 @@ class JobBudget:
             self._tokens.book(start, granted * per_request)
         self._granted_since_change += granted
         return LeaseGrant(granted, granted * per_request, 0.0, start - now, interval)
+
+    def _even_out(self, peers: HostPeers, now: float) -> None:
+        """Even this task's rate out with the other tasks of its host, and slow down with them
+        (see `peers`), while it is found from 429s alone: a configured or announced limit is
+        split evenly already."""
+        if not self._adaptive or self._ceiling is not None or self._token_ceiling is not None:
+            return
+        rate = self.rate_per_s
+        # Another task's decrease on 429s of a burst this task had no part in (it did not
+        # slow down on its own lately): this task's part of one decrease for the host.
+        may_follow = now >= self._decreased_at + DECREASE_COOLDOWN_S
+        evened, follow = peers.even(rate, may_follow=may_follow)
+        if rate is None or evened is None or evened == rate:
+            return
+        if follow is not None:
+            self._too_fast = rate
+            self._probes = 0
+            self._decreased_at = now
+            self._new_period(now)
+        elif self._too_fast is not None:  # the search aims at the same part of the rate
+            self._too_fast *= evened / rate
+        self._set_rate(max(MIN_RATE, evened))
 
     def _oldest(self, task: str, now: float) -> bool:
         """Whether `task` is the oldest of the tasks running (an unnamed one counts as such)."""
@@ -378,6 +409,8 @@ class JobBudget:
             was = "no rate" if before is None else f"{before * 60:.0f}/min"
             log.info("request rate %.0f/min after 429s (was %s)", rate * 60, was)
             self._set_rate(max(MIN_RATE, rate))
+            if self._peers is not None and before is not None:
+                self._peers.slowed(max(MIN_RATE, rate) / before)
         self._slowed = _Slowed(usual, before, tokens, self.rate_per_s)
         self._decreased_at = now
         self._new_period(now)

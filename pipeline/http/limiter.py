@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pipeline.control.agents import DriverLessor, Lessor, LocalLessor, SharedLimits
 from pipeline.control.budget import JobBudget
+from pipeline.control.peers import HostPeers
 from pipeline.core.ratelimit import RateLimits
 from pipeline.core.timing import Clock, Sleep
 from pipeline.http.settings import ClientSettings
@@ -111,6 +112,7 @@ def _own_budget(settings: ClientSettings, clock: Clock) -> JobBudget:
             adaptive=settings.limits.adaptive,
             clock=clock,
             sees_all=False,
+            peers=HostPeers(str(settings.run_id)) if settings.run_id else None,
         )
         _kept.clear()  # one run at a time in a worker: an earlier run's budget is done
         if settings.run_id:
