@@ -81,6 +81,18 @@ def test_a_schedule_never_piles_up_what_nobody_asked_for() -> None:
     assert schedule.due() == clock.now
 
 
+def test_a_faster_rate_shortens_the_wait_booked_at_the_slower_one() -> None:
+    """A unit booked at 0.1/s would hold the next one 10 s whatever rate came after."""
+    clock = FakeClock(START)
+    schedule = Schedule(0.1, clock)
+    schedule.book(START, 1)
+    clock.now += 0.25
+    schedule.set_rate(50.0)
+    assert schedule.due() == pytest.approx(START + 0.25 + 9.75 * 0.1 / 50)
+    schedule.set_rate(5.0)  # a slower one keeps what was booked
+    assert schedule.due() == pytest.approx(START + 0.25 + 9.75 * 0.1 / 50)
+
+
 def test_job_rate_holds_whatever_the_number_of_tasks() -> None:
     for tasks in (1, 2, 7):
         clock = FakeClock(START)

@@ -124,6 +124,12 @@ class Schedule:
         self._next = max(self._clock(), self._next - units / self.rate_per_s)
 
     def set_rate(self, rate_per_s: float) -> None:
+        """The rate from now on. A faster one also shortens the wait already booked for the
+        next unit: at 0.1/s a unit booked ahead would hold the next one 10 s, whatever rate
+        came after it (a task back from a pause evens out from nothing, see `peers`)."""
+        now = self._clock()
+        if rate_per_s > self.rate_per_s and self._next > now:
+            self._next = now + (self._next - now) * self.rate_per_s / rate_per_s
         self.rate_per_s = rate_per_s
 
 
