@@ -138,7 +138,8 @@ def test_a_slot_whose_task_ended_hands_its_rate_over_unless_its_next_task_goes_o
     if next_task_after_s is not None:
         clock.now += next_task_after_s
         budgets[1].lease(LeaseAsk(requests=8, task="task-2"))  # the slot's next task
-    looks = int((PAUSED_S + LOOK_EVERY_S) / LOOK_EVERY_S) + 1
+    looks = int(0.7 * GONE_S / LOOK_EVERY_S)  # well short of GONE_S ...
+    assert PAUSED_S + LOOK_EVERY_S < looks * LOOK_EVERY_S  # ... and past PAUSED_S
     look(budgets if next_task_after_s is not None else budgets[:1], clock, times=looks)
     if next_task_after_s is None:
         assert rate(budgets[0]) == pytest.approx(2 * each, rel=0.02)
