@@ -22,6 +22,7 @@ folder that cannot be used leaves each task with its own search.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -59,9 +60,14 @@ class _Told:
     given: float
     taken: float
     at: float
-    slowed: int = 0  # decreases made on its own 429s, in all ...
-    factor: float = 1.0  # ... and the last one's (new rate / rate before)
-    paused: bool = False  # its Spark task ended (its slot may start another)
+    slowed: int  # decreases made on its own 429s, in all ...
+    factor: float  # ... and the last one's (new rate / rate before)
+    paused: bool  # its Spark task ended (its slot may start another)
+
+    def ended(self, now: float) -> bool:
+        """Whether its task counts as ended at `now`: not written for `GONE_S`, or for
+        `PAUSED_S` since its Spark task ended."""
+        return now - self.at > (PAUSED_S if self.paused else GONE_S)
 
 
 @dataclass
@@ -82,8 +88,7 @@ class HostPeers:
     _broken: bool = field(default=False, init=False)
     _slowed: int = field(default=0, init=False)
     _factor: float = field(default=1.0, init=False)
-    _told_at: float | None = field(default=None, init=False)  # this task's last file ...
-    _paused: bool = field(default=False, init=False)  # ... and whether it said it paused
+    _told: _Told | None = field(default=None, init=False)  # this task's last file
 
     def slowed(self, factor: float) -> None:
         """This task slowed down on its own 429s, to `factor` of its rate: the others slow down
@@ -122,12 +127,11 @@ class HostPeers:
             if name in self._seen and told.slowed > self._seen[name].slowed
         ]
         follow = min(factors) if factors and may_follow and rate is not None else None
-        if rate is not None and self._told_at is not None:
-            if now - self._told_at > (PAUSED_S if self._paused else GONE_S):
-                # Counted as ended meanwhile: the others took its rate. Back, it gives that
-                # rate to the pool they took it from, and evens out from nothing.
-                self._given += rate
-                rate = 0.0
+        if rate is not None and self._told is not None and self._told.ended(now):
+            # Counted as ended meanwhile: the others took its rate. Back, it gives that rate
+            # to the pool they took it from, and evens out from nothing.
+            self._given += rate
+            rate = 0.0
         if rate is not None:
             rate = self._share(rate if follow is None else rate * follow, running)
         self._tell(rate, now)
@@ -161,13 +165,12 @@ class HostPeers:
         return rate
 
     def _tell(self, rate: float | None, now: float, *, paused: bool = False) -> None:
+        told = _Told(rate, self._given, self._taken, now, self._slowed, self._factor, paused)
         try:
             part = self._folder / f".{self.name}.part"
-            told = {"rate": rate, "given": self._given, "taken": self._taken, "at": now,
-                    "slowed": self._slowed, "factor": self._factor, "paused": paused}  # fmt: skip
-            part.write_text(json.dumps(told))
+            part.write_text(json.dumps(dataclasses.asdict(told)))
             os.replace(part, self._folder / f"{self.name}.json")
-            self._told_at, self._paused = now, paused
+            self._told = told
         except OSError as err:
             self._give_up(err)
 
@@ -206,6 +209,6 @@ class HostPeers:
                 )
             except (OSError, ValueError, TypeError, KeyError):
                 continue  # removed since, or a file of no task of ours
-            if now - told.at <= (PAUSED_S if told.paused else GONE_S):
+            if not told.ended(now):
                 running[path.stem] = told
         return running

@@ -112,7 +112,7 @@ def _own_budget(settings: ClientSettings, clock: Clock) -> JobBudget:
             adaptive=settings.limits.adaptive,
             clock=clock,
             sees_all=False,
-            peers=HostPeers(str(settings.run_id)) if settings.run_id else None,
+            peers=HostPeers(settings.run_id) if settings.run_id else None,
         )
         _kept.clear()  # one run at a time in a worker: an earlier run's budget is done
         if settings.run_id:
