@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -411,6 +412,10 @@ TOKEN_LIMIT_PER_S = 1000
 # Tokens the endpoint counts for one of the bench's requests: the prompt's three words
 # ("question number 17") and their echo (the echo model's tokens are words, max_tokens 8).
 TOKENS_PER_ROW = 6
+# Stragglers: shapes (limit, tasks, in flight) run again over an input whose first partition
+# holds STRAGGLER_FACTOR times the rows of each other one.
+STRAGGLER_SHAPES = ((500, 4 * TASKS, 64), (50, TASKS, 4))
+STRAGGLER_FACTOR = 5
 
 
 @dataclass
@@ -427,7 +432,7 @@ def rate_matrix(bench: Bench) -> list[Figure]:
     """Requests per minute (and tokens per minute) configured to the endpoint's own limit, in
     every shape: achieved over the limit, and 429s. A shape whose concurrency cannot reach the
     limit (4 in flight x 2 slots / 20 ms is under 500/s) is measured against what it reaches
-    with no budget at all, in the same run."""
+    with no budget at all, in the same run. STRAGGLER_SHAPES run again over a skewed input."""
     shapes: list[Shape] = []
     with endpoint("--latency-s", str(MATRIX_LATENCY_S), "--window-s", "1") as server:
         for limit in MATRIX_LIMITS:
@@ -441,6 +446,11 @@ def rate_matrix(bench: Bench) -> list[Figure]:
                         label += f" (no budget: {bound:.0f}/s)"
                     rate, limited = _matrix_run(bench, server, limit, tasks, in_flight)
                     shapes.append(Shape(label, rate / bound, limited))
+        for limit, tasks, in_flight in STRAGGLER_SHAPES:
+            source = skewed_prompts(bench, limit * MATRIX_SECONDS, tasks)
+            rate, limited = _matrix_run(bench, server, limit, tasks, in_flight, source=source)
+            label = f"{limit}/s {tasks}x{in_flight}, one input partition {STRAGGLER_FACTOR}x"
+            shapes.append(Shape(label, rate / limit, limited))
         for tasks, in_flight in ((TASKS, 64), (4 * TASKS, 4)):
             rate, limited = _matrix_run(bench, server, TOKEN_LIMIT_PER_S, tasks, in_flight,
                                         tokens=True)  # fmt: skip
@@ -470,17 +480,33 @@ def _matrix_run(
     *,
     budget: bool = True,
     tokens: bool = False,
+    source: str | None = None,
 ) -> tuple[float, float]:
-    """One shape: requests (tokens) per second served with status 200, and the 429 share."""
+    """One shape: requests (tokens) per second served with status 200, and the 429 share;
+    `source`: the prompts (default: the bench's, in one partition per slot)."""
     server.reset()
     unit = "tokens_per_minute" if tokens else "requests_per_minute"
     server.control(latency_s=MATRIX_LATENCY_S, **{unit: limit if budget else None})
     rows = limit * MATRIX_SECONDS // (TOKENS_PER_ROW if tokens else 1)
     limits = {unit: limit * 60} if budget else {}
-    bench.run(server, max(rows, 100), tasks=tasks, concurrency=in_flight, **limits)
+    bench.run(server, max(rows, 100), tasks=tasks, source=source, concurrency=in_flight, **limits)
     stats = server.stats()
     served = stats["tokens_served"] if tokens else stats["by_status"].get("200", 0)
     return served_rate(stats, served), stats["rate_limited"] / stats["requests_total"]
+
+
+def skewed_prompts(bench: Bench, rows: int, partitions: int) -> str:
+    """`rows` prompts in `partitions` files (Parquet), the first STRAGGLER_FACTOR times the
+    size of each other one."""
+    path = bench.workdir / f"skewed_{rows}_{partitions}"
+    if not path.exists():
+        unit = rows // (STRAGGLER_FACTOR + partitions - 1)
+        ends = [STRAGGLER_FACTOR * unit + i * unit for i in range(partitions)]
+        ends[-1] = rows
+        parts = [prompt_rows(bench.spark, start, end).coalesce(1)
+                 for start, end in zip([0, *ends[:-1]], ends, strict=True)]  # fmt: skip
+        functools.reduce(DataFrame.unionByName, parts).write.parquet(str(path))
+    return str(path)
 
 
 # What a user waits for: a new process per command, the example config, a new sink.
