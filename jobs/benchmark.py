@@ -609,13 +609,14 @@ def chunked(bench: Bench) -> list[Figure]:
     with endpoint("--latency-s", str(CHUNKED_LATENCY_S)) as server:
         for chunk_rows in (slow, CHUNK_ROWS[0]):
             server.reset()
-            bench.run(server, slow, concurrency=64, sink={**delta, "chunk_rows": chunk_rows})
+            summary = bench.run(server, slow, concurrency=64,
+                                sink={**delta, "chunk_rows": chunk_rows})  # fmt: skip
             slow_rates[chunk_rows] = served_rate(server.stats())
     ratio = slow_rates[CHUNK_ROWS[0]] / slow_rates[slow]
     figures.append(Figure(
         f"chunk_rows {CHUNK_ROWS[0]} vs one chunk, {CHUNKED_LATENCY_S} s latency", ratio, 0.9,
         True, f"{slow_rates[CHUNK_ROWS[0]]:.0f}/s vs {slow_rates[slow]:.0f}/s, {slow} rows, "
-        f"{TASKS} tasks x 64 in flight",
+        f"64 in flight a task, {summary.tasks} a chunk ({TASKS} in one chunk)",
     ))  # fmt: skip
     return figures
 
@@ -649,7 +650,7 @@ def rerun_changed(bench: Bench) -> Figure:
         rates[1] / rates[0], 0.9, True,
         f"{rates[1]:.0f}/s vs {rates[0]:.0f}/s; {summary.changes.get('changed', 0)} rows "
         f"changed, in chunks of {RERUN_CHANGED_CHUNK}, {RERUN_CHANGED_LATENCY_S} s latency, "
-        f"{TASKS} tasks x 64 in flight; call to table written {waits[1]:.1f} s vs "
+        f"64 in flight a task, {summary.tasks} a chunk; call to table written {waits[1]:.1f} s vs "
         f"{waits[0]:.1f} s",
     )  # fmt: skip
 

@@ -1,7 +1,8 @@
-"""Chunks answered side by side: which chunks may run beside earlier ones, that at most two do,
-and that the next one starts as soon as any of them has committed. The chunk jobs here are
-plain functions (the scheduling is what is tested); the lease is a real one on a temp sink.
-Then how several chunks' rows are spread over the tasks.
+"""Chunks answered side by side: which chunks may run beside earlier ones, that at most as many
+as the run's layout says do, and that the next one starts as soon as any of them has committed.
+The chunk jobs here are plain functions (the scheduling is what is tested); the lease is a real
+one on a temp sink. Then how a run lays its chunks out over the slots, and how several chunks'
+rows are spread over the tasks.
 
 Also: the archives on a Spark worker's import path are read once, not at every task."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import itertools
 import sys
 import threading
 import zipfile
@@ -24,14 +26,17 @@ from pyspark.sql import functions as F
 from pipeline.core.loader import config_from_dict
 from pipeline.spark.archives import read_once
 from pipeline.spark.chunks import CHUNK, WorkPlan, chunk_of, numbered
-from pipeline.spark.job import CHUNKS_AT_ONCE, _overlapped, _Run
+from pipeline.spark.job import _overlapped, _Run
+from pipeline.spark.layout import Layout, lay_out
 from pipeline.spark.lease import SinkLease
 
 WAIT_S = 20.0  # for a chunk that must be running beside another: a deadline, not a pause
 
 
 @contextmanager
-def a_run(spark: SparkSession, tmp_path: Path, sink_format: str) -> Iterator[_Run]:
+def a_run(
+    spark: SparkSession, tmp_path: Path, sink_format: str, chunks_at_once: int = 2
+) -> Iterator[_Run]:
     raw = {
         "source": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
         "endpoint": {"name": "echo", "host": "http://127.0.0.1:1"},
@@ -39,7 +44,8 @@ def a_run(spark: SparkSession, tmp_path: Path, sink_format: str) -> Iterator[_Ru
     }
     config = config_from_dict(raw, env={})
     with SinkLease(spark, config.sink, "overlap-run") as lease:
-        yield _Run(config, "overlap-run", 2, lease, spark.range(1).schema)
+        layout = Layout(1, 1, 64, chunks_at_once, 2)
+        yield _Run(config, "overlap-run", layout, lease, spark.range(1).schema)
 
 
 def work_of(spark: SparkSession, chunks: int, replaced: DataFrame | None = None) -> WorkPlan:
@@ -100,18 +106,25 @@ class Chunks:
         return lambda index, counts: self.committed.append(index)
 
 
-def test_delta_chunks_overlap_two_at_a_time_once_the_table_is_made(
-    spark: SparkSession, tmp_path: Path
+@pytest.mark.parametrize(
+    ("at_once", "hold"),
+    [(2, {0: 1, 3: 4}), (3, {0: 2, 1: 2, 3: 5, 4: 5})],
+)
+def test_delta_chunks_overlap_as_many_at_a_time_as_the_layout_says_once_the_table_is_made(
+    spark: SparkSession, tmp_path: Path, at_once: int, hold: dict[int, int]
 ) -> None:
-    chunks = Chunks(hold={0: 1, 3: 4})  # chunk 0 finishes only once chunk 1 runs beside it
-    with a_run(spark, tmp_path, "delta") as run:
+    # `hold`: each held chunk finishes only once the other runs beside it; three at once, chunk
+    # 2 must start while 0 and 1 both still run.
+    chunks = Chunks(hold=hold)
+    with a_run(spark, tmp_path, "delta", at_once) as run:
         _overlapped(spark, run, work_of(spark, 6), chunks.answer, chunks.on_commit(),
                     chunks.make_table)  # fmt: skip
     assert len(chunks.table_made) == 1 and '"chunk": "0/6"' in chunks.table_made[0]
     assert sorted(chunks.committed) == [0, 1, 2, 3, 4, 5]
     assert set(chunks.modes.values()) == {"append"}  # the table exists for every chunk
-    assert max(len(b) + 1 for b in chunks.beside.values()) <= CHUNKS_AT_ONCE
-    assert 0 in chunks.beside[1] and 3 in chunks.beside[4]
+    assert max(len(b) + 1 for b in chunks.beside.values()) <= at_once
+    assert all(held in chunks.beside[other] or other in chunks.beside[held]
+               for held, other in hold.items())  # fmt: skip
 
 
 @pytest.mark.parametrize("count", [0, 1])
@@ -195,6 +208,43 @@ def test_a_failed_chunk_lets_the_running_one_finish_and_starts_no_other(
     assert chunks.running == set()
 
 
+@pytest.mark.parametrize(
+    ("slots", "partitions", "sizes", "overlap", "expected"),
+    [
+        # One chunk: every slot.
+        ((2, 2), None, [500], True, (2, 2, 1, 2)),
+        # Delta chunks: half the slots each, twice as many at once as fill the slots; the last
+        # of an odd count of them takes every slot (it would run beside an idle one).
+        ((2, 2), None, [100] * 6, True, (1, 1, 4, 2)),
+        ((2, 2), None, [100] * 5, True, (1, 2, 4, 2)),
+        ((2, 2), None, [100] * 3, True, (1, 2, 3, 2)),
+        ((8, 8), None, [100] * 9, True, (4, 8, 4, 8)),
+        ((3, 3), None, [100] * 9, True, (1, 1, 6, 3)),
+        ((1, 1), None, [100] * 3, True, (1, 1, 2, 1)),
+        # Dynamic allocation may add slots: the budgets are shared by every task started.
+        ((2, 20), None, [100] * 4, True, (1, 1, 4, 4)),
+        # Parquet chunks run one after another, on every slot.
+        ((2, 2), None, [100] * 4, False, (2, 2, 1, 2)),
+        # source.partitions as set, two chunks at once: every task running shares the budgets
+        # (one task a chunk: two of them, not one).
+        ((2, 2), 1, [100] * 4, True, (1, 1, 2, 2)),
+        ((2, 2), 8, [100] * 4, True, (8, 8, 2, 2)),
+        # No chunk in more tasks than it has rows.
+        ((8, 8), None, [3, 3, 1], True, (3, 1, 3, 8)),
+    ],
+)  # fmt: skip
+def test_a_run_lays_its_chunks_out_over_the_slots(
+    slots: tuple[int, int],
+    partitions: int | None,
+    sizes: list[int],
+    overlap: bool,
+    expected: tuple[int, int, int, int],
+) -> None:
+    layout = lay_out(*slots, partitions, sizes, overlap)
+    assert (layout.tasks, layout.last_tasks, layout.chunks_at_once, layout.at_once) == expected
+    assert [layout.tasks_of(i) for i in range(len(sizes))][-1] == expected[1]
+
+
 def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:
     archive = tmp_path / "zipped.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
@@ -219,8 +269,9 @@ def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rerun", [False, True])
 def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession, rerun: bool) -> None:
     # Identical requests (equal hashes) share a task and sit next to each other in it; each
-    # chunk reads its rows of the kept spread, with no shuffle of its own. A rerun's plan (rows
-    # the sink answers left out: here the odd ids) is spread once too.
+    # chunk reads its rows of the kept spread, with no shuffle of its own, in as many tasks as
+    # it is given (here one, one, then two). A rerun's plan (rows the sink answers left out:
+    # here the odd ids) is spread once too.
     hashes = [f"h{i % 37:02d}" for i in range(200)]
     keyed = spark.createDataFrame(
         [(str(i), h) for i, h in enumerate(hashes)], "request_id string, request_hash string"
@@ -233,16 +284,17 @@ def test_several_chunks_are_spread_over_the_tasks_once(spark: SparkSession, reru
     work.spread_once(2, dedupe=True)
     assert work.spread is not None
     seen: list[str] = []
-    for index in range(3):
-        sent = work.sent(index, 2, dedupe=True)
+    for index, tasks in enumerate((1, 1, 2)):
+        sent = work.sent(index, tasks, dedupe=True)
         with redirect_stdout(io.StringIO()) as plan:
             sent.explain()
         above_the_kept_rows = plan.getvalue().split("InMemoryTableScan")[0]
         assert "Exchange" not in above_the_kept_rows
         parts = sent.rdd.glom().map(lambda rows: [r["request_hash"] for r in rows]).collect()
-        assert len(parts) == 2
+        assert len(parts) == tasks
         for part in parts:
-            assert part == sorted(part)
+            runs = [h for h, _ in itertools.groupby(part)]
+            assert len(runs) == len(set(runs)), part  # each hash's rows next to each other
         owners = {h: i for i, part in enumerate(parts) for h in part}
         assert all(owners[h] == i for i, part in enumerate(parts) for h in part)
         seen.extend(r["request_id"] for r in sent.collect())

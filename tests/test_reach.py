@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from pipeline.serving.process import LocalEndpoint
-from pipeline.spark.job import UNBOUNDED, most_at_once, task_slots
+from pipeline.spark.layout import UNBOUNDED, most_at_once, task_slots
 from pipeline.spark.reach import tasks_reach
 from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV
 from tests.test_job import FAST, job, prompts, run, save
@@ -84,6 +84,30 @@ def test_with_no_driver_the_budget_is_split_over_the_tasks_that_run_at_once(
     span = stats["last_request_at"] - stats["first_request_at"]
     # An eighth each: 5/s at most with two tasks at once; half each: the whole 20/s.
     assert rows / span > 0.6 * LIMIT_PER_S
+    assert rows / span <= LIMIT_PER_S * 1.05
+
+
+def test_with_no_driver_delta_chunks_side_by_side_share_the_budget(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Four Delta chunks, one task each, up to three at once on two slots: each task keeps half
+    the budget (two run at once), not the whole of it."""
+    rows = 160
+    source = save(prompts(spark, rows), tmp_path / "in")
+    window = ("--requests-per-minute", str(LIMIT_PER_S), "--window-s", "1")
+    with LocalEndpoint(*ECHO_ARGS, *window, env={TOKEN_ENV: TOKEN}) as endpoint:
+        config = job(
+            endpoint,
+            {"path": source, "id_column": "id", "prompt_column": "prompt"},
+            {"path": str(tmp_path / "out"), "format": "delta", "chunk_rows": rows // 4},
+            limits={"driver_address": UNREACHABLE, "max_attempts": 20,
+                    "requests_per_minute": LIMIT_PER_S * 60, "adaptive": False},
+        )  # fmt: skip
+        summary, _ = run(spark, config)
+        stats = endpoint.stats()
+    assert (summary.chunks, summary.tasks, summary.ok) == (4, 1, rows)
+    assert stats["rate_limited"] == 0 and stats["requests_total"] == rows
+    span = stats["last_request_at"] - stats["first_request_at"]
     assert rows / span <= LIMIT_PER_S * 1.05
 
 

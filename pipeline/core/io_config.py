@@ -49,7 +49,8 @@ class SourceConfig:
     # A row whose images are larger than this as sent (base64 in a data: URL) is an error row,
     # never sent: Databricks Model Serving refuses a request over 4 MiB.
     max_image_bytes: int = 4 * 1024 * 1024
-    # Repartition the input to this many Spark tasks (None: keep the source's partitioning).
+    # Spark tasks per chunk (None: the cluster's slots; half of them for each of several Delta
+    # chunks run side by side, see `pipeline.spark.layout`).
     partitions: int | None = None
 
     def __post_init__(self) -> None:

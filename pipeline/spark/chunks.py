@@ -86,8 +86,10 @@ class WorkPlan:
     # Input rows the sink answers that were recognised by their values, not keyed (see
     # `pipeline.spark.recognised`).
     recognised: int = 0
-    # Every row to send, spread over the tasks once for all chunks (see `spread_once`).
+    # Every row to send, spread over the tasks once for all chunks (see `spread_once`), and
+    # over how many.
     spread: DataFrame | None = None
+    spread_tasks: int = 0
 
     @property
     def pending_rows(self) -> int:
@@ -109,10 +111,11 @@ class WorkPlan:
     def spread_once(self, tasks: int, dedupe: bool) -> None:
         """For a plan of several chunks: spread the rows it sends over `tasks` tasks once for
         all chunks (see `spread`), kept in place of `keyed`. Each chunk is then its rows of each
-        kept partition, with no shuffle of its own: a chunk's job is one stage, whose tasks
-        start reading at once (a shuffle per chunk cost a job and a wait for slots at every
-        chunk's start, and 0.1-0.2 s of the cores per chunk; a rerun whose config changed, in
-        1,000-row chunks at 0.2 s a request, reached 0.80-0.81 of the rate into a new sink)."""
+        kept partition (of several partitions, for a chunk of fewer tasks), with no shuffle of
+        its own: a chunk's job is one stage, whose tasks start reading at once (a shuffle per
+        chunk cost a job and a wait for slots at every chunk's start, and 0.1-0.2 s of the cores
+        per chunk; a rerun whose config changed, in 1,000-row chunks at 0.2 s a request, reached
+        0.80-0.81 of the rate into a new sink)."""
         if self.chunks <= 1 or self.spread is not None:
             return
         # The chunk of a row, as `todo` has it too.
@@ -124,7 +127,7 @@ class WorkPlan:
         self.cached.append(kept)
         kept.count()  # filled from `keyed`, which is then let go
         self.keyed.unpersist()
-        self.spread = kept
+        self.spread, self.spread_tasks = kept, tasks
 
     def sent(
         self, index: int, tasks: int, dedupe: bool, earlier: DataFrame | None = None
@@ -132,7 +135,10 @@ class WorkPlan:
         """Chunk `index` as its Spark tasks take it: spread over `tasks` tasks (see `spread`);
         with `earlier` (request_hash and an earlier run's answer) joined, when given."""
         if earlier is None and self.spread is not None:
-            return self.spread.filter(F.col(CHUNK) == index).drop(CHUNK)
+            rows = self.spread.filter(F.col(CHUNK) == index).drop(CHUNK)
+            # Kept partitions taken whole by fewer tasks: identical requests stay in one task,
+            # next to each other.
+            return rows.coalesce(tasks) if tasks < self.spread_tasks else rows
         rows = self.chunk(index)
         if earlier is not None:
             rows = rows.join(earlier, "request_hash", "left")

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from pipeline.control.budget import JobBudget
@@ -35,6 +34,7 @@ from pipeline.spark.columns import output_schema, parsed_type, stamp
 from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.daemon import start_early
 from pipeline.spark.inflight import EARLIER, Inflight, journal_plan
+from pipeline.spark.layout import Layout, default_parallelism, lay_out, task_slots
 from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
@@ -61,10 +61,6 @@ FIRST_SAVE_MODE: dict[str, SaveMode] = {
     "overwrite": "overwrite",
     "error": "errorifexists",
 }
-
-# Chunks answered at once: the next one's tasks start while the one before commits.
-CHUNKS_AT_ONCE = 2
-
 
 def run_job(
     config: JobConfig,
@@ -96,10 +92,20 @@ def run_job(
         SinkLease(spark, config.sink, run_id, background=True) as lease,
         planned(spark, config, frame, metadata=metadata, lease=lease) as work,
     ):
-        tasks = task_count(spark, config.source.partitions, max(work.chunk_sizes, default=1))
+        slots = default_parallelism(spark)
+        layout = lay_out(
+            slots,
+            task_slots(spark, slots),
+            config.source.partitions,
+            work.chunk_sizes,
+            _may_overlap(config),
+        )
+        if work.chunks > 1:
+            log.info("%d chunks of %d tasks (the last of %d), %d at once", work.chunks,
+                     layout.tasks, layout.last_tasks, layout.chunks_at_once)  # fmt: skip
         board = Board(work.pending_rows, style=progress)
         inflight = _inflight(spark, config, run_id)
-        run = _Run(config, run_id, tasks, lease, frame.schema, inflight)
+        run = _Run(config, run_id, layout, lease, frame.schema, inflight)
         totals, seen = _answer_chunks(spark, run, work, credentials, board)
         if inflight is not None:
             inflight.finish(work.chunks)
@@ -108,7 +114,7 @@ def run_job(
             totals,
             config.pricing.cost(counts["prompt_tokens"], counts["completion_tokens"]),
             seconds=round(time.monotonic() - started, 3),
-            tasks=tasks,
+            tasks=layout.tasks,
             sink=config.sink.table or config.sink.path or "",
             skipped=work.input_rows - work.pending_rows,
             recognised=work.recognised,
@@ -129,7 +135,7 @@ class _Run:
 
     config: JobConfig
     run_id: str
-    tasks: int
+    layout: Layout
     lease: SinkLease
     source_schema: StructType  # the input's own types (the chunks carry text as bytes)
     inflight: Inflight | None = None  # where tasks keep answers until committed
@@ -155,17 +161,19 @@ def _answer_chunks(
 ) -> tuple[ChunkTotals, Tally]:
     """Answer and commit every chunk of `work`, in order; the chunks' counts, and what the live
     progress saw."""
-    config, tasks = run.config, run.tasks
+    config, at_once = run.config, run.layout.at_once
     limits = config.limits
+    # Each task's share of the budgets, over the tasks that run at once: its own budget when
+    # the tasks cannot reach the driver, what it falls back on when the driver stops answering.
     client = ClientSettings(
         endpoint=config.endpoint,
         limits=limits,
         request=config.request,
         token=credentials.current(),
         headers=credentials.headers,
-        requests_per_minute=_share(limits.requests_per_minute, tasks),
-        tokens_per_minute=_share(limits.tokens_per_minute, tasks),
-        tasks=tasks,
+        requests_per_minute=_share(limits.requests_per_minute, at_once),
+        tokens_per_minute=_share(limits.tokens_per_minute, at_once),
+        tasks=at_once,
         run_id=run.run_id,
     )
     totals = ChunkTotals()
@@ -178,21 +186,14 @@ def _answer_chunks(
             if server.budget is not None:
                 client = replace(client, budget_url=server.url)
         else:  # each task keeps its part of the budgets: the job's over the tasks at once
-            at_once = min(tasks, task_slots(spark))
-            client = replace(
-                client,
-                alone=True,
-                requests_per_minute=_share(limits.requests_per_minute, at_once),
-                tokens_per_minute=_share(limits.tokens_per_minute, at_once),
-                tasks=at_once,
-            )
-            log.info("%d of the %d tasks run at once: each keeps 1/%d of the rate budgets",
-                     at_once, tasks, at_once)  # fmt: skip
+            client = replace(client, alone=True)
+            log.info("at most %d tasks run at once: each keeps 1/%d of the rate budgets",
+                     at_once, at_once)  # fmt: skip
         journal = None if run.inflight is None else run.inflight.plan
         plan = TaskPlan(config.request, client, journal)
         earlier = None if run.inflight is None else run.inflight.earlier_answers()
         if earlier is None:
-            work.spread_once(tasks, config.request.dedupe)
+            work.spread_once(run.layout.widest, config.request.dedupe)
 
         def answer(index: int, metadata: str, mode: SaveMode) -> dict[str, Any]:
             rows, observe = _chunk_rows(run, work, plan, index, earlier)
@@ -296,9 +297,10 @@ def _overlapped(
     """Run `answer(index, metadata, mode)` (one chunk's Spark job, ending in its commit) for
     every chunk, and `committed(index, counts)` after each, as each commits.
 
-    A chunk may start while the one before is still answered or committed (`CHUNKS_AT_ONCE`
-    Spark jobs, from as many driver threads): its tasks take the slots the earlier chunk's last
-    tasks free, so the endpoint does not idle while a chunk commits or the next one starts.
+    A chunk may start while the one before is still answered or committed (`chunks_at_once` of
+    the run's `Layout`: Spark jobs from as many driver threads): its tasks take the slots the
+    earlier chunks' tasks free, so the endpoint does not idle while a chunk commits or the next
+    one starts.
     The next chunk starts as soon as any running one has committed: Spark may run the later
     one's tasks first (whichever job reaches its scheduler first), and waiting on the earlier
     one would leave the slots idle while it commits. Only where commits commute (see
@@ -344,10 +346,11 @@ def _overlapped(
     if not first_alone:
         run.lease.check()
         make_table(commit_metadata(f"0/{work.chunks}"))
-    with ThreadPoolExecutor(CHUNKS_AT_ONCE, thread_name_prefix="chunk") as pool:
+    at_once = run.layout.chunks_at_once if overlap else 1
+    with ThreadPoolExecutor(at_once, thread_name_prefix="chunk") as pool:
         try:
             for index in range(work.chunks):
-                settle(CHUNKS_AT_ONCE - 1 if overlap else 0)
+                settle(at_once - 1)
                 run.lease.check()  # never commit over another run's work
                 metadata = commit_metadata(f"{index + 1}/{work.chunks}")
                 first = index == 0 and first_alone
@@ -381,7 +384,7 @@ def _chunk_rows(
     observe on them. Rows whose request `earlier` answers (earlier runs' in-flight answers) get
     that answer."""
     config = run.config
-    as_sent = work.sent(index, run.tasks, config.request.dedupe, earlier)
+    as_sent = work.sent(index, run.layout.tasks_of(index), config.request.dedupe, earlier)
     parsed = parsed_type(config.request.output_format)
     answered_schema = output_schema(as_sent.drop(*KEYED_COLUMNS, EARLIER).schema, parsed)
     answered = map_in_pandas(as_sent, make_batch_mapper(plan, index), answered_schema)
@@ -417,47 +420,6 @@ def _raise_if_aborted(error: Exception) -> None:
     found = _ABORTED.search(str(error))
     if found:
         raise JobAborted(found.group(1).strip()) from None
-
-
-def task_count(spark: SparkSession, partitions: int | None, largest_chunk: int) -> int:
-    """Spark tasks per chunk: `source.partitions`, else the cluster's task slots; never more
-    than the largest chunk has rows (an empty task would hold a share of the budgets)."""
-    if partitions is None:
-        partitions = default_parallelism(spark)
-    return max(1, min(partitions, largest_chunk))
-
-
-def default_parallelism(spark: SparkSession) -> int:
-    """The cluster's task slots as Spark counts them (`defaultParallelism`). Spark Connect has
-    no `SparkContext` to ask: there, a DataFrame says (`range` without a partition count gets
-    one partition per slot)."""
-    if not is_connect(spark):
-        return max(1, int(spark.sparkContext.defaultParallelism))
-    ids = spark.range(1 << 16).select(F.spark_partition_id().alias("partition"))
-    row = ids.agg(F.max("partition").alias("last")).first()
-    return 1 if row is None or row["last"] is None else int(row["last"]) + 1
-
-
-UNBOUNDED = 2**31 - 1  # Spark's "no maximum" for executors
-
-
-def task_slots(spark: SparkSession) -> int:
-    """The most tasks that may run at once on this session's cluster (see `most_at_once`)."""
-    return most_at_once(default_parallelism(spark), lambda key: spark.conf.get(key, None))
-
-
-def most_at_once(slots: int, conf: Callable[[str], str | None]) -> int:
-    """The most tasks that may run at once: the `slots` there are now; under dynamic allocation
-    (`conf` reads the session's settings), the most its executors could give, no bound when
-    they have none."""
-    if (conf("spark.dynamicAllocation.enabled") or "false").lower() != "true":
-        return slots
-    executors = int(conf("spark.dynamicAllocation.maxExecutors") or UNBOUNDED)
-    cores = int(conf("spark.executor.cores") or 0)
-    per_task = max(1, int(conf("spark.task.cpus") or 1))
-    if executors >= UNBOUNDED or cores <= 0:
-        return UNBOUNDED
-    return max(slots, executors * cores // per_task)
 
 
 def _share(per_minute: float | None, tasks: int) -> float | None:
