@@ -27,7 +27,7 @@ from pipeline.core.loader import config_from_dict
 from pipeline.spark.archives import read_once
 from pipeline.spark.chunks import CHUNK, WorkPlan, chunk_of, numbered
 from pipeline.spark.job import _overlapped, _Run
-from pipeline.spark.layout import Layout, lay_out
+from pipeline.spark.layout import Layout, lay_out, one_executor
 from pipeline.spark.lease import SinkLease
 
 WAIT_S = 20.0  # for a chunk that must be running beside another: a deadline, not a pause
@@ -240,9 +240,25 @@ def test_a_run_lays_its_chunks_out_over_the_slots(
     overlap: bool,
     expected: tuple[int, int, int, int],
 ) -> None:
-    layout = lay_out(*slots, partitions, sizes, overlap)
+    layout = lay_out(*slots, partitions, sizes, overlap, one_executor=True)
     assert (layout.tasks, layout.last_tasks, layout.chunks_at_once, layout.at_once) == expected
     assert [layout.tasks_of(i) for i in range(len(sizes))][-1] == expected[1]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [([100] * 6, (2, 2, 2, 2)), ([100], (2, 2, 1, 2)), ([1, 1], (1, 1, 2, 2))],
+)
+def test_on_a_cluster_every_chunk_takes_every_slot_two_at_once(
+    sizes: list[int], expected: tuple[int, int, int, int]
+) -> None:
+    # A chunk of fewer tasks would wait for the executor holding its rows while another idles.
+    layout = lay_out(2, 2, None, sizes, True, one_executor=False)
+    assert (layout.tasks, layout.last_tasks, layout.chunks_at_once, layout.at_once) == expected
+
+
+def test_a_local_master_runs_its_tasks_in_one_executor(spark: SparkSession) -> None:
+    assert one_executor(spark)  # local[2]
 
 
 def test_archives_on_the_import_path_are_read_once(tmp_path: Path) -> None:

@@ -34,7 +34,13 @@ from pipeline.spark.columns import output_schema, parsed_type, stamp
 from pipeline.spark.crossing import as_text, map_in_pandas
 from pipeline.spark.daemon import start_early
 from pipeline.spark.inflight import EARLIER, Inflight, journal_plan
-from pipeline.spark.layout import Layout, default_parallelism, lay_out, task_slots
+from pipeline.spark.layout import (
+    Layout,
+    default_parallelism,
+    lay_out,
+    one_executor,
+    task_slots,
+)
 from pipeline.spark.lease import SinkLease
 from pipeline.spark.mapper import KEYED_COLUMNS, TaskPlan, make_batch_mapper
 from pipeline.spark.prepare import planned, read_input
@@ -99,6 +105,7 @@ def run_job(
             config.source.partitions,
             work.chunk_sizes,
             _may_overlap(config),
+            one_executor(spark),
         )
         if work.chunks > 1:
             log.info("%d chunks of %d tasks (the last of %d), %d at once", work.chunks,
