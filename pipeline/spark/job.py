@@ -108,8 +108,9 @@ def run_job(
             one_executor(spark),
         )
         if work.chunks > 1:
-            log.info("%d chunks of %d tasks (the last of %d), %d at once", work.chunks,
-                     layout.tasks, layout.last_tasks, layout.chunks_at_once)  # fmt: skip
+            last = "" if layout.last_tasks == layout.tasks else f" (the last {layout.last_tasks})"
+            log.info("%d chunks of %d tasks%s, %d at once",
+                     work.chunks, layout.tasks, last, layout.chunks_at_once)  # fmt: skip
         board = Board(work.pending_rows, style=progress)
         inflight = _inflight(spark, config, run_id)
         run = _Run(config, run_id, layout, lease, frame.schema, inflight)
