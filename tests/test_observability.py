@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pipeline.core.config import JobConfig
 from pipeline.serving.process import LocalEndpoint
 from pipeline.spark.dryrun import dry_run
 from pipeline.spark.job import run_job
+from pipeline.spark.summary import RunSummary
 from pipeline.spark.tables import read_sink
 from tests.conftest import TOKEN, TOKEN_ENV
 from tests.test_job import job, save
@@ -142,3 +144,14 @@ def test_board_counts_each_report_once_and_draws_or_logs(
         logged.report("task-a", 1, Tally(rows=2, ok=2, requests=2))
         logged.stop()
     assert "progress: 2/4 rows (50%)" in caplog.text
+
+
+def test_the_summary_names_one_task_and_one_chunk_in_the_singular() -> None:
+    one = RunSummary(rows=5, ok=5, errors=0, prompt_tokens=10, completion_tokens=5, attempts=5,
+                     seconds=2.0, tasks=1, sink="out", chunks=1)  # fmt: skip
+    lines = one.render().splitlines()
+    assert any(line.endswith("2.5 rows/s, 1 task") for line in lines)
+    assert any(line.endswith("2.0 s, 1 chunk") for line in lines)
+    many = replace(one, tasks=2, chunks=3).render().splitlines()
+    assert any(line.endswith("2.5 rows/s, 2 tasks") for line in many)
+    assert any(line.endswith("2.0 s, 3 chunks") for line in many)

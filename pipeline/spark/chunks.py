@@ -189,7 +189,7 @@ def plan_work(
     log.info(
         "plan: %d input rows, %d already answered in the sink, %d to send (%s)%s",
         input_rows, input_rows - plan.pending_rows, plan.pending_rows, plan.changes.describe(),
-        f" in {len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows" if plan.pending_rows else "",
+        f" in {_sized(sizes)}" if plan.pending_rows else "",
     )  # fmt: skip
     return plan
 
@@ -344,6 +344,13 @@ def _replaced(
         retried = todo.filter(F.col(KIND) == "retry").select(*keys).distinct()
         replaced = retried.withColumn("stale", F.lit(False)).unionByName(replaced)
     return replaced
+
+
+def _sized(sizes: list[int]) -> str:
+    """The chunks of `sizes` rows as the plan's log line names them."""
+    if len(sizes) == 1:
+        return f"1 chunk of {sizes[0]} rows"
+    return f"{len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows"
 
 
 def chunk_of(chunks: int) -> Column:

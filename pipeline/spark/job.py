@@ -50,6 +50,7 @@ from pipeline.spark.summary import (
     ChunkTotals,
     RunSummary,
     chunk_metrics,
+    counted,
     image_count,
     write_summary,
 )
@@ -109,8 +110,8 @@ def run_job(
         )
         if work.chunks > 1:
             last = "" if layout.last_tasks == layout.tasks else f" (the last {layout.last_tasks})"
-            log.info("%d chunks of %d tasks%s, %d at once",
-                     work.chunks, layout.tasks, last, layout.chunks_at_once)  # fmt: skip
+            tasks, at_once = counted(layout.tasks, "task"), layout.chunks_at_once
+            log.info("%d chunks of %s%s, %d at once", work.chunks, tasks, last, at_once)
         board = Board(work.pending_rows, style=progress)
         inflight = _inflight(spark, config, run_id)
         run = _Run(config, run_id, layout, lease, frame.schema, inflight)
@@ -195,8 +196,11 @@ def _answer_chunks(
                 client = replace(client, budget_url=server.url)
         else:  # each task keeps its part of the budgets: the job's over the tasks at once
             client = replace(client, alone=True)
-            log.info("at most %d tasks run at once: each keeps 1/%d of the rate budgets",
-                     at_once, at_once)  # fmt: skip
+            if at_once == 1:
+                log.info("one task runs at a time: it keeps the whole rate budgets")
+            else:
+                log.info("at most %d tasks run at once: each keeps 1/%d of the rate budgets",
+                         at_once, at_once)  # fmt: skip
         journal = None if run.inflight is None else run.inflight.plan
         plan = TaskPlan(config.request, client, journal)
         earlier = None if run.inflight is None else run.inflight.earlier_answers()

@@ -184,8 +184,8 @@ class RunSummary:
             *([("tool calls", str(self.tool_calls))] if self.tool_calls else []),
             *([("images sent", str(self.images))] if self.images else []),
             ("latency", latency),
-            ("throughput", f"{self.rows_per_s:.1f} rows/s, {self.tasks} tasks"),
-            ("wall time", f"{self.seconds:.1f} s, {self.chunks} chunks"),
+            ("throughput", f"{self.rows_per_s:.1f} rows/s, {counted(self.tasks, 'task')}"),
+            ("wall time", f"{self.seconds:.1f} s, {counted(self.chunks, 'chunk')}"),
             ("estimated cost", cost),
             ("output", self.sink),
         ]
@@ -228,6 +228,11 @@ def write_summary(spark: SparkSession, sink: SinkConfig, summary: RunSummary) ->
 def _by_prefix(counts: Mapping[str, int], prefix: str) -> dict[str, int]:
     return {k.removeprefix(prefix): v for k, v in sorted(counts.items())
             if k.startswith(prefix) and v}  # fmt: skip
+
+
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun`, plural unless one: "1 chunk", "3 chunks"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _counts(counts: Mapping[str, int]) -> str:
