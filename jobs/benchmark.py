@@ -1000,19 +1000,25 @@ def main(argv: list[str]) -> int:
     spark = spark_session("batch-chat-bench", SPARK_CONF)
     spark.sparkContext.setLogLevel("ERROR")
     figures: list[Figure] = []
+    # Seconds each step took, in the order run (the whole run must stay within 15 minutes).
+    took: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="batch-chat-bench-") as tmp:
         bench = Bench(spark, Path(tmp), args.scale)
         steps = DEFAULT_STEPS if args.only is None else [STEPS[name] for name in args.only]
         for step in steps:
+            step_started = time.monotonic()
             found = step(bench)
+            took.append((step.__name__, time.monotonic() - step_started))
             for figure in found if isinstance(found, list) else [found]:
                 print(figure.row(), file=sys.stderr, flush=True)
                 figures.append(figure)
+            print(f"step {took[-1][0]}: {took[-1][1]:.0f} s", file=sys.stderr, flush=True)
     bench.spark.stop()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    steps_took = ", ".join(f"{name} {seconds:.0f}" for name, seconds in took)
     table = [
-        f"benchmark {when} on {machine} ({time.monotonic() - started:.0f} s)",
+        f"benchmark {when} on {machine} ({time.monotonic() - started:.0f} s; steps: {steps_took})",
         "",
         "| figure | measured | target | met | detail |",
         "| --- | --- | --- | --- | --- |",
@@ -1021,7 +1027,8 @@ def main(argv: list[str]) -> int:
     print("\n".join(table))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"when": when, "machine": machine, "figures": [asdict(f) for f in figures]}
+    payload = {"when": when, "machine": machine, "figures": [asdict(f) for f in figures],
+               "step_seconds": dict(took)}  # fmt: skip
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0 if all(f.passed is not False for f in figures) else 1
