@@ -1008,11 +1008,12 @@ def main(argv: list[str]) -> int:
         for step in steps:
             step_started = time.monotonic()
             found = step(bench)
-            took.append((step.__name__, time.monotonic() - step_started))
+            seconds = time.monotonic() - step_started
+            took.append((step.__name__, seconds))
             for figure in found if isinstance(found, list) else [found]:
                 print(figure.row(), file=sys.stderr, flush=True)
                 figures.append(figure)
-            print(f"step {took[-1][0]}: {took[-1][1]:.0f} s", file=sys.stderr, flush=True)
+            print(f"step {step.__name__}: {seconds:.0f} s", file=sys.stderr, flush=True)
     bench.spark.stop()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -35,6 +35,7 @@ from pipeline.spark.columns import IDENTITY_COLUMNS, REQUEST
 from pipeline.spark.crossing import column
 from pipeline.spark.recognised import HELD, TAKEN
 from pipeline.spark.session import cached
+from pipeline.spark.summary import counted
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +349,8 @@ def _replaced(
 
 def _sized(sizes: list[int]) -> str:
     """The chunks of `sizes` rows as the plan's log line names them."""
-    if len(sizes) == 1:
-        return f"1 chunk of {sizes[0]} rows"
-    return f"{len(sizes)} chunks of {min(sizes)}-{max(sizes)} rows"
+    rows = f"{sizes[0]}" if len(sizes) == 1 else f"{min(sizes)}-{max(sizes)}"
+    return f"{counted(len(sizes), 'chunk')} of {rows} rows"
 
 
 def chunk_of(chunks: int) -> Column:
