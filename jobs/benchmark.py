@@ -174,11 +174,15 @@ def throughput(bench: Bench) -> list[Figure]:
     ours: list[float] = []
     adaptive: list[float] = []
     bare: list[float] = []
+    # CPU per request of the job (adaptive off) and of the bare clients, run by run.
+    cpu: dict[str, list[dict[str, float]]] = {"job": [], "adaptive": [], "bare": []}
+    sampler = CpuSampler()
 
     def job(server: LocalEndpoint, *, adaptive_on: bool) -> None:
         server.reset()
         bench.run(server, rows, concurrency=64, adaptive=adaptive_on)
         (adaptive if adaptive_on else ours).append(served_rate(server.stats()))
+        cpu["adaptive" if adaptive_on else "job"].append(sampler.per_request(server.stats()))
 
     def side_by_side(server: LocalEndpoint, adaptive_first: bool) -> None:
         # The job with adaptive off and on (the default: on an endpoint with no limit there is
@@ -191,8 +195,9 @@ def throughput(bench: Bench) -> list[Figure]:
         server.reset()
         bare_aiohttp(f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", rows)
         bare.append(served_rate(server.stats()))
+        cpu["bare"].append(sampler.per_request(server.stats()))
 
-    with endpoint() as server:
+    with sampler, endpoint() as server:
         # The session's first job pays for JVM warm-up and new Python workers: not measured.
         bench.run(server, bench.rows(WARM_UP_ROWS), concurrency=64)
         side_by_side(server, adaptive_first=False)
@@ -204,17 +209,60 @@ def throughput(bench: Bench) -> list[Figure]:
         ceiling = bare_aiohttp(url, rows)
     off, on, clients = (sum(rates) / len(rates) for rates in (ours, adaptive, bare))
     pairs = ", ".join(f"{a:.0f}/s vs {b:.0f}/s" for a, b in zip(ours, bare, strict=True))
+    cpu_detail = cpu_bound(cpu["job"], cpu["bare"], 0.90)
+    spent = [mean_cpu(cpu[name]) for name in ("adaptive", "job")]
+    adaptive_cpu = (
+        "; CPU per request, us: " + " vs ".join(
+            f"{sum(v for k, v in m.items() if k != 'cores'):.0f} "
+            f"(Python workers {m['Python workers']:.0f})" for m in spent)
+        if all(spent) else ""
+    )  # fmt: skip
     either = ", ".join(f"{a:.0f}/s vs {b:.0f}/s" for a, b in zip(adaptive, ours, strict=True))
     return [
         Figure("requests/s vs bare aiohttp, instant model", off / clients, 0.90, True,
                f"{off:.0f}/s, {rows} rows, {TASKS} tasks x 64 in flight; {TASKS} bare aiohttp "
                f"client processes (no Spark, no pipeline) {clients:.0f}/s on the same endpoint "
-               f"(each pair back to back: {pairs}), {ceiling:.0f}/s on a no-op aiohttp server"),
+               f"(each pair back to back: {pairs}), {ceiling:.0f}/s on a no-op aiohttp server; "
+               f"{cpu_detail}"),
         Figure("requests/s vs thread-pool UDF", off / baseline, 3, True,
                f"pandas UDF + requests + ThreadPoolExecutor(64): {baseline:.0f}/s"),
         Figure("adaptive on vs off, unlimited instant endpoint", on / off, 0.95, True,
-               f"{on:.0f}/s vs {off:.0f}/s (each pair back to back: {either})"),
+               f"{on:.0f}/s vs {off:.0f}/s (each pair back to back: {either}){adaptive_cpu}"),
     ]  # fmt: skip
+
+
+def mean_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each of `CpuSampler.per_request`'s figures over `runs` (those it gave)."""
+    runs = [run for run in runs if run]
+    return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]} if runs else {}
+
+
+def cpu_bound(
+    job: list[dict[str, float]], bare: list[dict[str, float]], target: float
+) -> str:
+    """What the cores allow the job's requests/s against the bare clients', from the CPU per
+    request each run took (`CpuSampler.per_request`): at the same busy cores, the bare
+    clients' CPU per request over the job's; and what the job's own side (all but the
+    endpoint) would have to take to reach `target`."""
+    mean = {"job": mean_cpu(job), "bare": mean_cpu(bare)}
+    if not mean["job"] or not mean["bare"]:
+        return "no CPU figures on this system (Linux's /proc)"
+    total = {name: sum(v for k, v in m.items() if k != "cores") for name, m in mean.items()}
+    bound = total["bare"] / total["job"]
+    allowed = total["bare"] / target - mean["job"]["endpoint"]
+
+    def parts(m: dict[str, float]) -> str:
+        return " + ".join(f"{k} {v:.0f}" for k, v in m.items() if k != "cores" and v >= 0.5)
+
+    return (
+        f"CPU per request, us (first to last request, mean of {len(job)} and {len(bare)} runs): "
+        f"job {parts(mean['job'])} = {total['job']:.0f} ({mean['job']['cores']:.2f} cores "
+        f"busy); bare clients {parts(mean['bare'])} = {total['bare']:.0f} "
+        f"({mean['bare']['cores']:.2f} cores busy). At the same busy cores the job reaches at "
+        f"most {bound:.2f} of the bare clients' rate; {target} would need all but the endpoint "
+        f"within {allowed:.0f} us a request (the bare clients take "
+        f"{total['bare'] - mean['bare']['endpoint']:.0f})"
+    )
 
 
 def bare_aiohttp(url: str, rows: int) -> float:
@@ -665,6 +713,81 @@ def busy_core_seconds() -> float:
     ticks = [int(value) for value in first[1:9]]  # user .. steal (guest is inside user)
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# The processes whose CPU the `throughput` step accounts for, by a marker in the command line;
+# what none of them took (Spark's driver-side Python, this bench) is counted as the rest.
+CPU_CLASSES = {
+    "endpoint": (b"pipeline.serving",),
+    "JVM": (b"org.apache.spark.deploy.SparkSubmit",),
+    "Python workers": (b"pyspark.worker", b"pyspark.daemon"),
+    "bare clients": (b"multiprocessing.spawn",),
+}
+
+
+class CpuSampler:
+    """Samples, every INTERVAL_S, the busy core-seconds of this machine (/proc/stat) and the
+    CPU seconds of the processes of each of CPU_CLASSES (/proc/PID/stat), so that what a run
+    took between its first and its last request at the endpoint can be read back (Linux; on
+    other systems nothing is sampled)."""
+
+    INTERVAL_S = 0.1
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[float, float, dict[str, float]]] = []
+        self._classes: dict[str, str | None] = {}  # pid -> class (None: none of them)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(self.INTERVAL_S):
+            by_class = dict.fromkeys(CPU_CLASSES, 0.0)
+            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    name = self._class_of(pid)
+                    if name is not None:
+                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                        by_class[name] += (int(fields[11]) + int(fields[12])) / tick
+                except OSError:  # the process ended while we looked
+                    continue
+            self._samples.append((time.time(), busy_core_seconds(), by_class))
+
+    def _class_of(self, pid: str) -> str | None:
+        if pid not in self._classes:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            self._classes[pid] = next(
+                (name for name, marks in CPU_CLASSES.items() if any(m in cmdline for m in marks)),
+                None,
+            )
+        return self._classes[pid]
+
+    def per_request(self, stats: dict[str, Any]) -> dict[str, float]:
+        """Microseconds of CPU per request, by class and "rest", and the cores busy on average
+        ("cores"), between the samples nearest the first and the last request in `stats` (the
+        endpoint's); empty when there are too few samples."""
+        first, last = stats["first_request_at"] or 0.0, stats["last_request_at"] or 0.0
+        if len(self._samples) < 2 or last <= first:
+            return {}
+        a = min(self._samples, key=lambda sample: abs(sample[0] - first))
+        b = min(self._samples, key=lambda sample: abs(sample[0] - last))
+        if b[0] <= a[0]:
+            return {}
+        requests = stats["requests_total"] * (b[0] - a[0]) / (last - first)
+        spent = {name: b[2][name] - a[2][name] for name in CPU_CLASSES}
+        spent["rest"] = max(0.0, b[1] - a[1] - sum(spent.values()))
+        return {
+            **{name: seconds / requests * 1e6 for name, seconds in spent.items()},
+            "cores": (b[1] - a[1]) / (b[0] - a[0]),
+        }
 
 
 def _spark_chunk_seconds(bench: Bench, source: str, rows: int, chunks: int) -> tuple[float, float]:
