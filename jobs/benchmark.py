@@ -131,7 +131,7 @@ class Bench:
                        "prompt_column": "prompt", "partitions": tasks,
                        "system_prompt": system_prompt},
             "endpoint": {"name": ENDPOINT, "host": endpoint.url, "token_env": TOKEN_ENV},
-            "request": {"max_tokens": 8},
+            "request": {"max_tokens": MAX_TOKENS},
             "limits": {"backoff_initial_s": 0.05, "max_attempts": 10, **limits},
             "sink": {"path": str(self.workdir / f"out_{self._runs}"), "format": "parquet",
                      "mode": "overwrite", **(sink or {})},
@@ -291,7 +291,7 @@ def _post_all(url: str, count: int, in_flight: int = 64) -> None:
             async def worker() -> None:
                 for n in numbers:
                     body = {"messages": [{"role": "user", "content": f"question number {n}"}],
-                            "max_tokens": 8}  # fmt: skip
+                            "max_tokens": MAX_TOKENS}  # fmt: skip
                     async with session.post(url, json=body) as reply:
                         await reply.read()
 
@@ -340,7 +340,10 @@ def _serve_noop(ready: Any) -> None:
 def thread_pool_udf(bench: Bench, server: LocalEndpoint, rows: int, threads: int) -> None:
     """The pattern of Databricks' batch-inference notebook: each row posted with `requests`."""
     answer = thread_pool_answers(
-        f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", TOKEN, threads, max_tokens=8
+        f"{server.url}/serving-endpoints/{ENDPOINT}/invocations",
+        TOKEN,
+        threads,
+        max_tokens=MAX_TOKENS,
     )
     frame = bench.spark.read.parquet(bench.prompts(rows)).repartition(TASKS)
     frame.withColumn("answer", answer("prompt")).write.format("noop").mode("overwrite").save()
@@ -466,6 +469,7 @@ TOKEN_LIMIT_PER_S = 1000
 # Tokens the endpoint counts for one of the bench's requests: the prompt's three words
 # ("question number 17") and their echo (the echo model's tokens are words, max_tokens 8).
 TOKENS_PER_ROW = 6
+MAX_TOKENS = 8  # every bench request's
 # Stragglers: shapes (limit, tasks, in flight) run again over an input whose first Parquet file
 # holds STRAGGLER_FACTOR times the rows of each other one.
 STRAGGLER_SHAPES = ((500, 4 * TASKS, 64), (50, TASKS, 4))
@@ -508,8 +512,8 @@ def rate_matrix(bench: Bench) -> list[Figure]:
         for tasks, in_flight in ((TASKS, 64), (4 * TASKS, 4)):
             rate, limited = _matrix_run(bench, server, TOKEN_LIMIT_PER_S, tasks, in_flight,
                                         tokens=True)  # fmt: skip
-            shapes.append(Shape(f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight}",
-                                rate / TOKEN_LIMIT_PER_S, limited, tokens=True))  # fmt: skip
+            label = f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight} ({token_bound(server)})"
+            shapes.append(Shape(label, rate / TOKEN_LIMIT_PER_S, limited, tokens=True))
     figures: list[Figure] = []
     for unit in ("requests", "tokens"):
         some = [s for s in shapes if s.tokens == (unit == "tokens")]
@@ -547,6 +551,32 @@ def _matrix_run(
     stats = server.stats()
     served = stats["tokens_served"] if tokens else stats["by_status"].get("200", 0)
     return served_rate(stats, served), stats["rate_limited"] / stats["requests_total"]
+
+
+def token_bound(server: LocalEndpoint) -> str:
+    """What the endpoint could admit of its token limit in the last run, what the run
+    achieved in its median second (its first and last, partial, left out) and how many seconds
+    it spanned (a 429 near its end adds one: the retry after the whole second the endpoint's
+    `Retry-After` asks for). The endpoint holds a request's
+    reservation R (prompt + max_tokens) while it runs (MATRIX_LATENCY_S) and its real count u
+    after, and admits one more while the window plus R fits in the limit T: at r requests a
+    second, r * u + r * latency * (R - u) + R <= T, so at most r * u / T of the limit."""
+    stats = server.stats()
+    ok = stats["by_status"].get("200", 0)
+    if not ok:
+        return "nothing answered"
+    used = stats["tokens_served"] / ok
+    reserved = stats["prompt_tokens"] / ok + MAX_TOKENS
+    most = (TOKEN_LIMIT_PER_S - reserved) / (used + MATRIX_LATENCY_S * (reserved - used))
+    limited = stats["limited_per_second"]
+    answered = [n - (limited[i] if i < len(limited) else 0)
+                for i, n in enumerate(stats["per_second"])]  # fmt: skip
+    steady = statistics.median(answered[1:-1]) * used if len(answered) > 2 else 0.0
+    return (
+        f"the endpoint admits at most {most * used / TOKEN_LIMIT_PER_S:.3f} of it: {reserved:.0f} "
+        f"tokens held a request while it runs, {used:.1f} after; the run's median second "
+        f"{steady / TOKEN_LIMIT_PER_S:.3f}, its seconds {len(answered)}"
+    )
 
 
 def skewed_prompts(bench: Bench, rows: int, partitions: int) -> str:
