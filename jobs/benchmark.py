@@ -484,6 +484,7 @@ class Shape:
     achieved: float  # of min(limit, what the shape reaches with no budget)
     rate_limited: float  # share of requests answered 429
     tokens: bool = False  # a tokens_per_minute budget (else requests_per_minute)
+    note: str = ""  # what bounds the shape, shown in the list of every shape
 
 
 def rate_matrix(bench: Bench) -> list[Figure]:
@@ -512,14 +513,23 @@ def rate_matrix(bench: Bench) -> list[Figure]:
         for tasks, in_flight in ((TASKS, 64), (4 * TASKS, 4)):
             rate, limited = _matrix_run(bench, server, TOKEN_LIMIT_PER_S, tasks, in_flight,
                                         tokens=True)  # fmt: skip
-            label = f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight} ({token_bound(server)})"
-            shapes.append(Shape(label, rate / TOKEN_LIMIT_PER_S, limited, tokens=True))
+            shapes.append(Shape(f"{TOKEN_LIMIT_PER_S} tokens/s {tasks}x{in_flight}",
+                                rate / TOKEN_LIMIT_PER_S, limited, tokens=True,
+                                note=f" ({token_bound(server)})"))  # fmt: skip
+    return matrix_figures(shapes)
+
+
+def matrix_figures(shapes: list[Shape]) -> list[Figure]:
+    """The worst achieved/limit and the worst 429 share, over the requests shapes and over the
+    token shapes."""
     figures: list[Figure] = []
     for unit in ("requests", "tokens"):
         some = [s for s in shapes if s.tokens == (unit == "tokens")]
         worst = min(some, key=lambda s: s.achieved)
         most = max(some, key=lambda s: s.rate_limited)
-        every = "; ".join(f"{s.label}: {s.achieved:.3f}, {s.rate_limited:.1%} 429" for s in some)
+        every = "; ".join(
+            f"{s.label}: {s.achieved:.3f}, {s.rate_limited:.1%} 429{s.note}" for s in some
+        )
         figures += [
             Figure(f"rate budgets, {unit}: worst achieved/limit", worst.achieved, 0.97, True,
                    f"{worst.label} of {len(some)} shapes ({every})"),
