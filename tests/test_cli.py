@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 
 from pipeline.cli import EXIT_CONFIG_ERROR, EXIT_JOB_ABORTED, main
 from pipeline.serving.process import LocalEndpoint, free_port
-from pipeline.spark.session import local_slots, static_defaults
+from pipeline.spark.session import local_slots
 from tests.conftest import ENDPOINT_NAME, TOKEN, TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +47,8 @@ def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots
         "spark = spark_session()\n"
         "for key in ('spark.sql.shuffle.partitions',\n"
         "            'spark.databricks.delta.snapshotPartitions',\n"
-        "            'spark.sql.codegen.cache.maxEntries', 'spark.python.daemon.module',\n"
-        "            'spark.driver.defaultJavaOptions'):\n"
-        "    print(key, spark.conf.get(key, None))\n"
+        "            'spark.sql.codegen.cache.maxEntries', 'spark.python.daemon.module'):\n"
+        "    print(key, spark.conf.get(key))\n"
     )
     submit = str(Path(sys.executable).with_name("spark-submit"))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -62,8 +61,6 @@ def test_a_session_spark_submit_started_on_a_local_master_is_sized_for_its_slots
     assert "spark.databricks.delta.snapshotPartitions 5\n" in done.stdout
     assert "spark.sql.codegen.cache.maxEntries 300\n" in done.stdout
     assert "spark.python.daemon.module pipeline.spark.daemon\n" in done.stdout
-    # spark-submit started the JVM: no Java option of ours would reach it, none is claimed.
-    assert "spark.driver.defaultJavaOptions None\n" in done.stdout
 
 
 def test_a_session_this_package_starts_keeps_the_classes_a_run_compiles(
@@ -71,29 +68,6 @@ def test_a_session_this_package_starts_keeps_the_classes_a_run_compiles(
 ) -> None:
     # Spark's 100 would let a run's plans evict each other (see `CODEGEN_CACHE`).
     assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == "1000"
-
-
-def test_a_local_session_this_package_launches_compiles_with_c1_alone(
-    spark: SparkSession,
-) -> None:
-    # The shared test session's JVM was launched by `spark_session` on a local master (see
-    # `QUICK_JIT`): the option reached the JVM itself, not only Spark's conf.
-    management = spark.sparkContext._jvm.java.lang.management  # type: ignore[union-attr]
-    arguments = management.ManagementFactory.getRuntimeMXBean().getInputArguments()
-    assert "-XX:TieredStopAtLevel=1" in list(arguments)
-
-
-@pytest.mark.parametrize(
-    ("master", "launching", "quick"),
-    [("local[2]", True, True), ("local", True, True), ("local[2]", False, False),
-     ("spark://10.0.0.1:7077", True, False), ("yarn", True, False)],
-)  # fmt: skip
-def test_only_a_local_jvm_this_package_launches_gets_the_quick_jit(
-    master: str, launching: bool, quick: bool
-) -> None:
-    # A cluster's executors are JVMs of their own, and a JVM spark-submit started runs already.
-    options = static_defaults(master, launching=launching).get("spark.driver.defaultJavaOptions")
-    assert (options == "-XX:TieredStopAtLevel=1") is quick
 
 
 def test_config_error_exits_before_spark_naming_the_key(

@@ -54,26 +54,13 @@ CODEGEN_CACHE = {"spark.sql.codegen.cache.maxEntries": "1000"}
 # they may lack the package (shipped with `--py-files`, which a worker puts on its path at each
 # task): a daemon that cannot import it would not start, and no Python task could run.
 PRELOADING_DAEMON = {"spark.python.daemon.module": "pipeline.spark.daemon"}
-# A local master's JVM compiles with HotSpot's quick compiler alone (C1): on a few cores its
-# optimising compiler (C2) took more CPU than the job's own JVM work for the first minutes of a
-# session (7-14 s of compiler threads' CPU in a run of 20 chunks of 1,000 rows on 2 cores,
-# decaying over seven runs), while the requests wait for the cores; command to first request
-# on `conf/local.yaml` 12.4-15.3 s against 16.3-19.5 s (2026-12-06). Spark's default Java
-# options, which the driver's `spark.driver.extraJavaOptions` follow (a `-XX:TieredStopAtLevel`
-# there wins), and only where this package launches the JVM: under spark-submit it runs
-# already, and on a cluster the executors have JVMs of their own.
-QUICK_JIT = {"spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1"}
 
 
-def static_defaults(master: str, *, launching: bool = True) -> dict[str, str]:
+def static_defaults(master: str) -> dict[str, str]:
     """The static settings a session this package starts on `master` gets, unless its launch
-    sets them; `launching`: this process starts the session's JVM."""
+    sets them."""
     local = local_slots(master) is not None
-    return {
-        **CODEGEN_CACHE,
-        **(PRELOADING_DAEMON if local else {}),
-        **(QUICK_JIT if local and launching else {}),
-    }
+    return {**CODEGEN_CACHE, **(PRELOADING_DAEMON if local else {})}
 
 
 def spark_session(
@@ -104,7 +91,7 @@ def spark_session(
     if not under_submit:
         settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
     master = settings.get("spark.master") or (_submitted_master() if under_submit else "")
-    for key, value in static_defaults(master, launching=not under_submit).items():
+    for key, value in static_defaults(master).items():
         if not (under_submit and _submitted_with(key)):
             settings.setdefault(key, value)
     builder = SparkSession.builder.appName(app_name)
