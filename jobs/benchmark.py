@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 import requests
@@ -181,8 +181,9 @@ def throughput(bench: Bench) -> list[Figure]:
     def job(server: LocalEndpoint, *, adaptive_on: bool) -> None:
         server.reset()
         bench.run(server, rows, concurrency=64, adaptive=adaptive_on)
-        (adaptive if adaptive_on else ours).append(served_rate(server.stats()))
-        cpu["adaptive" if adaptive_on else "job"].append(sampler.per_request(server.stats()))
+        stats = server.stats()
+        (adaptive if adaptive_on else ours).append(served_rate(stats))
+        cpu["adaptive" if adaptive_on else "job"].append(sampler.per_request(stats))
 
     def side_by_side(server: LocalEndpoint, adaptive_first: bool) -> None:
         # The job with adaptive off and on (the default: on an endpoint with no limit there is
@@ -194,8 +195,9 @@ def throughput(bench: Bench) -> list[Figure]:
             job(server, adaptive_on=adaptive_on)
         server.reset()
         bare_aiohttp(f"{server.url}/serving-endpoints/{ENDPOINT}/invocations", rows)
-        bare.append(served_rate(server.stats()))
-        cpu["bare"].append(sampler.per_request(server.stats()))
+        stats = server.stats()
+        bare.append(served_rate(stats))
+        cpu["bare"].append(sampler.per_request(stats))
 
     with sampler, endpoint() as server:
         # The session's first job pays for JVM warm-up and new Python workers: not measured.
@@ -213,7 +215,7 @@ def throughput(bench: Bench) -> list[Figure]:
     spent = [mean_cpu(cpu[name]) for name in ("adaptive", "job")]
     adaptive_cpu = (
         "; CPU per request, us: " + " vs ".join(
-            f"{sum(v for k, v in m.items() if k != 'cores'):.0f} "
+            f"{cpu_total(m):.0f} "
             f"(Python workers {m['Python workers']:.0f})" for m in spent)
         if all(spent) else ""
     )  # fmt: skip
@@ -237,6 +239,11 @@ def mean_cpu(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]} if runs else {}
 
 
+def cpu_total(spent: dict[str, float]) -> float:
+    """Microseconds of CPU per request over every process (`CpuSampler.per_request`)."""
+    return sum(value for key, value in spent.items() if key != "cores")
+
+
 def cpu_bound(
     job: list[dict[str, float]], bare: list[dict[str, float]], target: float
 ) -> str:
@@ -247,7 +254,7 @@ def cpu_bound(
     mean = {"job": mean_cpu(job), "bare": mean_cpu(bare)}
     if not mean["job"] or not mean["bare"]:
         return "no CPU figures on this system (Linux's /proc)"
-    total = {name: sum(v for k, v in m.items() if k != "cores") for name, m in mean.items()}
+    total = {name: cpu_total(m) for name, m in mean.items()}
     bound = total["bare"] / total["job"]
     allowed = total["bare"] / target - mean["job"]["endpoint"]
 
@@ -765,21 +772,16 @@ CPU_CLASSES = {
 }
 
 
-class CpuSampler:
-    """Samples, every INTERVAL_S, the busy core-seconds of this machine (/proc/stat) and the
-    CPU seconds of the processes of each of CPU_CLASSES (/proc/PID/stat), so that what a run
-    took between its first and its last request at the endpoint can be read back (Linux; on
-    other systems nothing is sampled)."""
+class Sampler:
+    """Calls `sample` every INTERVAL_S on a thread of its own, from entering to leaving."""
 
     INTERVAL_S = 0.1
 
     def __init__(self) -> None:
-        self._samples: list[tuple[float, float, dict[str, float]]] = []
-        self._classes: dict[str, str | None] = {}  # pid -> class (None: none of them)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> CpuSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -787,19 +789,37 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
 
-    def _sample(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
+    def _run(self) -> None:
         while not self._stop.wait(self.INTERVAL_S):
-            by_class = dict.fromkeys(CPU_CLASSES, 0.0)
-            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    name = self._class_of(pid)
-                    if name is not None:
-                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                        by_class[name] += (int(fields[11]) + int(fields[12])) / tick
-                except OSError:  # the process ended while we looked
-                    continue
-            self._samples.append((time.time(), busy_core_seconds(), by_class))
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class CpuSampler(Sampler):
+    """Samples the busy core-seconds of this machine (/proc/stat) and the CPU seconds of the
+    processes of each of CPU_CLASSES (/proc/PID/stat), so that what a run took between its
+    first and its last request at the endpoint can be read back (Linux; on other systems
+    nothing is sampled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples: list[tuple[float, float, dict[str, float]]] = []
+        self._classes: dict[str, str | None] = {}  # pid -> class (None: none of them)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        by_class = dict.fromkeys(CPU_CLASSES, 0.0)
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                name = self._class_of(pid)
+                if name is not None:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    by_class[name] += (int(fields[11]) + int(fields[12])) / self._tick
+            except OSError:  # the process ended while we looked
+                continue
+        self._samples.append((time.time(), busy_core_seconds(), by_class))
 
     def _class_of(self, pid: str) -> str | None:
         if pid not in self._classes:
@@ -880,7 +900,7 @@ WORKERS = (b"pyspark.daemon", b"pyspark.worker")
 DRIVER_JVM = (b"org.apache.spark.deploy.SparkSubmit",)
 
 
-class WorkerMemory:
+class WorkerMemory(Sampler):
     """Samples the resident memory of the processes whose command line holds one of `markers`
     (by default PySpark's Python workers), or of this process when `markers` is empty; keeps
     the largest one process reached."""
@@ -888,23 +908,13 @@ class WorkerMemory:
     INTERVAL_S = 0.05
 
     def __init__(self, markers: tuple[bytes, ...] = WORKERS) -> None:
+        super().__init__()
         self.markers = markers
         self.peak_mib = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> WorkerMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.INTERVAL_S):
-            for rss in _rss_mib(self.markers):
-                self.peak_mib = max(self.peak_mib, rss)
+    def sample(self) -> None:
+        for rss in _rss_mib(self.markers):
+            self.peak_mib = max(self.peak_mib, rss)
 
 
 def _rss_mib(markers: tuple[bytes, ...]) -> Iterator[float]:
