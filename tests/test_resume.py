@@ -180,6 +180,31 @@ def test_identical_requests_are_sent_once(
     assert summary.prompt_tokens == paid  # copies carry the usage but were not paid again
 
 
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_no_chunk_is_empty_when_few_requests_fill_many_chunks(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, dedupe: bool
+) -> None:
+    # 24 rows, 2 distinct requests, 2 rows a chunk: 12 hash buckets, at most 2 with rows
+    # (identical requests share one). Every chunk run is a Spark job and a commit.
+    rows = [(i, f"question {i % 2}") for i in range(24)]
+    sink = tmp_path / "out"
+    config = job(
+        echo,
+        {"path": save(spark.createDataFrame(rows, "id long, prompt string"), tmp_path / "in"),
+         "id_column": "id", "prompt_column": "prompt"},
+        {"path": str(sink), **DELTA_SINK, "chunk_rows": 2},
+        request={"dedupe": dedupe},
+    )  # fmt: skip
+    summary, out = run(spark, config)
+    assert 1 <= summary.chunks <= 2
+    assert out.count() == 24 and out.filter("status = 'ok'").count() == 24
+    history = DeltaTable.forPath(spark, str(sink)).history().collect()
+    written = [int(r["operationMetrics"]["numOutputRows"]) for r in history
+               if json.loads(r["userMetadata"])["chunk"] != f"0/{summary.chunks}"]  # fmt: skip
+    assert len(written) == summary.chunks and all(written) and sum(written) == 24
+    assert echo.stats()["requests_total"] == (2 if dedupe else 24)
+
+
 def test_existing_table_that_is_not_an_output_is_refused(
     spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
 ) -> None:

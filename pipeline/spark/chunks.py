@@ -91,6 +91,11 @@ class WorkPlan:
     # over how many.
     spread: DataFrame | None = None
     spread_tasks: int = 0
+    # Rows are cut by `chunk_of(modulus)` (None: one bucket a chunk), and chunk i is bucket
+    # `buckets[i]` (empty: bucket i). A bucket no row falls in is no chunk: a Spark job and a
+    # commit for nothing (many, when identical requests are many and chunks small).
+    modulus: int | None = None
+    buckets: list[int] = field(default_factory=list)
 
     @property
     def pending_rows(self) -> int:
@@ -104,10 +109,18 @@ class WorkPlan:
         """The pending rows of chunk `index` (input columns, request_id, request_hash)."""
         if self.chunks == 1:
             return self.pending()
-        rows = self.keyed.filter(chunk_of(self.chunks) == index)
+        rows = self.keyed.filter(chunk_of(self._modulus) == self._bucket(index))
         if self.todo is None:
             return rows
-        return _wanted(rows, self.todo.filter(F.col(CHUNK) == index))
+        return _wanted(rows, self.todo.filter(F.col(CHUNK) == self._bucket(index)))
+
+    @property
+    def _modulus(self) -> int:
+        return self.chunks if self.modulus is None else self.modulus
+
+    def _bucket(self, index: int) -> int:
+        """The hash bucket (`chunk_of(self._modulus)`) of chunk `index`."""
+        return self.buckets[index] if self.buckets else index
 
     def spread_once(self, tasks: int, dedupe: bool) -> None:
         """For a plan of several chunks: spread the rows it sends over `tasks` tasks once for
@@ -120,7 +133,8 @@ class WorkPlan:
         if self.chunks <= 1 or self.spread is not None:
             return
         # The chunk of a row, as `todo` has it too.
-        rows = spread(self.pending().withColumn(CHUNK, chunk_of(self.chunks)), tasks, dedupe, CHUNK)
+        bucket = chunk_of(self._modulus)
+        rows = spread(self.pending().withColumn(CHUNK, bucket), tasks, dedupe, CHUNK)
         try:
             kept = rows.persist()
         except Exception:  # no cache (serverless compute): each chunk spreads its own rows
@@ -136,7 +150,7 @@ class WorkPlan:
         """Chunk `index` as its Spark tasks take it: spread over `tasks` tasks (see `spread`);
         with `earlier` (request_hash and an earlier run's answer) joined, when given."""
         if earlier is None and self.spread is not None:
-            rows = self.spread.filter(F.col(CHUNK) == index).drop(CHUNK)
+            rows = self.spread.filter(F.col(CHUNK) == self._bucket(index)).drop(CHUNK)
             # Kept partitions taken whole by fewer tasks: identical requests stay in one task,
             # next to each other.
             return rows.coalesce(tasks) if tasks < self.spread_tasks else rows
@@ -248,10 +262,11 @@ def _against(
     pending = sum(counts[k] for k in KINDS) - changes.kept
     chunks = _chunks(pending, sink)
     todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
-    sizes = _chunk_sizes(todo, chunks, pending)
+    sizes, buckets = _chunk_sizes(todo, chunks, pending)
     plan = WorkPlan(
-        keyed, input_rows, sizes, todo=todo, changes=changes, cached=[classified, answers]
-    )
+        keyed, input_rows, sizes, todo=todo, changes=changes, cached=[classified, answers],
+        modulus=max(1, chunks), buckets=buckets,
+    )  # fmt: skip
     if sink.format == "delta" and (changes.changed or (changes.retry and sink.retries_errors)):
         replaced = cached(_replaced(keyed, answers, todo, sink, taken))
         plan.cached.append(replaced)
@@ -262,8 +277,11 @@ def _against(
 
 def _all_new(keyed: DataFrame, input_rows: int, pending: int, chunks: int) -> WorkPlan:
     """The plan when every one of the `pending` rows of `keyed` is sent, as new."""
-    sizes = _chunk_sizes(keyed.select("request_hash"), chunks, pending)
-    return WorkPlan(keyed, input_rows, sizes, changes=Changes(new=pending))
+    sizes, buckets = _chunk_sizes(keyed.select("request_hash"), chunks, pending)
+    return WorkPlan(
+        keyed, input_rows, sizes, changes=Changes(new=pending), modulus=max(1, chunks),
+        buckets=buckets,
+    )  # fmt: skip
 
 
 def _chunks(rows: int, sink: SinkConfig) -> int:
@@ -368,12 +386,20 @@ def spread(chunk: DataFrame, tasks: int, dedupe: bool, *grouped_by: str) -> Data
     return chunk.repartition(tasks)
 
 
-def _chunk_sizes(keys: DataFrame, chunks: int, pending_rows: int) -> list[int]:
+def _chunk_sizes(keys: DataFrame, chunks: int, pending_rows: int) -> tuple[list[int], list[int]]:
+    """The rows of each chunk when `keys` are cut into `chunks` hash buckets, and each chunk's
+    bucket (empty: chunk i is bucket i). A bucket no row falls in is left out: identical
+    requests share one, so many copies of few requests leave most of them empty."""
     if chunks <= 1:
-        return [pending_rows] * chunks
+        return [pending_rows] * chunks, []
     counts = keys.groupBy(chunk_of(chunks).alias("chunk")).count().collect()
-    by_chunk = {int(row["chunk"]): int(row["count"]) for row in counts}
-    return [by_chunk.get(index, 0) for index in range(chunks)]
+    by_bucket = {int(row["chunk"]): int(row["count"]) for row in counts}
+    if len(by_bucket) == chunks:
+        return [by_bucket[index] for index in range(chunks)], []
+    buckets = sorted(by_bucket)
+    log.info("%d chunks: %d of the %d hash buckets hold no row", len(buckets),
+             chunks - len(buckets), chunks)  # fmt: skip
+    return [by_bucket[bucket] for bucket in buckets], buckets
 
 
 def check_is_output(existing: DataFrame, sink: SinkConfig) -> None:
