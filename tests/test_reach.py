@@ -106,7 +106,10 @@ def test_with_no_driver_delta_chunks_side_by_side_share_the_budget(
         summary, _ = run(spark, config)
         stats = endpoint.stats()
     assert (summary.chunks, summary.tasks, summary.ok) == (4, 1, rows)
-    assert stats["rate_limited"] == 0 and stats["requests_total"] == rows
+    # Tasks keeping the whole budget each would draw tens of 429s; the rate budgets' bound is
+    # 1 % (one 429 seen once, in a CI run on a loaded machine, none in seven runs since).
+    assert stats["rate_limited"] <= rows // 100
+    assert stats["requests_total"] == rows + stats["rate_limited"]
     span = stats["last_request_at"] - stats["first_request_at"]
     assert rows / span <= LIMIT_PER_S * 1.05
 
