@@ -261,11 +261,12 @@ def _against(
         )
     pending = sum(counts[k] for k in KINDS) - changes.kept
     chunks = _chunks(pending, sink)
-    todo = todo.withColumn(CHUNK, chunk_of(max(1, chunks)))
+    modulus = max(1, chunks)
+    todo = todo.withColumn(CHUNK, chunk_of(modulus))
     sizes, buckets = _chunk_sizes(todo, chunks, pending)
     plan = WorkPlan(
         keyed, input_rows, sizes, todo=todo, changes=changes, cached=[classified, answers],
-        modulus=max(1, chunks), buckets=buckets,
+        modulus=modulus, buckets=buckets,
     )  # fmt: skip
     if sink.format == "delta" and (changes.changed or (changes.retry and sink.retries_errors)):
         replaced = cached(_replaced(keyed, answers, todo, sink, taken))
