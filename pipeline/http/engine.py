@@ -4,15 +4,18 @@ The loop runs on its own thread for the life of the task, so requests keep flowi
 task's Python thread reads the next Arrow batch or hands a finished one back to Spark. A fixed
 pool of `concurrency` workers pulls from one queue that every submitted batch feeds: when the
 slowest requests of one batch are still running, the next batch's requests already fill the free
-slots. The engine builds what the client borrows (the aiohttp session and the limiter) inside
-that loop, once per task, and closes them when the task ends.
+slots. The engine builds what the client borrows (the limiter) inside that loop, once per task,
+and closes it when the task ends. The loop and its aiohttp session outlive the task: the next
+task in the same process goes on over the connections this one opened (see `_Connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,7 +98,9 @@ class Engine:
         self._report_as = report_as
         # Touched only on the loop's thread.
         self._shared: OrderedDict[str, _Shared] = OrderedDict()
-        self._loop = LoopThread("chat-engine")
+        # The loop and session, taken when the engine is entered.
+        self._connections: _Connections
+        self._loop: LoopThread
         self._queue: asyncio.Queue[tuple[_Batch, int, Outgoing]] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -111,8 +116,13 @@ class Engine:
         self._input_ended = False
 
     def __enter__(self) -> Engine:
-        self._loop.start()
-        self._loop.run(self._open())
+        self._connections = _Connections.take(_session_key(self._settings))
+        self._loop = self._connections.loop
+        try:
+            self._loop.run(self._open())
+        except BaseException:
+            self._connections.close()
+            raise
         return self
 
     def __exit__(
@@ -121,10 +131,15 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        closed = False
         try:
             self._loop.run(self._close(), CLOSE_TIMEOUT_S)
+            closed = True
         finally:
-            self._loop.stop(CLOSE_TIMEOUT_S)
+            if closed:
+                self._connections.put_back()
+            else:  # what the task left on the loop may still run: nothing of it is kept
+                self._connections.close()
 
     @property
     def superseded(self) -> bool:
@@ -202,7 +217,7 @@ class Engine:
         self._queue = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._session = open_session(self._settings)
+        self._session = self._connections.session(self._settings)
         self._limiter = build_limiter(self._settings)
         self._client = ChatClient(self._settings, self._session, self._limiter)
         self._workers = [
@@ -262,8 +277,6 @@ class Engine:
             await self._reporter.close()
         if self._limiter is not None:
             await self._limiter.close()
-        if self._session is not None:
-            await self._session.close()
 
 
 def _not_sent(request: Outgoing, error: str) -> RowResult:
@@ -276,6 +289,84 @@ def recovered(earlier: RowResult, request_id: str) -> RowResult:
     if earlier.request_id == request_id:
         return earlier
     return earlier.copied_to(request_id)
+
+
+def _session_key(settings: ClientSettings) -> tuple[object, ...]:
+    """What `open_session` builds a session from: a task with the same key can use it."""
+    limits = settings.limits
+    return (
+        limits.concurrency,
+        settings.endpoint.verify_tls,
+        limits.timeout_s,
+        limits.connect_timeout_s,
+    )
+
+
+class _Connections:
+    """An event loop on a thread of its own and the aiohttp session opened on it, which a
+    process keeps from one task to the next.
+
+    Spark runs a slot's next task in the same Python worker (`spark.python.worker.reuse`, on by
+    default): the next chunk's task, or the next run's in a long-lived session, goes on over the
+    connections the task before it opened (its keep-alive ones, up to its concurrency), with no
+    new TCP and TLS handshakes before its first answers. aiohttp closes a connection idle for 15
+    s; a connection the server closed meanwhile is dropped from the pool, and a request on one
+    it closes as the request goes is retried (`ConnectionFailed`). `take` hands the kept ones
+    to one engine at a time (a second engine at once in the process gets its own), and
+    `put_back` keeps the last ones given back.
+    """
+
+    _idle: _Connections | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, key: tuple[object, ...]) -> None:
+        self.key = key
+        self.loop = LoopThread("chat-engine")
+        self.loop.start()
+        self._session: aiohttp.ClientSession | None = None  # touched on the loop's thread
+
+    @classmethod
+    def take(cls, key: tuple[object, ...]) -> _Connections:
+        """The kept loop and session when they were opened for `key`, else new ones."""
+        with cls._lock:
+            idle, cls._idle = cls._idle, None
+        if idle is not None and idle.key == key and idle.loop.alive:
+            return idle
+        if idle is not None:
+            idle.close()
+        return cls(key)
+
+    def put_back(self) -> None:
+        """Keep these for the next task (the engine using them has closed)."""
+        with self._lock:
+            earlier, _Connections._idle = _Connections._idle, self
+        if earlier is not None:
+            earlier.close()
+
+    def session(self, settings: ClientSettings) -> aiohttp.ClientSession:
+        """The session, opened on the first call (call it on the loop's thread)."""
+        if self._session is None or self._session.closed:
+            self._session = open_session(settings)
+        return self._session
+
+    def close(self) -> None:
+        """Close the session and stop the loop; never raises."""
+        if self.loop.alive:
+            if self._session is not None:
+                with contextlib.suppress(Exception):
+                    self.loop.run(self._session.close(), CLOSE_TIMEOUT_S)
+            self.loop.stop(CLOSE_TIMEOUT_S)
+
+    @classmethod
+    def close_idle(cls) -> None:
+        """Close what is kept (at the process's exit)."""
+        with cls._lock:
+            idle, cls._idle = cls._idle, None
+        if idle is not None:
+            idle.close()
+
+
+atexit.register(_Connections.close_idle)
 
 
 def open_session(settings: ClientSettings) -> aiohttp.ClientSession:

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import signal
+import ssl
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limit_flags(add)
     _add_fault_rate_flags(add)
+    add("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    add("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     add("--access-log", action="store_true", help="log every request to stderr")
     add("--ready-file", type=Path, metavar="PATH", help="write the URL here once listening")
     return parser
@@ -225,9 +228,12 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
 
 
 async def serve(
-    settings: ServingSettings, app: web.Application, on_listening: Callable[[str], None]
+    settings: ServingSettings,
+    app: web.Application,
+    on_listening: Callable[[str], None],
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully.
+    """Serve `app` until SIGTERM or SIGINT, then shut down gracefully; HTTPS with `tls`.
 
     `on_listening` gets the URL once the socket accepts connections.
     """
@@ -241,8 +247,8 @@ async def serve(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        url = _listening_url(runner)
+        await web.TCPSite(runner, settings.host, settings.port, ssl_context=tls).start()
+        url = _listening_url(runner, https=tls is not None)
         _log.info("serving %s at %s", ", ".join(settings.served_names), url)
         on_listening(url)
         await _until_signalled()
@@ -250,11 +256,25 @@ async def serve(
         await runner.cleanup()
 
 
-def _listening_url(runner: web.AppRunner) -> str:
+def tls_context(settings: ServingSettings) -> ssl.SSLContext | None:
+    """The server's TLS context when `tls_cert` and `tls_key` are set.
+
+    Raises:
+        OSError: a file cannot be read (`ssl.SSLError`: it holds no certificate or key).
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+def _listening_url(runner: web.AppRunner, *, https: bool) -> str:
     host, port = runner.addresses[0][:2]  # IPv6 socknames have 4 fields; host and port lead
     if host in ("0.0.0.0", "::"):  # bound to every interface: loopback reaches it
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _write_ready_file(path: Path | None, url: str) -> None:
@@ -286,10 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         app = make_app(settings)
+        tls = tls_context(settings)
     except SettingsError as err:
         parser.error(str(err))
+    except OSError as err:  # ssl.SSLError too
+        parser.error(f"tls_cert, tls_key: {err}")
+    ready = functools.partial(_write_ready_file, args.ready_file)
     try:
-        asyncio.run(serve(settings, app, functools.partial(_write_ready_file, args.ready_file)))
+        asyncio.run(serve(settings, app, ready, tls))
     finally:
         # A stale ready file would tell the next script a dead server is up.
         if args.ready_file is not None:

@@ -49,7 +49,9 @@ def model_route(served: ServedFormat) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         stats = request.app[STATE].stats
-        stats.request_started(served.name)
+        transport = request.transport
+        peer = None if transport is None else transport.get_extra_info("peername")
+        stats.request_started(served.name, None if peer is None else tuple(peer))
         status = CLIENT_CLOSED_REQUEST
         try:
             response = await _answer(request, served)

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,14 @@ CONTROL_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 4000
 
-# Loopback calls must never go through an HTTP(S)_PROXY inherited from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Loopback calls must never go through an HTTP(S)_PROXY inherited from the environment; over
+# HTTPS they go to a server whose certificate a test made up, so it is not verified.
+_LOOPBACK_TLS = ssl.create_default_context()
+_LOOPBACK_TLS.check_hostname = False
+_LOOPBACK_TLS.verify_mode = ssl.CERT_NONE
+_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_LOOPBACK_TLS)
+)
 
 
 def probe_health(url: str, timeout_s: float = HEALTH_PROBE_TIMEOUT_S) -> bool:
@@ -74,7 +81,7 @@ class LocalEndpoint:
     `args` are extra server flags (`--model`, `--endpoint-name`, `--fail-first`, ...); host
     (an IPv4 address) and port are chosen here. `env` is added to this process's environment
     (e.g. the token variable for `--token-env`). Server output goes to `log_path`, or to a
-    temporary file deleted on stop.
+    temporary file deleted on stop. `tls` (certificate chain and key, PEM files) serves HTTPS.
     """
 
     def __init__(
@@ -84,8 +91,12 @@ class LocalEndpoint:
         log_path: str | os.PathLike[str] | None = None,
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
         host: str = "127.0.0.1",
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
-        self.args = args
+        self.args = (
+            args if tls is None else (*args, "--tls-cert", str(tls[0]), "--tls-key", str(tls[1]))
+        )
+        self.scheme = "http" if tls is None else "https"
         self.env = dict(env or {})
         self.startup_timeout_s = startup_timeout_s
         self.host = host
@@ -116,7 +127,7 @@ class LocalEndpoint:
         if self._process is not None:
             raise RuntimeError("LocalEndpoint is already started")
         port = free_port(self.host)
-        url = f"http://{self.host}:{port}"
+        url = f"{self.scheme}://{self.host}:{port}"
         process = self._process = self._spawn(port)
         try:
             healthy = wait_healthy(

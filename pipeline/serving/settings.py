@@ -50,6 +50,10 @@ class ServingSettings:
     # The token itself is never a setting, so it cannot leak through `/control` output.
     token_env: str | None = field(default=None, metadata=_STARTUP_ONLY)
     access_log: bool = field(default=False, metadata=_STARTUP_ONLY)
+    # Serve HTTPS with this certificate (PEM, the chain) and its private key (PEM); both or
+    # neither. A real endpoint is HTTPS: its handshakes cost what plain HTTP's do not.
+    tls_cert: str | None = field(default=None, metadata=_STARTUP_ONLY)
+    tls_key: str | None = field(default=None, metadata=_STARTUP_ONLY)
     # --- changeable at runtime through /control ---
     # Served endpoint names; empty means "just the model name" (see `served_names`).
     endpoint_names: tuple[str, ...] = ()
@@ -97,6 +101,11 @@ class ServingSettings:
         _require(bool(self.model), "model", "must be a non-empty string")
         _require(0 <= self.port <= 65535, "port", "must be in 0..65535 (0 picks a free port)")
         _require(self.token_env != "", "token_env", "must be an env var name or null")
+        _require(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "tls_cert" if self.tls_cert is None else "tls_key",
+            "tls_cert and tls_key go together: give both files or neither",
+        )
         for name in self.endpoint_names:
             _require(
                 bool(name) and "/" not in name,

@@ -4,6 +4,7 @@ Statuses in `by_status` are what each request ended with: real HTTP statuses, pl
 connection reset on purpose (no response sent) and 499 for a client that went away first.
 `by_route` is keyed by served format name (`formats/`), so Azure's chat-completions path counts
 as `chat_completions` together with the OpenAI one.
+`connections` counts the client connections (distinct peer addresses) model requests came on.
 `in_flight` counts requests being served (past rate limits and the concurrency bound), so in
 queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts those waiting.
 """
@@ -47,15 +48,20 @@ class ServingStats:
         # Requests started in each whole second since the first one (gaps show as zeros).
         self.per_second: list[int] = []
         self.limited_per_second: list[int] = []  # of those, refused with 429 by a rate limit
+        # The peer address (host, port) of each connection a model request came on.
+        self.peers: set[object] = set()
 
     @property
     def faults_injected(self) -> int:
         """Faults of every kind."""
         return sum(self.faults_by_kind.values())
 
-    def request_started(self, format_name: str) -> None:
-        """Count a request entering a route of the served format `format_name`."""
+    def request_started(self, format_name: str, peer: object = None) -> None:
+        """Count a request entering a route of the served format `format_name`, on the
+        connection from `peer` (its address; None: not known)."""
         self.requests_total += 1
+        if peer is not None:
+            self.peers.add(peer)
         self.by_route[format_name] += 1
         self.last_request_at = time.time()
         if self.first_request_at is None:
@@ -107,6 +113,7 @@ class ServingStats:
             "faults_by_kind": {kind: self.faults_by_kind[kind] for kind in FAULT_KINDS},
             "rate_limited": self.rate_limited,
             "rejected_overload": self.rejected_overload,
+            "connections": len(self.peers),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "queued": queued,

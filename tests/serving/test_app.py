@@ -315,6 +315,7 @@ def test_stats_count_only_model_routes(endpoint: LocalEndpoint) -> None:
                            "truncated": 0, "empty_choices": 0, "fail_first": 0},
         "rate_limited": 0,
         "rejected_overload": 0,
+        "connections": 2,  # urllib opens one for each request
         "in_flight": 0,
         "peak_in_flight": 1,
         "queued": 0,

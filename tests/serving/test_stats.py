@@ -8,9 +8,9 @@ NO_FAULTS = {"error": 0, "timeout": 0, "reset": 0, "malformed": 0, "truncated": 
 
 def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
     stats = ServingStats()
-    stats.request_started("invocations")
+    stats.request_started("invocations", ("127.0.0.1", 50001))
     stats.serving_started()
-    stats.request_started("responses")
+    stats.request_started("responses", ("127.0.0.1", 50001))  # the same connection
     stats.serving_started()
     stats.completed(prompt_tokens=5, completion_tokens=2)
     stats.serving_finished()
@@ -33,6 +33,7 @@ def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
         "faults_by_kind": {**NO_FAULTS, "fail_first": 1},
         "rate_limited": 0,
         "rejected_overload": 0,
+        "connections": 1,
         "in_flight": 0,
         "peak_in_flight": 2,
         "queued": 0,

@@ -1,0 +1,103 @@
+"""A worker's next task goes on over the connections the task before it opened: no new TCP and
+TLS handshakes at each task's start (the local endpoint serves HTTPS here, as a real one does)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trustme
+from pyspark.sql import SparkSession
+
+from pipeline.http.engine import Engine
+from pipeline.serving.process import LocalEndpoint
+from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV
+from tests.test_engine import client_settings, request
+from tests.test_job import job, prompts, run, save
+
+CONCURRENCY = 8
+
+
+@pytest.fixture(scope="module")
+def https_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEndpoint]:
+    """An echo endpoint serving HTTPS with a certificate for 127.0.0.1 from a made-up CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    with LocalEndpoint(
+        *ECHO_ARGS, env={TOKEN_ENV: TOKEN}, tls=(folder / "cert.pem", folder / "key.pem")
+    ) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def https(https_echo: LocalEndpoint) -> LocalEndpoint:
+    https_echo.reset()
+    return https_echo
+
+
+def answer(engine: Engine, first: int, rows: int) -> list[str]:
+    results = engine.submit([request(i) for i in range(first, first + rows)]).result(timeout=30)
+    return [r.status for r in results]
+
+
+def test_the_next_engine_in_a_process_opens_no_connection(https: LocalEndpoint) -> None:
+    settings = client_settings(https, concurrency=CONCURRENCY)
+    settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+    assert https.url.startswith("https://")
+    with Engine(settings) as engine:
+        assert answer(engine, 0, 64) == ["ok"] * 64
+    opened = https.stats()["connections"]
+    assert 1 <= opened <= CONCURRENCY
+    with Engine(settings) as engine:
+        assert answer(engine, 64, 64) == ["ok"] * 64
+    stats = https.stats()
+    assert (stats["requests_total"], stats["connections"]) == (128, opened)
+    # Another concurrency is another session (its connector holds at most that many).
+    with Engine(replace(settings, limits=replace(settings.limits, concurrency=2))) as engine:
+        assert answer(engine, 128, 16) == ["ok"] * 16
+    assert opened < https.stats()["connections"] <= opened + 2
+
+
+def test_two_engines_at_once_each_have_their_own(https: LocalEndpoint) -> None:
+    settings = client_settings(https, concurrency=CONCURRENCY)
+    settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+    with Engine(settings) as first, Engine(settings) as second:
+        futures = [e.submit([request(i) for i in range(40)]) for e in (first, second)]
+        assert [[r.status for r in f.result(timeout=30)] for f in futures] == [["ok"] * 40] * 2
+    # Each task's connector bounds it at its own concurrency, as when each had its own process.
+    assert https.stats()["peak_in_flight"] <= 2 * CONCURRENCY
+
+
+def test_a_certificate_that_is_not_trusted_is_refused_by_default(https: LocalEndpoint) -> None:
+    settings = client_settings(https, concurrency=2)
+    assert settings.endpoint.verify_tls
+    with Engine(settings) as engine:
+        results = engine.submit([request(0)]).result(timeout=60)
+    assert results[0].status == "error"
+    assert "certificate" in (results[0].error or "").lower()
+    assert https.stats()["requests_total"] == 0
+
+
+def test_a_runs_chunks_go_on_over_the_connections_their_workers_opened(
+    spark: SparkSession, https: LocalEndpoint, tmp_path: Path
+) -> None:
+    """Eight Delta chunks, one task each on two slots: each task would open its own
+    connections (eight chunks of 8); the Python workers Spark reuses keep theirs."""
+    rows, chunks = 8 * 48, 8
+    source = save(prompts(spark, rows), tmp_path / "in")
+    config = job(
+        https,
+        {"path": source, "id_column": "id", "prompt_column": "prompt"},
+        {"path": str(tmp_path / "out"), "format": "delta", "chunk_rows": rows // chunks},
+        endpoint={"verify_tls": False},
+        limits={"concurrency": CONCURRENCY},
+    )
+    summary, _ = run(spark, config)
+    stats = https.stats()
+    assert (summary.chunks, summary.ok, stats["requests_total"]) == (chunks, rows, rows)
+    # A worker per slot, and a third while a finishing task hands its slot on.
+    assert stats["connections"] <= 3 * CONCURRENCY, stats["connections"]
