@@ -260,12 +260,23 @@ def tls_context(settings: ServingSettings) -> ssl.SSLContext | None:
     """The server's TLS context when `tls_cert` and `tls_key` are set.
 
     Raises:
-        OSError: a file cannot be read (`ssl.SSLError`: it holds no certificate or key).
+        SettingsError: a file is missing or unreadable, or they are not a certificate chain
+            and its key in PEM.
     """
     if settings.tls_cert is None or settings.tls_key is None:
         return None
+    for key, path in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
+        if not os.access(path, os.R_OK):
+            raise SettingsError(key, f"cannot read {path}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as err:
+        raise SettingsError(
+            "tls_cert",
+            f"{settings.tls_cert} and {settings.tls_key} are not a PEM certificate chain and "
+            f"its private key ({err.reason or err})",
+        ) from err
     return context
 
 
@@ -309,8 +320,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         tls = tls_context(settings)
     except SettingsError as err:
         parser.error(str(err))
-    except OSError as err:  # ssl.SSLError too
-        parser.error(f"tls_cert, tls_key: {err}")
     ready = functools.partial(_write_ready_file, args.ready_file)
     try:
         asyncio.run(serve(settings, app, ready, tls))

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from pipeline.serving.__main__ import build_parser, settings_from_args
+from pipeline.serving.__main__ import build_parser, settings_from_args, tls_context
 from pipeline.serving.settings import ServingSettings, SettingsError
 
 
@@ -199,3 +201,17 @@ def test_a_choice_setting_lists_the_accepted_values() -> None:
         ServingSettings.from_dict({"overload": 1})
 
     assert str(caught.value) == "overload: expected one of 'queue', 'reject', got integer"
+
+
+def test_tls_files_are_checked_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="tls_key: tls_cert and tls_key go together"):
+        ServingSettings(tls_cert="cert.pem")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    with pytest.raises(SettingsError, match=f"tls_cert: cannot read {cert}"):
+        tls_context(ServingSettings(tls_cert=str(cert), tls_key=str(key)))
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    with pytest.raises(SettingsError, match=f"tls_cert: {key} and {cert} are not a PEM"):
+        tls_context(ServingSettings(tls_cert=str(key), tls_key=str(cert)))  # swapped
+    assert tls_context(ServingSettings(tls_cert=str(cert), tls_key=str(key))) is not None
