@@ -76,9 +76,13 @@ def test_a_certificate_that_is_not_trusted_is_refused_by_default(https: LocalEnd
     settings = client_settings(https, concurrency=2)
     assert settings.endpoint.verify_tls
     with Engine(settings) as engine:
-        results = engine.submit([request(0)]).result(timeout=60)
-    assert results[0].status == "error"
-    assert "certificate" in (results[0].error or "").lower()
+        results = engine.submit([request(i) for i in range(4)]).result(timeout=60)
+        stop_reason = engine.stop_reason
+    assert [r.status for r in results] == ["error"] * 4
+    assert "CERTIFICATE_VERIFY_FAILED" in (results[0].error or "")
+    # The task stops after limits.max_fatal_errors, saying what to change.
+    assert stop_reason is not None and "could not connect" in stop_reason
+    assert "endpoint.verify_tls: false" in stop_reason
     assert https.stats()["requests_total"] == 0
 
 

@@ -129,6 +129,16 @@ class EndpointUnreachable(ConnectionFailed):
     hint = "check endpoint.host (or endpoint.base_url) and that the endpoint is up"
 
 
+class CertificateRefused(EndpointUnreachable):
+    """The endpoint's TLS certificate did not verify: no CA the tasks trust signed it, or it
+    names another host."""
+
+    hint = (
+        "check endpoint.host; a certificate no CA in the tasks' trust store signed needs that "
+        "CA there, or endpoint.verify_tls: false"
+    )
+
+
 class Stopped(EndpointError):
     """Not sent: the task stopped sending (see `limits.max_fatal_errors`)."""
 

@@ -19,6 +19,7 @@ import aiohttp
 
 from pipeline.core.chat import Completion, EncodedRequest, Outgoing, RowResult
 from pipeline.core.errors import (
+    CertificateRefused,
     ConnectionFailed,
     EndpointError,
     EndpointUnreachable,
@@ -225,6 +226,8 @@ class ChatClient:
             raise EndpointUnreachable(
                 f"no connection within limits.connect_timeout_s={limits.connect_timeout_s:g}"
             ) from err
+        except aiohttp.ClientConnectorCertificateError as err:
+            raise CertificateRefused(f"{type(err).__name__}: {err}") from err
         except aiohttp.ClientConnectorError as err:
             raise EndpointUnreachable(f"{type(err).__name__}: {err}") from err
         except (TimeoutError, asyncio.TimeoutError) as err:
