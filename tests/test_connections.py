@@ -3,6 +3,7 @@ TLS handshakes at each task's start (the local endpoint serves HTTPS here, as a 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,16 +22,20 @@ CONCURRENCY = 8
 
 
 @pytest.fixture(scope="module")
-def https_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEndpoint]:
+def https_echo(tls_files: tuple[Path, Path]) -> Iterator[LocalEndpoint]:
     """An echo endpoint serving HTTPS with a certificate for 127.0.0.1 from a made-up CA."""
+    with LocalEndpoint(*ECHO_ARGS, env={TOKEN_ENV: TOKEN}, tls=tls_files) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a made-up CA, and its key."""
     folder = tmp_path_factory.mktemp("tls")
     cert = trustme.CA().issue_cert("127.0.0.1")
     cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
     cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    with LocalEndpoint(
-        *ECHO_ARGS, env={TOKEN_ENV: TOKEN}, tls=(folder / "cert.pem", folder / "key.pem")
-    ) as endpoint:
-        yield endpoint
+    return folder / "cert.pem", folder / "key.pem"
 
 
 @pytest.fixture
@@ -60,6 +65,30 @@ def test_the_next_engine_in_a_process_opens_no_connection(https: LocalEndpoint) 
     with Engine(replace(settings, limits=replace(settings.limits, concurrency=2))) as engine:
         assert answer(engine, 128, 16) == ["ok"] * 16
     assert opened < https.stats()["connections"] <= opened + 2
+
+
+def test_connections_the_endpoint_closed_while_kept_are_not_used(
+    tls_files: tuple[Path, Path],
+) -> None:
+    """A server (or the load balancer before it) closes idle keep-alive connections sooner
+    than aiohttp's 15 s: the next engine opens new ones, and no row pays a failed attempt."""
+    idle_s = 0.2
+    with LocalEndpoint(
+        *ECHO_ARGS, "--keepalive-s", str(idle_s), env={TOKEN_ENV: TOKEN}, tls=tls_files
+    ) as server:
+        settings = client_settings(server, concurrency=CONCURRENCY)
+        settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+        with Engine(settings) as engine:
+            assert answer(engine, 0, 64) == ["ok"] * 64
+        opened = server.stats()["connections"]
+        # The time between two tasks: what is tested is the connections' idle time.
+        time.sleep(5 * idle_s)
+        with Engine(settings) as engine:
+            results = engine.submit([request(i) for i in range(64, 128)]).result(timeout=30)
+        stats = server.stats()
+    assert [(r.status, r.attempts) for r in results] == [("ok", 1)] * 64
+    assert stats["requests_total"] == 128
+    assert stats["connections"] > opened  # new ones: the kept ones were closed
 
 
 def test_two_engines_at_once_each_have_their_own(https: LocalEndpoint) -> None:

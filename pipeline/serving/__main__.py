@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fault_rate_flags(add)
     add("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
     add("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    add(
+        "--keepalive-s",
+        type=float,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long (default: aiohttp's, about an hour)",
+    )
     add("--access-log", action="store_true", help="log every request to stderr")
     add("--ready-file", type=Path, metavar="PATH", help="write the URL here once listening")
     return parser
@@ -237,6 +243,9 @@ async def serve(
 
     `on_listening` gets the URL once the socket accepts connections.
     """
+    keepalive: dict[str, Any] = (
+        {} if settings.keepalive_s is None else {"keepalive_timeout": settings.keepalive_s}
+    )
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
@@ -244,6 +253,7 @@ async def serve(
         # A client that disconnects cancels its handler: timeout holds, latency sleeps and
         # queued waits end with it instead of running on for nobody.
         handler_cancellation=True,
+        **keepalive,
     )
     await runner.setup()
     try:

@@ -54,6 +54,9 @@ class ServingSettings:
     # neither. A real endpoint is HTTPS: its handshakes cost what plain HTTP's do not.
     tls_cert: str | None = field(default=None, metadata=_STARTUP_ONLY)
     tls_key: str | None = field(default=None, metadata=_STARTUP_ONLY)
+    # Seconds an idle keep-alive connection stays open before the server closes it (None:
+    # aiohttp's, about an hour); a load balancer in front of a real endpoint may close sooner.
+    keepalive_s: float | None = field(default=None, metadata=_STARTUP_ONLY)
     # --- changeable at runtime through /control ---
     # Served endpoint names; empty means "just the model name" (see `served_names`).
     endpoint_names: tuple[str, ...] = ()
@@ -112,6 +115,11 @@ class ServingSettings:
                 "endpoint_names",
                 "each name must be a non-empty string without '/'",
             )
+        _require(
+            self.keepalive_s is None or self.keepalive_s > 0,
+            "keepalive_s",
+            "must be null or a number of seconds > 0",
+        )
         _require(self.max_tokens_limit >= 1, "max_tokens_limit", "must be >= 1")
         _require(self.fail_first >= 0, "fail_first", "must be >= 0")
         _require(400 <= self.fail_status <= 599, "fail_status", "must be an HTTP error in 400..599")
