@@ -13,6 +13,7 @@ import trustme
 from pyspark.sql import SparkSession
 
 from pipeline.http.engine import Engine
+from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
 from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV
 from tests.test_engine import client_settings, request
@@ -28,14 +29,18 @@ def https_echo(tls_files: tuple[Path, Path]) -> Iterator[LocalEndpoint]:
         yield endpoint
 
 
+def write_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a made-up CA, and its key: PEM files in `folder`."""
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 from a made-up CA, and its key."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert = trustme.CA().issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    return folder / "cert.pem", folder / "key.pem"
+    return write_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -44,14 +49,19 @@ def https(https_echo: LocalEndpoint) -> LocalEndpoint:
     return https_echo
 
 
+def unverified(endpoint: LocalEndpoint, concurrency: int = CONCURRENCY) -> ClientSettings:
+    """Client settings for `endpoint`, its made-up certificate not verified."""
+    settings = client_settings(endpoint, concurrency=concurrency)
+    return replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+
+
 def answer(engine: Engine, first: int, rows: int) -> list[str]:
     results = engine.submit([request(i) for i in range(first, first + rows)]).result(timeout=30)
     return [r.status for r in results]
 
 
 def test_the_next_engine_in_a_process_opens_no_connection(https: LocalEndpoint) -> None:
-    settings = client_settings(https, concurrency=CONCURRENCY)
-    settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+    settings = unverified(https)
     assert https.url.startswith("https://")
     with Engine(settings) as engine:
         assert answer(engine, 0, 64) == ["ok"] * 64
@@ -62,7 +72,7 @@ def test_the_next_engine_in_a_process_opens_no_connection(https: LocalEndpoint) 
     stats = https.stats()
     assert (stats["requests_total"], stats["connections"]) == (128, opened)
     # Another concurrency is another session (its connector holds at most that many).
-    with Engine(replace(settings, limits=replace(settings.limits, concurrency=2))) as engine:
+    with Engine(unverified(https, concurrency=2)) as engine:
         assert answer(engine, 128, 16) == ["ok"] * 16
     assert opened < https.stats()["connections"] <= opened + 2
 
@@ -76,8 +86,7 @@ def test_connections_the_endpoint_closed_while_kept_are_not_used(
     with LocalEndpoint(
         *ECHO_ARGS, "--keepalive-s", str(idle_s), env={TOKEN_ENV: TOKEN}, tls=tls_files
     ) as server:
-        settings = client_settings(server, concurrency=CONCURRENCY)
-        settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+        settings = unverified(server)
         with Engine(settings) as engine:
             assert answer(engine, 0, 64) == ["ok"] * 64
         opened = server.stats()["connections"]
@@ -92,8 +101,7 @@ def test_connections_the_endpoint_closed_while_kept_are_not_used(
 
 
 def test_two_engines_at_once_each_have_their_own(https: LocalEndpoint) -> None:
-    settings = client_settings(https, concurrency=CONCURRENCY)
-    settings = replace(settings, endpoint=replace(settings.endpoint, verify_tls=False))
+    settings = unverified(https)
     with Engine(settings) as first, Engine(settings) as second:
         futures = [e.submit([request(i) for i in range(40)]) for e in (first, second)]
         assert [[r.status for r in f.result(timeout=30)] for f in futures] == [["ok"] * 40] * 2

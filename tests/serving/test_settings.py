@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from pipeline.serving.__main__ import build_parser, settings_from_args, tls_context
 from pipeline.serving.settings import ServingSettings, SettingsError
+from tests.test_connections import write_certificate
 
 
 def test_defaults_serve_the_model_name() -> None:
@@ -209,9 +209,7 @@ def test_tls_files_are_checked_naming_the_setting(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     with pytest.raises(SettingsError, match=f"tls_cert: cannot read {cert}"):
         tls_context(ServingSettings(tls_cert=str(cert), tls_key=str(key)))
-    issued = trustme.CA().issue_cert("127.0.0.1")
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
+    assert write_certificate(tmp_path) == (cert, key)
     with pytest.raises(SettingsError, match=f"tls_cert: {key} and {cert} are not a PEM"):
         tls_context(ServingSettings(tls_cert=str(key), tls_key=str(cert)))  # swapped
     assert tls_context(ServingSettings(tls_cert=str(cert), tls_key=str(key))) is not None
