@@ -49,9 +49,7 @@ def model_route(served: ServedFormat) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         stats = request.app[STATE].stats
-        transport = request.transport
-        peer = None if transport is None else transport.get_extra_info("peername")
-        stats.request_started(served.name, None if peer is None else tuple(peer))
+        stats.request_started(served.name, request.transport)
         status = CLIENT_CLOSED_REQUEST
         try:
             response = await _answer(request, served)

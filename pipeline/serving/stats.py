@@ -4,7 +4,7 @@ Statuses in `by_status` are what each request ended with: real HTTP statuses, pl
 connection reset on purpose (no response sent) and 499 for a client that went away first.
 `by_route` is keyed by served format name (`formats/`), so Azure's chat-completions path counts
 as `chat_completions` together with the OpenAI one.
-`connections` counts the client connections (distinct peer addresses) model requests came on.
+`connections` counts the client connections model requests came on (since the last reset).
 `in_flight` counts requests being served (past rate limits and the concurrency bound), so in
 queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts those waiting.
 """
@@ -12,6 +12,7 @@ queue mode `peak_in_flight` never exceeds `max_concurrency`; `queued` counts tho
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -48,20 +49,23 @@ class ServingStats:
         # Requests started in each whole second since the first one (gaps show as zeros).
         self.per_second: list[int] = []
         self.limited_per_second: list[int] = []  # of those, refused with 429 by a rate limit
-        # The peer address (host, port) of each connection a model request came on.
-        self.peers: set[object] = set()
+        # Connections model requests came on, each counted once; only the open ones are held
+        # (weakly), so a server that runs for days keeps none of the connections it closed.
+        self.connections = 0
+        self._open: weakref.WeakSet[object] = weakref.WeakSet()
 
     @property
     def faults_injected(self) -> int:
         """Faults of every kind."""
         return sum(self.faults_by_kind.values())
 
-    def request_started(self, format_name: str, peer: object = None) -> None:
-        """Count a request entering a route of the served format `format_name`, on the
-        connection from `peer` (its address; None: not known)."""
+    def request_started(self, format_name: str, connection: object = None) -> None:
+        """Count a request entering a route of the served format `format_name`, on
+        `connection` (its transport; None: not known)."""
         self.requests_total += 1
-        if peer is not None:
-            self.peers.add(peer)
+        if connection is not None and connection not in self._open:
+            self._open.add(connection)
+            self.connections += 1
         self.by_route[format_name] += 1
         self.last_request_at = time.time()
         if self.first_request_at is None:
@@ -113,7 +117,7 @@ class ServingStats:
             "faults_by_kind": {kind: self.faults_by_kind[kind] for kind in FAULT_KINDS},
             "rate_limited": self.rate_limited,
             "rejected_overload": self.rejected_overload,
-            "connections": len(self.peers),
+            "connections": self.connections,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "queued": queued,

@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import gc
+import weakref
+
 from pipeline.serving.stats import ServingStats
 
 NO_FAULTS = {"error": 0, "timeout": 0, "reset": 0, "malformed": 0, "truncated": 0,
              "empty_choices": 0, "fail_first": 0}
 
 
+class Connection:
+    """What the server passes for a connection: an object only (its transport)."""
+
+
 def test_snapshot_counts_requests_statuses_routes_and_tokens() -> None:
     stats = ServingStats()
-    stats.request_started("invocations", ("127.0.0.1", 50001))
+    connection = Connection()
+    stats.request_started("invocations", connection)
     stats.serving_started()
-    stats.request_started("responses", ("127.0.0.1", 50001))  # the same connection
+    stats.request_started("responses", connection)  # the same connection
     stats.serving_started()
     stats.completed(prompt_tokens=5, completion_tokens=2)
     stats.serving_finished()
@@ -93,3 +101,17 @@ def test_reset_zeroes_counters_but_keeps_requests_in_flight() -> None:
     assert (snapshot["rate_limited"], snapshot["rejected_overload"]) == (0, 0)
     assert (snapshot["faults_injected"], snapshot["faults_by_kind"]) == (0, NO_FAULTS)
     assert (snapshot["in_flight"], snapshot["peak_in_flight"]) == (1, 1)
+
+
+def test_connections_are_counted_once_each_and_not_kept_once_closed() -> None:
+    stats = ServingStats()
+    first, second = Connection(), Connection()
+    for index in range(5):
+        stats.request_started("invocations", (first, second)[index % 2])
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    stats.request_started("invocations", Connection())  # a third one, after the first closed
+
+    assert stats.snapshot(distinct_requests=0, queued=0)["connections"] == 3
+    assert gone() is None  # a closed connection is not held for the stats
