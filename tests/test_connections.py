@@ -3,6 +3,7 @@ TLS handshakes at each task's start (the local endpoint serves HTTPS here, as a 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+from aiohttp import web
 from pyspark.sql import SparkSession
 
-from pipeline.http.engine import Engine
+from pipeline.http.engine import Engine, open_session
 from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
-from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV
+from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV, one_route
 from tests.test_engine import client_settings, request
 from tests.test_job import job, prompts, run, save
 
@@ -142,3 +144,29 @@ def test_a_runs_chunks_go_on_over_the_connections_their_workers_opened(
     assert (summary.chunks, summary.ok, stats["requests_total"]) == (chunks, rows, rows)
     # A worker per slot, and a third while a finishing task hands its slot on.
     assert stats["connections"] <= 3 * CONCURRENCY, stats["connections"]
+
+
+def test_a_session_sends_back_no_cookie_an_endpoint_set(https: LocalEndpoint) -> None:
+    # A session outlives its task: a gateway's cookie (a login after one run's token) must not
+    # go with the next run's requests.
+    async def exchange() -> list[str | None]:
+        sent: list[str | None] = []
+
+        async def handle(request: web.Request) -> web.Response:
+            sent.append(request.headers.get("Cookie"))
+            answer = web.json_response({})
+            answer.set_cookie("gateway_session", "signed-in")
+            return answer
+
+        async with one_route("/invocations", handle) as port:
+            session = open_session(client_settings(https, concurrency=CONCURRENCY))
+            try:  # by name: aiohttp's default jar takes no cookie from an IP address
+                for _ in range(3):
+                    url = f"http://localhost:{port}/invocations"
+                    async with session.post(url, json={}) as got:
+                        assert got.cookies["gateway_session"].value == "signed-in"
+            finally:
+                await session.close()
+        return sent
+
+    assert asyncio.run(exchange()) == [None, None, None]

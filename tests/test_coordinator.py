@@ -19,6 +19,7 @@ from pipeline.core.ratelimit import RateLimits
 from pipeline.core.secrets import Secret
 from pipeline.serving.process import free_port
 from tests.clock import FakeClock
+from tests.conftest import one_route
 
 
 def test_tasks_share_the_drivers_budget_and_report_what_they_saw() -> None:
@@ -83,25 +84,18 @@ def test_what_is_seen_while_a_lease_is_in_flight_goes_with_the_next_lease() -> N
             await answer.wait()  # a slow driver: the task keeps working meanwhile
             return web.json_response({"requests": 1, "tokens": 0.0, "wait_s": 0.0})
 
-        app = web.Application()
-        app.router.add_post("/lease", lease)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        lessor = DriverLessor(f"http://127.0.0.1:{port}/lease")
-        limits = SharedLimits(lessor, RateLimits(None, None), batch=1, uses_tokens=False)
-        limits.observe(429, {})
-        first = asyncio.create_task(limits.acquire(10))
-        await asked.wait()
-        limits.observe(429, {})  # while the first lease is in flight
-        limits.observe(200, {})
-        answer.set()
-        await first
-        await limits.acquire(10)  # the next lease carries what the first could not
-        await limits.close()
-        await runner.cleanup()
+        async with one_route("/lease", lease) as port:
+            lessor = DriverLessor(f"http://127.0.0.1:{port}/lease")
+            limits = SharedLimits(lessor, RateLimits(None, None), batch=1, uses_tokens=False)
+            limits.observe(429, {})
+            first = asyncio.create_task(limits.acquire(10))
+            await asked.wait()
+            limits.observe(429, {})  # while the first lease is in flight
+            limits.observe(200, {})
+            answer.set()
+            await first
+            await limits.acquire(10)  # the next lease carries what the first could not
+            await limits.close()
 
     asyncio.run(scenario())
     assert [(a["rate_limited"], a["ok"]) for a in asks[:2]] == [(1, 0), (1, 1)]

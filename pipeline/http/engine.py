@@ -380,4 +380,12 @@ def open_session(settings: ClientSettings) -> aiohttp.ClientSession:
     # The Authorization header goes with each request: a renewed token replaces it.
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     timeout = aiohttp.ClientTimeout(total=limits.timeout_s, sock_connect=limits.connect_timeout_s)
-    return aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
+    # No cookies: the session outlives its task (see `_Connections`), and a cookie a gateway
+    # set (its login after a token) would go on with the next run's requests, whatever token
+    # those carry.
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
