@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 from pyspark.sql import SparkSession
 
@@ -99,3 +101,12 @@ async def one_route(
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+def write_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a made-up CA, and its key: PEM files in `folder`."""
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    return cert, key

@@ -10,14 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import trustme
 from aiohttp import web
 from pyspark.sql import SparkSession
 
 from pipeline.http.engine import Engine, open_session
 from pipeline.http.settings import ClientSettings
 from pipeline.serving.process import LocalEndpoint
-from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV, one_route
+from tests.conftest import ECHO_ARGS, TOKEN, TOKEN_ENV, one_route, write_certificate
 from tests.test_engine import client_settings, request
 from tests.test_job import job, prompts, run, save
 
@@ -29,15 +28,6 @@ def https_echo(tls_files: tuple[Path, Path]) -> Iterator[LocalEndpoint]:
     """An echo endpoint serving HTTPS with a certificate for 127.0.0.1 from a made-up CA."""
     with LocalEndpoint(*ECHO_ARGS, env={TOKEN_ENV: TOKEN}, tls=tls_files) as endpoint:
         yield endpoint
-
-
-def write_certificate(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 from a made-up CA, and its key: PEM files in `folder`."""
-    issued = trustme.CA().issue_cert("127.0.0.1")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    return cert, key
 
 
 @pytest.fixture(scope="module")

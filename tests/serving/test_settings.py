@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.serving.__main__ import build_parser, settings_from_args, tls_context
 from pipeline.serving.settings import ServingSettings, SettingsError
-from tests.test_connections import write_certificate
+from tests.conftest import write_certificate
 
 
 def test_defaults_serve_the_model_name() -> None:
