@@ -10,6 +10,8 @@ import pytest
 from pipeline.control.budget import (
     ADAPT_PERIOD_S,
     BACKOFF,
+    CAP_PATIENCE,
+    CAP_PROBE,
     CONFIGURED_BACKOFF,
     DECREASE_COOLDOWN_S,
     INCREASE,
@@ -18,6 +20,7 @@ from pipeline.control.budget import (
     MAX_PROBE,
     PATIENCE,
     RECOUNT_AFTER_S,
+    TOKEN_CAP,
     YOUNGER_LEASE_SECONDS,
     YOUNGER_POLL_S,
     JobBudget,
@@ -452,4 +455,23 @@ def test_a_429_under_a_token_budget_slows_the_tokens_a_little_and_quiet_brings_t
     assert budget.rate_per_s is None  # no request rate imposed: the tokens bind
     assert tokens_granted(1.0) == pytest.approx(1000 * CONFIGURED_BACKOFF, abs=10)
     tokens_granted(3 * ADAPT_PERIOD_S)
-    assert tokens_granted(1.0) == pytest.approx(1000, abs=10)  # back at the budget
+    # back to just under the rate that drew the 429s, where the same 429s would come again
+    assert budget.token_rate_per_s == pytest.approx(1000 * TOKEN_CAP)
+    tokens_granted(CAP_PATIENCE * ADAPT_PERIOD_S)
+    assert budget.token_rate_per_s == pytest.approx(1000 * (TOKEN_CAP + CAP_PROBE))
+    tokens_granted(CAP_PATIENCE * ADAPT_PERIOD_S)
+    assert budget.token_rate_per_s == pytest.approx(1000)  # quiet for long: the budget again
+    assert tokens_granted(1.0) == pytest.approx(1000, abs=10)
+
+
+def test_429s_under_a_token_budget_lower_the_rate_quiet_periods_climb_back_to() -> None:
+    clock = FakeClock(START)
+    budget = JobBudget(None, 60_000 / MARGIN, adaptive=True, clock=clock)  # 1000 tokens/s
+    climbed_to = []
+    for _ in range(3):  # 429s again each time the rate is back up
+        budget.lease(LeaseAsk(requests=8, tokens=80, ok=100, rate_limited=1, task="a"))
+        for _ in range(4):  # quiet periods
+            clock.now += ADAPT_PERIOD_S
+            budget.lease(LeaseAsk(requests=8, tokens=80, ok=100, task="a"))
+        climbed_to.append(budget.token_rate_per_s)
+    assert climbed_to == pytest.approx([1000 * TOKEN_CAP**n for n in (1, 2, 3)])

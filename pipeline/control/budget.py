@@ -73,6 +73,15 @@ INCREASE = 0.03  # share of the rate added per quiet period, when probing; after
 PATIENCE = 2
 MAX_PROBE = 0.15
 CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
+# Where the token budget binds, 429s at a token rate mark it too fast: quiet periods climb back
+# to this share of it, not to it (back at it, the same 429s would come again: one every couple
+# of seconds at a budget exactly the endpoint's, in a 1 s window whose last request's
+# reservation must fit too) ...
+TOKEN_CAP = 0.995
+# ... and past it by CAP_PROBE of the ceiling only after this many quiet periods there (the
+# 429s may have been another client's, or the endpoint's passing trouble).
+CAP_PATIENCE = 10
+CAP_PROBE = 0.005
 # 429s keep coming for a while after a decrease (retries waiting out a full window): one
 # decrease per this long.
 DECREASE_COOLDOWN_S = 2 * ADAPT_PERIOD_S
@@ -196,6 +205,10 @@ class JobBudget:
         # When the first decrease (made at no rate) is counted again, every report in.
         self._recount_at: float | None = None
         self._probes = 0  # quiet periods of probing in a row
+        # Where the token budget binds: the token rate quiet periods climb back to after 429s
+        # (see TOKEN_CAP), and the quiet periods spent at it.
+        self._token_cap: float | None = None
+        self._quiet_at_cap = 0
         self.ok = 0
         self.rate_limited = 0
 
@@ -203,6 +216,11 @@ class JobBudget:
     def rate_per_s(self) -> float | None:
         """The request rate now; None: no rate (the tasks' concurrency is the bound)."""
         return None if self._requests is None else self._requests.rate_per_s
+
+    @property
+    def token_rate_per_s(self) -> float | None:
+        """The token rate now; None: no token budget."""
+        return None if self._tokens is None else self._tokens.rate_per_s
 
     @property
     def tasks_running(self) -> int:
@@ -386,6 +404,7 @@ class JobBudget:
         self._requests = None if slowed.requests is None else Schedule(slowed.requests, self._clock)
         if self._tokens is not None and slowed.tokens is not None:
             self._tokens.set_rate(slowed.tokens)
+            self._token_cap = None
         self._slowed = None
         self._new_period(now)
         return False
@@ -403,6 +422,8 @@ class JobBudget:
         self._probes = 0
         if self._requests is None and self._tokens is not None:  # the token budget binds
             tokens_before = self._tokens.rate_per_s
+            self._token_cap = tokens_before * TOKEN_CAP
+            self._quiet_at_cap = 0
             self._tokens.set_rate(tokens_before * CONFIGURED_BACKOFF)
             log.info("token rate %.0f/min after 429s (was %.0f/min)",
                      self._tokens.rate_per_s * 60, tokens_before * 60)  # fmt: skip
@@ -451,8 +472,7 @@ class JobBudget:
         """A quiet period: grow a rate that is being used (a job held back by latency or
         concurrency must not earn a rate it would burst into later)."""
         if self._requests is None and self._tokens is not None:
-            ceiling = self._token_ceiling or self._tokens.rate_per_s
-            self._tokens.set_rate(min(ceiling, self._tokens.rate_per_s + ceiling * CEILING_STEP))
+            self._speed_up_tokens(self._tokens)
             return
         current = self.rate_per_s
         if current is None:
@@ -472,6 +492,23 @@ class JobBudget:
         if self._ceiling is not None:
             rate = min(rate, self._ceiling)
         self._set_rate(max(MIN_RATE, rate))
+
+    def _speed_up_tokens(self, tokens: Schedule) -> None:
+        """A quiet period where the token budget binds: a step up, to the ceiling, or after
+        429s to just under the rate that drew them (`TOKEN_CAP`), probing past it slowly."""
+        ceiling = self._token_ceiling or tokens.rate_per_s
+        top = ceiling
+        if self._token_cap is not None:
+            if tokens.rate_per_s >= self._token_cap:
+                self._quiet_at_cap += 1
+            if self._quiet_at_cap >= CAP_PATIENCE:
+                self._token_cap += ceiling * CAP_PROBE
+                self._quiet_at_cap = 0
+            if self._token_cap >= ceiling:
+                self._token_cap = None
+            else:
+                top = self._token_cap
+        tokens.set_rate(min(top, tokens.rate_per_s + ceiling * CEILING_STEP))
 
     def _new_period(self, now: float) -> None:
         self._period_start = now
