@@ -16,10 +16,10 @@ last change, and at least a step below the rate that drew them (a small step und
 budget, whose 429s say the endpoint is shared or its window is shorter; a larger one
 otherwise). Quiet seconds search back towards the rate that drew 429s (halving the distance
 each second, as TCP BIC does) before probing a few percent further (a task's own budget: faster
-while it stays quiet). The first decrease, judged on the first report of a 429, is counted
-again once every task has told what got through. An `x-ratelimit-limit-*`
-header, when the endpoint sends one, sets the ceiling outright. Pure logic: the clock is
-injected.
+while it stays quiet); where the token budget binds, to just under it, and past it slowly.
+The first decrease, judged on the first report of a 429, is counted again once every task has
+told what got through. An `x-ratelimit-limit-*` header, when the endpoint sends one, sets the
+ceiling outright. Pure logic: the clock is injected.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ CEILING_STEP = 0.05  # ... or this share of a known ceiling, if more
 # to this share of it, not to it (back at it, the same 429s would come again: one every couple
 # of seconds at a budget exactly the endpoint's, in a 1 s window whose last request's
 # reservation must fit too) ...
-TOKEN_CAP = 0.995
+TOKEN_CAP = 0.99
 # ... and past it by CAP_PROBE of the ceiling only after this many quiet periods there (the
 # 429s may have been another client's, or the endpoint's passing trouble).
 CAP_PATIENCE = 10
