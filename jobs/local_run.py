@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.serving.process import LocalEndpoint
-from pipeline.spark.session import DELTA_PACKAGE
+from pipeline.spark.session import DELTA_PACKAGE, LOG4J_OPTION
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "DATABRICKS_TOKEN"
@@ -41,8 +41,7 @@ def main(argv: list[str]) -> int:
         command = [
             str(submit),
             "--packages", DELTA_PACKAGE,
-            "--driver-java-options",
-            f"-Dlog4j.configurationFile=file:{ROOT / 'conf' / 'log4j2.properties'}",
+            "--driver-java-options", LOG4J_OPTION,
             str(ROOT / "jobs" / "batch_chat.py"),
             "--config", str(ROOT / "conf" / "local.yaml"),
             "--set", f"endpoint.host={endpoint.url}",

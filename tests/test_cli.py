@@ -156,6 +156,26 @@ def test_stopped_job_exits_3_with_one_clear_sentence(
     assert "dapi-wrong" not in err
 
 
+def test_a_stopped_job_in_its_own_process_ends_on_its_one_sentence_with_no_stack(
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+) -> None:
+    """Run as a user runs it: on a local master the tasks run in the driver's JVM, whose Spark
+    would log the failed task's Python traceback three times, with Java stacks, before it."""
+    spark.createDataFrame(
+        [(i, f"q {i}") for i in range(20)], "id long, prompt string"
+    ).write.parquet(str(tmp_path / "in"))
+    argv = overrides_for(tmp_path / "in", tmp_path / "out", echo.url, "endpoint.name=nope",
+                         "sink.format=parquet")  # fmt: skip
+    env = {**os.environ, TOKEN_ENV: TOKEN, "PYSPARK_PYTHON": sys.executable}
+    command = [sys.executable, "-m", "pipeline", *argv, "--set", "source.partitions=2"]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_JOB_ABORTED, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("job stopped: 3 requests to ") and "nope" in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert not [line for line in lines if line.lstrip().startswith("at ")]  # no Java frame
+
+
 def overrides_for(source: Path, sink: Path, host: str, *extra: str) -> list[str]:
     values = [
         f"source.path={source}",

@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from pyspark import SparkConf
@@ -54,13 +55,20 @@ CODEGEN_CACHE = {"spark.sql.codegen.cache.maxEntries": "1000"}
 # they may lack the package (shipped with `--py-files`, which a worker puts on its path at each
 # task): a daemon that cannot import it would not start, and no Python task could run.
 PRELOADING_DAEMON = {"spark.python.daemon.module": "pipeline.spark.daemon"}
+# Spark's logging on a local master (its tasks run in the driver's JVM): warnings, and a task
+# that failed reported once, by the driver, not three times with its stacks before the job's
+# one-line reason (see the file). A URI: no space in a path splits the JVM's options.
+LOG4J_OPTION = (
+    f"-Dlog4j.configurationFile={Path(__file__).with_name('log4j2.properties').as_uri()}"
+)
+LOCAL_LOGGING = {"spark.driver.extraJavaOptions": LOG4J_OPTION}
 
 
 def static_defaults(master: str) -> dict[str, str]:
     """The static settings a session this package starts on `master` gets, unless its launch
     sets them."""
     local = local_slots(master) is not None
-    return {**CODEGEN_CACHE, **(PRELOADING_DAEMON if local else {})}
+    return {**CODEGEN_CACHE, **({**PRELOADING_DAEMON, **LOCAL_LOGGING} if local else {})}
 
 
 def spark_session(
@@ -92,7 +100,8 @@ def spark_session(
         settings.setdefault("spark.master", os.environ.get("SPARK_MASTER", "local[*]"))
     master = settings.get("spark.master") or (_submitted_master() if under_submit else "")
     for key, value in static_defaults(master).items():
-        if not (under_submit and _submitted_with(key)):
+        # (spark-submit started the JVM: its options are what its launch gave it)
+        if not (under_submit and (_submitted_with(key) or key in LOCAL_LOGGING)):
             settings.setdefault(key, value)
     builder = SparkSession.builder.appName(app_name)
     for key, value in settings.items():
