@@ -28,6 +28,17 @@ def test_secret_survives_pickling_for_spark_closures() -> None:
 
 def test_redact_removes_every_occurrence() -> None:
     assert Secret("tok").redact("a tok b tok") == "a *** b ***"
+    token = "dapi0123456789abcdef"
+    assert Secret(token).redact(f"Bearer {token}, x{token}y") == "Bearer ***, x***y"
+
+
+def test_a_short_secret_is_removed_where_it_stands_not_from_inside_words() -> None:
+    message = "3 requests to http://h/t answered 401 (token t, 't', Bearer t; tt)"
+    assert Secret("t").redact(message) == (
+        "3 requests to http://h/*** answered 401 (token ***, '***', Bearer ***; tt)"
+    )
+    assert Secret("1").redact("HTTP 401: retry in 1 s") == "HTTP 401: retry in *** s"
+    assert Secret("a-b").redact("a-b_x a-bc") == "***_x a-bc"
 
 
 def test_token_comes_from_the_named_variable() -> None:

@@ -9,6 +9,7 @@ up in text.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from pipeline.core.config import EndpointConfig
 from pipeline.core.errors import ConfigError
 
 REDACTED = "***"
+# A secret shorter than this (a test token, a header's short value) is redacted where it stands
+# alone, not inside a longer run of letters and digits: `t` removed from every word would leave
+# no message readable. A real token is longer, and removed wherever it occurs.
+SHORT_SECRET = 8
 # How long the Databricks SDK may retry reaching the workspace while looking for credentials.
 SDK_TIMEOUT_S = 20
 
@@ -26,17 +31,25 @@ log = logging.getLogger(__name__)
 class Secret:
     """A string that never prints itself."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._pattern = (
+            re.compile(rf"(?<![^\W_]){re.escape(value)}(?![^\W_])")
+            if 0 < len(value) < SHORT_SECRET
+            else None
+        )
 
     def reveal(self) -> str:
         """The secret itself, for the one place that must send it (the Authorization header)."""
         return self._value
 
     def redact(self, text: str) -> str:
-        """`text` with every occurrence of the secret replaced by ***."""
+        """`text` with every occurrence of the secret replaced by *** (a short one: where it is
+        not part of a longer run of letters and digits, see `SHORT_SECRET`)."""
+        if self._pattern is not None:
+            return self._pattern.sub(REDACTED, text)
         return text.replace(self._value, REDACTED) if self._value else text
 
     def __repr__(self) -> str:
