@@ -156,18 +156,22 @@ def test_stopped_job_exits_3_with_one_clear_sentence(
     assert "dapi-wrong" not in err
 
 
+@pytest.mark.parametrize("remote", [None, "local[2]"])
 def test_a_stopped_job_in_its_own_process_ends_on_its_one_sentence_with_no_stack(
-    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path
+    spark: SparkSession, echo: LocalEndpoint, tmp_path: Path, remote: str | None
 ) -> None:
     """Run as a user runs it: on a local master the tasks run in the driver's JVM, whose Spark
-    would log the failed task's Python traceback three times, with Java stacks, before it."""
+    would log the failed task's Python traceback three times, with Java stacks, before it (and
+    an embedded Connect server each error it answers with)."""
     spark.createDataFrame(
         [(i, f"q {i}") for i in range(20)], "id long, prompt string"
     ).write.parquet(str(tmp_path / "in"))
     argv = overrides_for(tmp_path / "in", tmp_path / "out", echo.url, "endpoint.name=nope",
-                         "sink.format=parquet")  # fmt: skip
+                         "sink.format=parquet", "source.partitions=2")  # fmt: skip
+    if remote is not None:
+        argv += ["--remote", remote]
     env = {**os.environ, TOKEN_ENV: TOKEN, "PYSPARK_PYTHON": sys.executable}
-    command = [sys.executable, "-m", "pipeline", *argv, "--set", "source.partitions=2"]
+    command = [sys.executable, "-m", "pipeline", *argv]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == EXIT_JOB_ABORTED, done.stderr[-3000:]
     lines = done.stderr.strip().splitlines()
